@@ -1,0 +1,45 @@
+# The two commands: `make sweep SIZE=all` (installs what it needs, then runs the default study)
+# and `make test`. Everything runs from the repo's own venv (.venv/).
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+VENV_STAMP := .venv/.installed
+SIZE ?= all
+PRESET ?= cpu
+LAUNCHER ?=
+VARIANTS ?=
+DRY_RUN ?=
+ARGS ?=
+
+.PHONY: setup test test-fast sweep sweep-status mlflow-ui bench study clean-results
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -e '.[test,scale]'
+	touch $(VENV_STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not slurm"
+
+sweep: setup
+	$(PY) -m harness.sweep --preset $(PRESET) --size $(SIZE) \
+		$(if $(VARIANTS),--variants $(VARIANTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+		$(if $(DRY_RUN),--dry-run) $(ARGS)
+
+sweep-status: setup
+	$(PY) -m harness.sweep --preset $(PRESET) --status
+
+mlflow-ui: setup
+	$(PY) -m harness.tracking.ui
+
+bench: setup
+	$(PY) -m harness.bench
+
+study: setup
+	$(PY) -m harness.sweep --preset cpu --size all
+	$(PY) analysis/plot_scaling.py --out docs/results/cpu-study

@@ -1,0 +1,699 @@
+"""Scaling-law fits with bootstrap confidence intervals, and the summary statistics of a sweep.
+
+Curve forms (x is model size N or training FLOPs; residuals live in the space z):
+
+==========  =================================  ==============
+form        curve                              z (residuals)
+==========  =================================  ==============
+offset      y = E + A·x^(−α)                   log y
+power       y = A·x^(−α)                       log y
+loglinear   y = clip(b0 + b1·log10 x, 0, 1)    y
+logit       y = sigmoid(b0 + b1·log10 x)       logit y
+==========  =================================  ==============
+
+Fitting follows Hoffmann et al. (2022, "Chinchilla"): a Huber loss (δ = 1e-3) on the residuals in z,
+minimised with L-BFGS from a grid of starting points, the best kept and its convergence reported.
+Seeds of one configuration are pseudo-replicates of one trained model, so the fit sees one point
+per size: the mean of z over that size's seeds.
+
+Uncertainty is a seeded, deterministic bootstrap (see ``bootstrap_fit``). The default resamples
+residuals around the fit (x is a fixed design: sizes are chosen, not sampled) and widens the
+percentile interval by t(n−p)/z — with 4–6 sizes a plain percentile bootstrap is far too narrow
+(measured in tests/analysis/test_fitting.py). ``method="cases"`` is the literal alternative:
+resample sizes with replacement and seeds within each drawn size, plain percentile interval.
+"""
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+DELTA = 1e-3
+"""Huber threshold on residuals in z (Hoffmann et al. use 1e-3 on log residuals)."""
+
+LADDER: dict[str, float] = {
+    "166M": 166e6, "369M": 369e6, "665M": 665e6, "1.1B": 1.1e9, "3.1B": 3.1e9, "10.5B": 10.5e9,
+}
+"""The paper's model ladder (parameter counts) at which every params-fit is extrapolated."""
+
+GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+GENEVAL_METRICS = ("geneval_overall",) + tuple(f"geneval_{t}" for t in GENEVAL_TAGS)
+METRICS = ("val_loss", "fid") + GENEVAL_METRICS
+LOWER_IS_BETTER = {"val_loss": True, "fid": True} | {m: False for m in GENEVAL_METRICS}
+VARIANTS = (("discrete", "raster"), ("discrete", "random"), ("continuous", "raster"),
+            ("continuous", "random"))
+
+_EPS_LOGIT = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Curve forms
+
+
+@dataclass(frozen=True)
+class Form:
+    """A curve family, written in the centred coordinate u = ln x − ln x0 and the residual space z."""
+
+    name: str
+    param_names: tuple[str, ...]
+    to_z: Callable[[np.ndarray], np.ndarray]
+    from_z: Callable[[np.ndarray], np.ndarray]
+    predict_z: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    """(θ of shape (..., p), u of shape (m,)) -> z of shape (..., m)."""
+    jacobian: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    """(θ of shape (p,), u of shape (m,)) -> dz/dθ of shape (m, p)."""
+    starts: Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
+    bounds: Callable[[np.ndarray], list[tuple[float | None, float | None]]]
+    public: Callable[[np.ndarray, float], dict[str, np.ndarray]]
+    """(θ of shape (..., p), x0) -> the reported parameters (E, A, alpha or slope, intercept)."""
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    def valid(self, y: np.ndarray) -> np.ndarray:
+        """Which metric values this form can take (log needs y > 0, logit needs 0 ≤ y ≤ 1)."""
+        if self.name in ("power", "offset"):
+            return np.isfinite(y) & (y > 0)
+        if self.name == "logit":
+            return np.isfinite(y) & (y >= 0) & (y <= 1)
+        return np.isfinite(y)
+
+
+def _power_predict(theta, u):
+    theta = np.asarray(theta)
+    return theta[..., :1] - theta[..., 1:2] * u
+
+
+def _power_jac(theta, u):
+    return np.stack([np.ones_like(u), -u], axis=1)
+
+
+def _power_starts(u, z):
+    slope = np.polyfit(u, z, 1)[0] if np.ptp(u) > 0 else 0.0
+    starts = [np.array([z.mean(), -slope])]
+    starts += [np.array([z.mean(), a]) for a in (-0.5, 0.0, 0.1, 0.3, 1.0)]
+    return starts
+
+
+def _power_public(theta, x0):
+    theta = np.asarray(theta)
+    a, alpha = theta[..., 0], theta[..., 1]
+    with np.errstate(over="ignore"):
+        return {"E": np.zeros_like(a), "A": np.exp(a + alpha * math.log(x0)), "alpha": alpha}
+
+
+def _offset_predict(theta, u):
+    theta = np.asarray(theta)
+    return np.logaddexp(theta[..., :1], theta[..., 1:2] - theta[..., 2:3] * u)
+
+
+def _offset_jac(theta, u):
+    e, a, alpha = theta
+    t = a - alpha * u
+    w = 1.0 / (1.0 + np.exp(np.clip(e - t, -700, 700)))  # share of the power term in the sum
+    return np.stack([1.0 - w, w, -u * w], axis=1)
+
+
+def _offset_starts(u, z):
+    y = np.exp(z)
+    ybar = float(np.exp(z.mean()))
+    starts = []
+    for frac in (0.0, 0.3, 0.6, 0.9):
+        E = frac * float(y.min())
+        e = math.log(E) if E > 0 else float(z.min()) - 10.0
+        rest = max(ybar - E, 1e-3 * ybar)
+        for alpha in (0.05, 0.1, 0.25, 0.5, 1.0, 2.0):
+            for da in (-1.0, 0.0, 1.0):
+                starts.append(np.array([e, math.log(rest) + da, alpha]))
+    return starts
+
+
+def _offset_bounds(z):
+    return [(float(z.min()) - 30.0, float(z.max()) + 5.0), (None, None), (-10.0, 10.0)]
+
+
+def _offset_public(theta, x0):
+    theta = np.asarray(theta)
+    e, a, alpha = theta[..., 0], theta[..., 1], theta[..., 2]
+    with np.errstate(over="ignore"):
+        return {"E": np.exp(e), "A": np.exp(a + alpha * math.log(x0)), "alpha": alpha}
+
+
+def _linear_predict(theta, u):
+    theta = np.asarray(theta)
+    return theta[..., :1] + theta[..., 1:2] * u
+
+
+def _linear_jac(theta, u):
+    return np.stack([np.ones_like(u), u], axis=1)
+
+
+def _linear_starts(u, z):
+    slope = np.polyfit(u, z, 1)[0] if np.ptp(u) > 0 else 0.0
+    return [np.array([z.mean() - slope * u.mean(), slope]), np.array([z.mean(), 0.0])]
+
+
+def _linear_public(theta, x0):
+    theta = np.asarray(theta)
+    c, beta = theta[..., 0], theta[..., 1]
+    # slope per decade of x; intercept = the line's value (in z) at x = 1
+    return {"slope": beta * math.log(10.0), "intercept": c - beta * math.log(x0)}
+
+
+def _logit(y):
+    y = np.clip(y, _EPS_LOGIT, 1 - _EPS_LOGIT)
+    return np.log(y) - np.log1p(-y)
+
+
+FORMS: dict[str, Form] = {
+    "power": Form("power", ("a", "alpha"), np.log, np.exp, _power_predict, _power_jac,
+                  _power_starts, lambda z: [(None, None), (-10.0, 10.0)], _power_public),
+    "offset": Form("offset", ("e", "a", "alpha"), np.log, np.exp, _offset_predict, _offset_jac,
+                   _offset_starts, _offset_bounds, _offset_public),
+    "loglinear": Form("loglinear", ("c", "beta"), lambda y: np.asarray(y, float),
+                      lambda z: np.clip(z, 0.0, 1.0), _linear_predict, _linear_jac,
+                      _linear_starts, lambda z: [(None, None), (None, None)], _linear_public),
+    "logit": Form("logit", ("c", "beta"), _logit, lambda z: 1.0 / (1.0 + np.exp(-z)),
+                  _linear_predict, _linear_jac, _linear_starts,
+                  lambda z: [(None, None), (None, None)], _linear_public),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _huber_objective(theta, form: Form, u, z, delta):
+    """Mean Huber loss divided by δ (same minimiser, gradients of order one) and its gradient."""
+    r = form.predict_z(theta, u) - z
+    small = np.abs(r) <= delta
+    loss = np.where(small, 0.5 * r * r / delta, np.abs(r) - 0.5 * delta)
+    psi = np.clip(r / delta, -1.0, 1.0)
+    grad = psi @ form.jacobian(theta, u)
+    return loss.mean(), grad / len(z)
+
+
+def _minimise(form: Form, u, z, starts, delta):
+    """Run L-BFGS-B from every start; return the best result and how many starts reached it."""
+    bounds = form.bounds(z)
+    results = []
+    for start in starts:
+        res = optimize.minimize(_huber_objective, start, args=(form, u, z, delta), jac=True,
+                                method="L-BFGS-B", bounds=bounds,
+                                options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
+        if np.isfinite(res.fun):
+            results.append(res)
+    if not results:
+        return None, 0
+    best = min(results, key=lambda r: r.fun)
+    agree = sum(abs(r.fun - best.fun) <= 1e-7 * max(1.0, abs(best.fun)) for r in results)
+    return best, agree
+
+
+def _converged(res) -> bool:
+    """scipy's success flag, or a stop in the line search at a point whose gradient is ~0.
+
+    With δ = 1e-3 the Huber loss is nearly piecewise linear; L-BFGS often ends in its line search
+    right at the kink of the optimum, which is a converged fit though scipy does not flag it.
+    """
+    if res.success:
+        return True
+    return "ABNORMAL" in str(res.message) and float(np.max(np.abs(res.jac))) < 1e-3
+
+
+@dataclass
+class Fit:
+    """One fitted curve. ``params`` holds the reported, unrounded parameters."""
+
+    form: str
+    theta: np.ndarray
+    x0: float
+    params: dict[str, float]
+    objective: float
+    converged: bool
+    starts_agreeing: int
+    n_starts: int
+    message: str
+    r2: float
+    n_points: int
+    n_sizes: int
+    sizes_x: np.ndarray
+    sizes_z: np.ndarray
+    clusters: list[np.ndarray] = field(repr=False, default_factory=list)
+    """The z values of each size's seeds, in the order of ``sizes_x`` (for the cases bootstrap)."""
+
+    def predict(self, x: Sequence[float] | np.ndarray) -> np.ndarray:
+        form = FORMS[self.form]
+        u = np.log(np.asarray(x, float)) - math.log(self.x0)
+        return form.from_z(form.predict_z(self.theta, u))
+
+
+def _clusters(x: np.ndarray, z: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, list]:
+    keys = groups if groups is not None else x
+    order = pd.unique(pd.Series(keys))
+    xs, clusters = [], []
+    for k in order:
+        mask = keys == k
+        xs.append(float(np.exp(np.mean(np.log(x[mask])))))
+        clusters.append(z[mask])
+    idx = np.argsort(xs)
+    return np.asarray(xs)[idx], [clusters[i] for i in idx]
+
+
+def fit_curve(x: Iterable[float], y: Iterable[float], form: str = "power",
+              groups: Iterable[object] | None = None, delta: float = DELTA) -> Fit:
+    """Fit ``form`` to points (x, y); several points per size (``groups``, default x) are seeds.
+
+    The caller filters invalid values (``FORMS[form].valid``) and checks there are more sizes
+    than parameters; ``fit_table`` does both and explains what it skipped.
+    """
+    f = FORMS[form]
+    x = np.asarray(list(x), float)
+    y = np.asarray(list(y), float)
+    g = None if groups is None else np.asarray(list(groups), object)
+    z = f.to_z(y)
+    sizes_x, clusters = _clusters(x, z, g)
+    sizes_z = np.array([c.mean() for c in clusters])
+    x0 = float(np.exp(np.mean(np.log(sizes_x))))
+    u = np.log(sizes_x) - math.log(x0)
+    starts = f.starts(u, sizes_z)
+    res, agree = _minimise(f, u, sizes_z, starts, delta)
+    if res is None:
+        raise FloatingPointError(f"{form}: every start gave a non-finite objective")
+    pred = f.predict_z(res.x, u)
+    ss_tot = float(np.sum((sizes_z - sizes_z.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((sizes_z - pred) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    public = {k: float(v) for k, v in f.public(res.x, x0).items()}
+    return Fit(form=form, theta=np.asarray(res.x, float), x0=x0, params=public,
+               objective=float(res.fun), converged=_converged(res), starts_agreeing=agree,
+               n_starts=len(starts), message=str(res.message), r2=r2, n_points=len(y),
+               n_sizes=len(sizes_x), sizes_x=sizes_x, sizes_z=sizes_z, clusters=clusters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+@dataclass
+class Bootstrap:
+    """Bootstrap replicates of a fit and the intervals they give."""
+
+    fit: Fit
+    thetas: np.ndarray
+    """Shape (n_boot, p); rows of NaN where a replicate failed to fit."""
+    method: str
+    widen: float
+    """Factor applied to the percentile interval's half-widths around the estimate."""
+
+    @property
+    def n_ok(self) -> int:
+        return int(np.isfinite(self.thetas).all(axis=1).sum())
+
+    def _interval(self, estimate, replicates, level):
+        replicates = replicates[np.isfinite(replicates)]
+        if len(replicates) < 10 or not np.isfinite(self.widen):
+            return float("nan"), float("nan")
+        a = (1.0 - level) / 2.0
+        lo, hi = np.quantile(replicates, [a, 1.0 - a])
+        return (estimate - self.widen * max(estimate - lo, 0.0),
+                estimate + self.widen * max(hi - estimate, 0.0))
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
+        """Interval of a reported parameter (E, A, alpha, slope, intercept)."""
+        form = FORMS[self.fit.form]
+        reps = form.public(self.thetas, self.fit.x0)[name]
+        if name in ("E", "A"):  # positive scale parameters: widen in log space
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lo, hi = self._interval(math.log(max(self.fit.params[name], 1e-300)),
+                                        np.log(reps), level)
+            return float(np.exp(lo)), float(np.exp(hi))
+        lo, hi = self._interval(self.fit.params[name], reps, level)
+        return float(lo), float(hi)
+
+    def predict_interval(self, x: Sequence[float] | np.ndarray,
+                         level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise interval of the fitted curve at ``x`` (computed in z, mapped back to y)."""
+        form = FORMS[self.fit.form]
+        u = np.log(np.asarray(x, float)) - math.log(self.fit.x0)
+        est = form.predict_z(self.fit.theta, u)
+        reps = form.predict_z(self.thetas, u)  # (n_boot, m)
+        lo, hi = np.empty_like(est), np.empty_like(est)
+        for j in range(len(est)):
+            lo[j], hi[j] = self._interval(est[j], reps[:, j], level)
+        return form.from_z(lo), form.from_z(hi)
+
+
+def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, method: str = "residual",
+                  delta: float = DELTA) -> Bootstrap:
+    """Refit ``n_boot`` resampled datasets, each from the full fit and its two best grid starts.
+
+    ``residual``: z*_s = ẑ_s + r*_s with r* drawn from the size-level residuals, inflated by
+    sqrt(n/(n−p)) for the degrees of freedom the fit used; interval = percentile interval with its
+    half-widths scaled by t_{n−p}(0.975)/z(0.975) — for a straight line with Gaussian noise this is
+    the exact t interval. Needs more sizes than parameters.
+    ``cases``: draw n sizes with replacement and, within each, its seeds with replacement; draws
+    with fewer distinct sizes than parameters+1 are redrawn; plain percentile interval.
+    """
+    form = FORMS[fit.form]
+    rng = np.random.default_rng(seed)
+    n, p = fit.n_sizes, form.n_params
+    u_full = np.log(fit.sizes_x) - math.log(fit.x0)
+    thetas = np.full((n_boot, p), np.nan)
+    if n <= p:
+        return Bootstrap(fit, thetas, method, float("nan"))
+    starts = [fit.theta]
+    if fit.form == "offset":  # also a near-pure power law and a large-offset start
+        starts += [np.array([fit.sizes_z.min() - 10.0, fit.theta[1], fit.theta[2]]),
+                   np.array([math.log(0.9) + fit.sizes_z.min(), fit.theta[1] - 1.0,
+                             max(fit.theta[2], 0.05)])]
+    if method == "residual":
+        fitted = form.predict_z(fit.theta, u_full)
+        resid = (fit.sizes_z - fitted) * math.sqrt(n / (n - p))
+        resid = resid - resid.mean()
+        widen = float(stats.t.ppf(0.975, n - p) / stats.norm.ppf(0.975))
+        for b in range(n_boot):
+            z_b = fitted + rng.choice(resid, size=n, replace=True)
+            res, _ = _minimise(form, u_full, z_b, starts, delta)
+            if res is not None:
+                thetas[b] = res.x
+    elif method == "cases":
+        widen = 1.0
+        for b in range(n_boot):
+            while True:
+                pick = rng.integers(0, n, size=n)
+                if len(set(pick.tolist())) > p:
+                    break
+            u_b = u_full[pick]
+            z_b = np.array([rng.choice(fit.clusters[i], size=len(fit.clusters[i])).mean()
+                            for i in pick])
+            res, _ = _minimise(form, u_b, z_b, starts, delta)
+            if res is not None:
+                thetas[b] = res.x
+    else:
+        raise ValueError(f"unknown bootstrap method {method!r} (valid: residual, cases)")
+    return Bootstrap(fit, thetas, method, widen)
+
+
+def stable_seed(seed: int, *key: object) -> int:
+    """A per-fit seed: the same fit gets the same resamples whatever else is fitted beside it."""
+    return seed * 1_000_003 + zlib.crc32("|".join(map(str, key)).encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# From the runs table to fits
+
+
+_SEED_COLUMN = r"^(?P<metric>{metrics})[_/.\-](?:seed|s)[_=\-]?(?P<seed>\d+)$"
+
+
+def observations(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The runs table in long form: one row per (run, seed, metric) with a finite value.
+
+    Seeds come either as repeated rows of one (token, order, size) or as columns such as
+    ``fid_seed1`` / ``fid/seed=1``; both give rows here. Columns of the result:
+    ``run_key, token, order, size, params, train_flops, seed, metric, value``.
+    """
+    messages = []
+    pattern = _SEED_COLUMN.format(metrics="|".join(METRICS))
+    per_seed = {c: m.groupdict() for c in runs.columns if (m := re.match(pattern, str(c)))}
+    base = [m for m in METRICS if m in runs.columns]
+    absent = [m for m in METRICS if m not in runs.columns
+              and not any(v["metric"] == m for v in per_seed.values())]
+    if absent:
+        messages.append(f"metric columns absent from the runs table: {', '.join(absent)}")
+    keep = ["run_key", "token", "order", "size", "params", "train_flops", "seed"]
+    frame = runs.reindex(columns=keep).copy()
+    if "run_key" not in runs.columns:
+        frame["run_key"] = [f"row{i}" for i in range(len(runs))]
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce")
+    parts = []
+    for metric in base:
+        part = frame.assign(metric=metric, value=pd.to_numeric(runs[metric], errors="coerce"))
+        parts.append(part)
+    for column, info in per_seed.items():
+        part = frame.assign(metric=info["metric"], seed=float(info["seed"]),
+                            value=pd.to_numeric(runs[column], errors="coerce"))
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=keep + ["metric", "value"]), messages
+    obs = pd.concat(parts, ignore_index=True)
+    obs["params"] = pd.to_numeric(obs["params"], errors="coerce")
+    obs["train_flops"] = pd.to_numeric(obs["train_flops"], errors="coerce")
+    for metric, group in obs.groupby("metric", sort=False):
+        bad = int((~np.isfinite(group["value"])).sum())
+        if 0 < bad < len(group):
+            messages.append(f"{metric}: {bad} of {len(group)} values missing or not numeric; "
+                            "those rows are left out")
+        elif bad == len(group):
+            messages.append(f"{metric}: no values in any completed run; its fits are skipped")
+    obs = obs[np.isfinite(obs["value"])].reset_index(drop=True)
+    return obs, messages
+
+
+def split_by_status(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(completed runs, the others). Without a ``status`` column every run counts as completed."""
+    if "status" not in runs.columns:
+        return runs, runs.iloc[0:0]
+    done = runs["status"].astype(str).str.strip().str.lower() == "completed"
+    return runs[done].reset_index(drop=True), runs[~done].reset_index(drop=True)
+
+
+FIT_COLUMNS = (["metric", "token", "order", "x", "form"]
+               + [f"{p}{s}" for p in ("E", "A", "alpha", "slope", "intercept")
+                  for s in ("", "_ci_low", "_ci_high")]
+               + ["r2", "n_points", "n_sizes", "converged", "starts_agreeing", "n_starts",
+                  "objective", "n_boot", "n_boot_ok", "ci_method", "ci_widen", "x0", "x_min",
+                  "x_max"])
+"""Columns of fits.csv, in order (described in analysis/report.py FITS_COLUMNS)."""
+
+
+@dataclass
+class FitRecord:
+    """A fit of one metric of one variant against one x, with its bootstrap."""
+
+    metric: str
+    token: str
+    order: str
+    x: str
+    fit: Fit
+    boot: Bootstrap
+
+    @property
+    def form(self) -> str:
+        return self.fit.form
+
+    def row(self) -> dict[str, object]:
+        """The fits.csv row (documented in analysis/report.py FITS_COLUMNS)."""
+        row: dict[str, object] = {"metric": self.metric, "token": self.token,
+                                  "order": self.order, "x": self.x, "form": self.form}
+        for name in ("E", "A", "alpha", "slope", "intercept"):
+            value = self.fit.params.get(name, float("nan"))
+            lo, hi = (self.boot.interval(name) if name in self.fit.params
+                      else (float("nan"), float("nan")))
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = value, lo, hi
+        row.update(r2=self.fit.r2, n_points=self.fit.n_points, n_sizes=self.fit.n_sizes,
+                   converged=self.fit.converged, starts_agreeing=self.fit.starts_agreeing,
+                   n_starts=self.fit.n_starts, objective=self.fit.objective,
+                   n_boot=len(self.boot.thetas), n_boot_ok=self.boot.n_ok,
+                   ci_method=self.boot.method, ci_widen=self.boot.widen, x0=self.fit.x0,
+                   x_min=float(self.fit.sizes_x.min()), x_max=float(self.fit.sizes_x.max()))
+        return row
+
+
+def forms_for(metric: str, geneval_form: str = "loglinear") -> list[str]:
+    """The forms fitted to a metric, the preferred one (drawn in figures) first."""
+    if metric == "val_loss":
+        return ["offset", "power"]
+    if metric == "fid":
+        return ["offset", "power"]  # offset only kept where the data support it (fit_table)
+    return [geneval_form]
+
+
+def fit_table(obs: pd.DataFrame, x: str = "params", n_boot: int = 500, seed: int = 0,
+              method: str = "residual", geneval_form: str = "loglinear",
+              fid_offset_gain: float = 0.1, delta: float = DELTA,
+              ) -> tuple[list[FitRecord], list[str]]:
+    """Fit every metric of every variant against ``x`` (params or train_flops).
+
+    Whatever cannot be fitted (fewer than 3 sizes, values a form cannot take, a constant metric,
+    x missing) is skipped with a message. FID's offset form is fitted with ≥ 4 sizes and kept
+    only when it lowers the Huber objective by ``fid_offset_gain`` (relative) over the power law.
+    """
+    records: list[FitRecord] = []
+    messages: list[str] = []
+    if obs.empty:
+        return records, ["no completed runs with metric values: nothing to fit"]
+    present = set(zip(obs["token"], obs["order"]))
+    for metric in [m for m in METRICS if m in set(obs["metric"])]:
+        for token, order in VARIANTS:
+            label = f"{metric} {token}/{order} vs {x}"
+            sub = obs[(obs["metric"] == metric) & (obs["token"] == token) & (obs["order"] == order)]
+            if sub.empty:
+                if (token, order) in present:
+                    messages.append(f"{label}: no values; fit skipped")
+                continue
+            xs = sub[x].to_numpy(float)
+            if not np.isfinite(xs).all() or (xs <= 0).any():
+                bad = int((~(np.isfinite(xs) & (xs > 0))).sum())
+                messages.append(f"{label}: {bad} rows without a positive {x}; left out")
+                sub = sub[np.isfinite(xs) & (xs > 0)]
+            fits: dict[str, Fit] = {}
+            for form in forms_for(metric, geneval_form):
+                f = FORMS[form]
+                ok = f.valid(sub["value"].to_numpy(float))
+                if not ok.all():
+                    messages.append(f"{label} [{form}]: {int((~ok).sum())} values outside the "
+                                    f"form's domain; left out")
+                part = sub[ok]
+                n_sizes = part["size"].nunique()
+                need = max(3, f.n_params + 1)
+                if n_sizes < need:
+                    messages.append(f"{label} [{form}]: {n_sizes} sizes, needs {need}; "
+                                    "fit skipped")
+                    continue
+                if np.ptp(part["value"].to_numpy(float)) == 0:
+                    messages.append(f"{label} [{form}]: metric is constant; fit skipped")
+                    continue
+                fit = fit_curve(part[x], part["value"], form, groups=part["size"], delta=delta)
+                fits[form] = fit
+                if not fit.converged:
+                    messages.append(f"{label} [{form}]: optimiser did not converge "
+                                    f"({fit.message}); reported with converged=False")
+            if metric == "fid" and "offset" in fits and "power" in fits:
+                gain = 1.0 - fits["offset"].objective / max(fits["power"].objective, 1e-300)
+                if gain < fid_offset_gain:
+                    messages.append(f"{label} [offset]: dropped, the data do not support an "
+                                    f"offset (objective {gain:.1%} below the power law's, "
+                                    f"needs {fid_offset_gain:.0%})")
+                    del fits["offset"]
+            for form, fit in fits.items():
+                boot = bootstrap_fit(fit, n_boot, stable_seed(seed, metric, token, order, x, form),
+                                     method, delta)
+                records.append(FitRecord(metric, token, order, x, fit, boot))
+    return records, messages
+
+
+def preferred(records: Sequence[FitRecord], metric: str, token: str, order: str,
+              x: str = "params") -> FitRecord | None:
+    """The fit drawn in figures and used for comparisons: the first of ``forms_for`` present."""
+    found = {r.form: r for r in records
+             if (r.metric, r.token, r.order, r.x) == (metric, token, order, x)}
+    for form in ("offset", "power", "loglinear", "logit"):
+        if form in found:
+            return found[form]
+    return None
+
+
+def extrapolate(records: Sequence[FitRecord], ladder: dict[str, float] = LADDER,
+                level: float = 0.95) -> pd.DataFrame:
+    """Every params-fit's prediction at the ladder sizes, with its bootstrap interval."""
+    rows = []
+    sizes = np.array(list(ladder.values()))
+    for r in records:
+        if r.x != "params":
+            continue
+        pred = r.fit.predict(sizes)
+        lo, hi = r.boot.predict_interval(sizes, level)
+        for i, (name, n) in enumerate(ladder.items()):
+            rows.append({"metric": r.metric, "token": r.token, "order": r.order, "form": r.form,
+                         "size": name, "params": n, "prediction": float(pred[i]),
+                         "ci_low": float(lo[i]), "ci_high": float(hi[i]),
+                         "extrapolated": bool(n > r.fit.sizes_x.max() * 1.0001
+                                              or n < r.fit.sizes_x.min() / 1.0001)})
+    return pd.DataFrame(rows, columns=["metric", "token", "order", "form", "size", "params",
+                                       "prediction", "ci_low", "ci_high", "extrapolated"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary statistics
+
+
+def config_means(obs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (token, order, size): the seed-mean of each metric (columns = metrics)."""
+    if obs.empty:
+        return pd.DataFrame(columns=["token", "order", "size", "params"])
+    table = obs.pivot_table(index=["token", "order", "size"], columns="metric", values="value",
+                            aggfunc="mean")
+    params = obs.groupby(["token", "order", "size"])["params"].mean()
+    return table.join(params).reset_index()
+
+
+def correlations(obs: pd.DataFrame, against: str = "val_loss",
+                 metrics: Sequence[str] = ("fid", "geneval_overall"),
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """Pearson r of each metric with ``against`` across configurations (seed means).
+
+    Per token type and over all runs; the interval is Fisher's z (needs ≥ 4 configurations).
+    Seeds are averaged first: they are repeated evaluations of one model, not independent runs.
+    """
+    columns = ["metric", "against", "token", "n", "r", "ci_low", "ci_high", "p_value"]
+    means = config_means(obs)
+    rows, messages = [], []
+    for metric in metrics:
+        if metric not in means.columns or against not in means.columns:
+            messages.append(f"correlation {metric}~{against}: a metric is absent; skipped")
+            continue
+        for token in ("discrete", "continuous", "all"):
+            sel = means if token == "all" else means[means["token"] == token]
+            pair = sel[[metric, against]].dropna()
+            n = len(pair)
+            if n < 3 or pair[metric].nunique() < 2 or pair[against].nunique() < 2:
+                messages.append(f"correlation {metric}~{against} ({token}): {n} configurations "
+                                "with both values or a constant column; skipped")
+                continue
+            r, p = stats.pearsonr(pair[metric], pair[against])
+            lo = hi = float("nan")
+            if n > 3 and abs(r) < 1:
+                zr, half = math.atanh(r), stats.norm.ppf(0.975) / math.sqrt(n - 3)
+                lo, hi = math.tanh(zr - half), math.tanh(zr + half)
+            rows.append({"metric": metric, "against": against, "token": token, "n": n,
+                         "r": float(r), "ci_low": lo, "ci_high": hi, "p_value": float(p)})
+    return pd.DataFrame(rows, columns=columns), messages
+
+
+def winners(obs: pd.DataFrame, records: Sequence[FitRecord],
+            metrics: Sequence[str] = ("val_loss", "fid", "geneval_overall")) -> pd.DataFrame:
+    """Each variant's value at the largest size two or more variants reached, ranked.
+
+    Uncertainty: the standard deviation over seeds (NaN with one seed) and the preferred
+    params-fit's 95% bootstrap interval at that variant's parameter count.
+    """
+    columns = ["metric", "size", "rank", "token", "order", "mean", "seed_sd", "n_seeds", "params",
+               "fit_form", "fit_pred", "fit_ci_low", "fit_ci_high", "gap_to_best"]
+    rows = []
+    for metric in metrics:
+        sub = obs[obs["metric"] == metric]
+        if sub.empty:
+            continue
+        per = sub.groupby(["size", "token", "order"]).agg(
+            mean=("value", "mean"), seed_sd=("value", "std"), n_seeds=("value", "size"),
+            params=("params", "mean")).reset_index()
+        order_sizes = per.groupby("size")["params"].median().sort_values(ascending=False)
+        counts = per.groupby("size").size()
+        shared = [s for s in order_sizes.index if counts[s] >= 2]
+        if not shared:
+            continue
+        at = per[per["size"] == shared[0]].copy()
+        at = at.sort_values("mean", ascending=LOWER_IS_BETTER[metric]).reset_index(drop=True)
+        best = at["mean"].iloc[0]
+        for rank, row in at.iterrows():
+            rec = preferred(records, metric, row["token"], row["order"])
+            pred = lo = hi = float("nan")
+            if rec is not None:
+                pred = float(rec.fit.predict([row["params"]])[0])
+                lo_a, hi_a = rec.boot.predict_interval([row["params"]])
+                lo, hi = float(lo_a[0]), float(hi_a[0])
+            rows.append({"metric": metric, "size": shared[0], "rank": rank + 1,
+                         "token": row["token"], "order": row["order"], "mean": row["mean"],
+                         "seed_sd": row["seed_sd"], "n_seeds": int(row["n_seeds"]),
+                         "params": row["params"], "fit_form": rec.form if rec else "",
+                         "fit_pred": pred, "fit_ci_low": lo, "fit_ci_high": hi,
+                         "gap_to_best": abs(row["mean"] - best)})
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,252 @@
+"""Analyse a sweep: scaling-law fits with confidence intervals, the paper's figures, a report.
+
+    python analysis/plot_scaling.py                      # latest results/*/runs.csv
+    python analysis/plot_scaling.py --runs results/cpu/runs.csv --x train_flops
+    python -m analysis.plot_scaling --experiment cpu     # read the sweep from MLflow
+
+Writes into --out (default: the folder ``analysis/`` beside runs.csv): fits.csv,
+extrapolation.csv, correlations.csv, winners.csv, report.md and the figures (PNG + PDF), then
+logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits beside runs.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import figures  # noqa: E402
+from analysis.fitting import (  # noqa: E402
+    FIT_COLUMNS, correlations, extrapolate, fit_table, observations, split_by_status, winners)
+from analysis.report import ReportInputs, write_report  # noqa: E402
+from harness.errors import UserError, check_choice, cli_main  # noqa: E402
+from harness.io import write_text  # noqa: E402
+from harness.tracking import tracking_uri  # noqa: E402
+
+X_CHOICES = ("params", "train_flops")
+GENEVAL_FORMS = ("loglinear", "logit")
+METHODS = ("residual", "cases")
+REQUIRED = ("token", "order", "params")
+SAMPLES = Path("samples") / "fixed_prompts.png"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other bad input
+        raise UserError("arguments", message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="plot_scaling", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--runs", type=Path, help="runs.csv of a sweep (default: the latest one)")
+    src.add_argument("--experiment", help="read the sweep's child runs from this MLflow experiment")
+    p.add_argument("--out", type=Path, help="output folder (default: analysis/ beside runs.csv)")
+    p.add_argument("--x", default="params", help=f"x axis of the main figures: {X_CHOICES}")
+    p.add_argument("--geneval-form", default="loglinear", help=f"{GENEVAL_FORMS}")
+    p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples per fit")
+    p.add_argument("--ci-method", default="residual", help=f"bootstrap method: {METHODS}")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the outputs to MLflow")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+
+
+def latest_runs_csv(results: Path = Path("results")) -> Path:
+    """The most recently modified ``results/*/runs.csv``."""
+    found = sorted(results.glob("*/runs.csv"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError("--runs", f"no {results}/*/runs.csv found; pass --runs or --experiment")
+    return found[-1]
+
+
+def read_runs_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError("--runs", f"no such file: {path}")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError("--runs", f"cannot read {path} as CSV: {str(e).splitlines()[0]}")
+
+
+def read_runs_mlflow(experiment: str) -> tuple[pd.DataFrame, str | None]:
+    """The experiment's child runs as a runs table, and the parent run's id (if one)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if MlflowClient(uri).get_experiment_by_name(experiment) is None:
+        raise UserError("--experiment", f"no experiment named {experiment!r} in {uri}")
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+    parent_col = "tags.mlflow.parentRunId"
+    parent_id = None
+    if parent_col in found.columns and found[parent_col].notna().any():
+        parents = found[parent_col].dropna().unique()
+        parent_id = str(parents[0]) if len(parents) == 1 else None
+        found = found[found[parent_col].notna()]
+    table = pd.DataFrame({"run_key": found.get("run_id", pd.Series(dtype=str))})
+    for prefix in ("tags.", "params.", "metrics."):  # later prefixes win a shared name
+        for col in [c for c in found.columns if c.startswith(prefix)]:
+            name = col[len(prefix):]
+            if name.startswith("mlflow."):
+                continue
+            table[name] = found[col].to_numpy()
+    if "status" not in table.columns and "status" in found.columns:
+        table["status"] = np.where(found["status"] == "FINISHED", "completed",
+                                   found["status"].str.lower())
+    return table.reset_index(drop=True), parent_id
+
+
+def check_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    """Refuse a table without the columns that name a run; derive ``size`` if absent."""
+    missing = [c for c in REQUIRED if c not in runs.columns]
+    if missing:
+        raise UserError("runs table", f"missing columns {', '.join(missing)}",
+                        ["run_key", "token", "order", "size", "params", "train_flops",
+                         "<metrics>", "status", "run_dir", "seed"])
+    runs = runs.copy()
+    if "size" not in runs.columns:
+        runs["size"] = runs["params"].astype(str)
+    for col in ("token", "order", "size"):
+        runs[col] = runs[col].astype(str).str.strip()
+    return runs
+
+
+def sample_cells(completed: pd.DataFrame, bases: Sequence[Path]) -> dict:
+    """(token, order, size) -> each configuration's fixed_prompts.png (None where absent)."""
+    cells: dict[tuple[str, str, str], Path | None] = {}
+    for key, group in completed.groupby(["token", "order", "size"], sort=False):
+        found = None
+        for run_dir in group.get("run_dir", pd.Series(dtype=str)).dropna().astype(str):
+            candidates = [Path(run_dir)] if Path(run_dir).is_absolute() else \
+                [base / run_dir for base in bases]
+            found = next((c / SAMPLES for c in candidates if (c / SAMPLES).is_file()), None)
+            if found:
+                break
+        cells[key] = found
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def log_to_mlflow(out: Path, run_id: str | None) -> str:
+    """Log ``out`` under ``analysis/`` of the sweep's parent run; a one-line note either way."""
+    if not run_id:
+        return "mlflow: no parent run id for this sweep; outputs not logged"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri()).log_artifacts(run_id, str(out), artifact_path="analysis")
+        return f"mlflow: logged {out} to run {run_id} under analysis/"
+    except Exception as e:  # tracking is a convenience; the files on disk are the result
+        return f"mlflow: could not log to run {run_id}: {type(e).__name__}: " + \
+            (str(e).splitlines() or [""])[0][:200]
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_text(path, frame.to_csv(index=False))
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = _parser().parse_args(argv)
+    check_choice("--x", args.x, X_CHOICES)
+    check_choice("--geneval-form", args.geneval_form, GENEVAL_FORMS)
+    check_choice("--ci-method", args.ci_method, METHODS)
+    if args.n_boot < 20:
+        raise UserError("--n-boot", f"{args.n_boot} is too few resamples for a 95% interval "
+                        "(use at least 20; 500-1000 for results)")
+    t0 = time.time()
+    parent_id = None
+    if args.experiment:
+        runs, parent_id = read_runs_mlflow(args.experiment)
+        sweep, home, source = args.experiment, Path("results") / args.experiment, \
+            f"mlflow:{tracking_uri()}#{args.experiment}"
+    else:
+        csv = args.runs if args.runs is not None else latest_runs_csv()
+        runs = read_runs_csv(csv)
+        home, source = csv.parent, str(csv)
+        sweep = str(runs["sweep"].dropna().iloc[0]) if "sweep" in runs.columns and \
+            runs["sweep"].notna().any() else home.name
+    if (home / "parent_run_id").is_file():
+        parent_id = (home / "parent_run_id").read_text().strip() or parent_id
+    out = args.out if args.out is not None else home / "analysis"
+    runs = check_columns(runs)
+    print(f"analysing {source}: {len(runs)} runs -> {out}")
+
+    completed, excluded = split_by_status(runs)
+    messages: list[str] = []
+    if "status" not in runs.columns:
+        messages.append("no status column: every run is taken as completed")
+    if len(excluded):
+        messages.append(f"{len(excluded)} runs excluded (status not completed): "
+                        + ", ".join(f"{r.token}/{r.order} {r.size} ({r.status})"
+                                    for r in excluded.itertuples()))
+    obs, notes = observations(completed)
+    messages += notes
+    records, notes = fit_table(obs, "params", args.n_boot, args.seed, args.ci_method,
+                               args.geneval_form)
+    messages += notes
+    if "train_flops" in runs.columns and np.isfinite(obs["train_flops"]).any():
+        flops_records, notes = fit_table(obs, "train_flops", args.n_boot, args.seed,
+                                         args.ci_method, args.geneval_form)
+        records += flops_records
+        messages += notes
+    else:
+        messages.append("train_flops absent: no FLOPs fits, the loss-vs-FLOPs figure is empty")
+    if args.x == "train_flops" and not any(r.x == "train_flops" for r in records):
+        messages.append("--x train_flops: no FLOPs fits, figures show no curves")
+    for m in messages:
+        print(f"note: {m}")
+    print(f"fitted {len(records)} curves ({args.n_boot} resamples each) in {time.time() - t0:.1f}s")
+
+    fits = pd.DataFrame([r.row() for r in records], columns=FIT_COLUMNS)
+    extrap = extrapolate(records)
+    corr, notes = correlations(obs)
+    messages += notes
+    win = winners(obs, records)
+    _write_csv(out / "fits.csv", fits)
+    _write_csv(out / "extrapolation.csv", extrap)
+    _write_csv(out / "correlations.csv", corr)
+    _write_csv(out / "winners.csv", win)
+
+    figs = {"Validation loss, FID and GenEval vs size": "scaling.png",
+            "GenEval per tag": "geneval_tags.png",
+            "Validation loss vs training FLOPs": "loss_vs_flops.png",
+            "Samples for fixed prompts (rows: variants, columns: sizes)": "samples.png"}
+    figures.scaling_figure(obs, records, args.x, out)
+    figures.geneval_tags_figure(obs, records, args.x, out)
+    figures.loss_vs_flops_figure(obs, records, out)
+    sizes = (completed.groupby("size")["params"].median().sort_values().index.tolist()
+             if len(completed) else [])
+    bases = [Path.cwd()] + ([home] if home.resolve() != Path.cwd().resolve() else [])
+    _, notes = figures.samples_figure(sample_cells(completed, bases), sizes, out)
+    for m in notes:
+        print(f"note: {m}")
+    messages += notes
+
+    write_report(out / "report.md", ReportInputs(
+        sweep=sweep, source=source, x=args.x, n_runs=len(runs), n_completed=len(completed),
+        fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
+        figures=figs, messages=messages, n_boot=args.n_boot, seed=args.seed,
+        method=args.ci_method))
+    if not args.no_mlflow:
+        print(log_to_mlflow(out, parent_id))
+    print(f"wrote {out} in {time.time() - t0:.1f}s")
+    return out
+
+
+if __name__ == "__main__":
+    main()

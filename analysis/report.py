@@ -1,0 +1,212 @@
+"""report.md: the sweep's scaling results in prose and tables, with the figures inline.
+
+The CSVs beside it carry the unrounded numbers; the report rounds to 4 significant digits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.fitting import LOWER_IS_BETTER
+from harness.io import write_text
+
+FITS_COLUMNS = {
+    "metric, token, order": "what was fitted: the metric and the variant",
+    "x": "params (model size N) or train_flops",
+    "form": "offset E+A·x^-α, power A·x^-α, loglinear b0+b1·log10 x (clipped to [0,1]), "
+            "logit sigmoid(b0+b1·log10 x)",
+    "E, A, alpha (+ _ci_low/_ci_high)": "power-law parameters and 95% bootstrap intervals "
+                                         "(E = 0 for power; empty for GenEval forms)",
+    "slope, intercept (+ _ci_*)": "GenEval forms: change per decade of x, value at x = 1 "
+                                  "(in logit units for logit)",
+    "r2": "R² of the fit on seed-averaged points, in log space for power laws",
+    "n_points, n_sizes": "runs×seeds used, distinct sizes",
+    "converged, starts_agreeing, n_starts, objective": "optimiser check: best L-BFGS result "
+        "converged; how many of the grid's starts reached the same minimum; mean Huber loss / δ",
+    "n_boot, n_boot_ok, ci_method, ci_widen": "bootstrap resamples requested and fitted, the "
+        "method, and the factor applied to the percentile interval's half-widths",
+    "x0, x_min, x_max": "centring size of the fit and the fitted range of x",
+}
+
+PAPER_CORRELATIONS = {"fid": 0.917, "geneval_overall": -0.931}
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows; built by analysis/plot_scaling.py."""
+
+    sweep: str
+    source: str
+    x: str
+    n_runs: int
+    n_completed: int
+    fits: pd.DataFrame
+    extrapolation: pd.DataFrame
+    correlations: pd.DataFrame
+    winners: pd.DataFrame
+    excluded: pd.DataFrame
+    figures: dict[str, str] = field(default_factory=dict)
+    """Figure title -> PNG file name relative to the report."""
+    messages: list[str] = field(default_factory=list)
+    n_boot: int = 0
+    seed: int = 0
+    method: str = "residual"
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    """A number at ``digits`` significant digits; blanks for missing values."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _ci(value, lo, hi) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return ""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{fmt(value)} (no CI)"
+    return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _exponents(fits: pd.DataFrame) -> str:
+    if fits.empty:
+        return "No fits were made (see *Skipped fits* below).\n"
+    out = []
+    for x in ("params", "train_flops"):
+        part = fits[fits["x"] == x]
+        if part.empty:
+            continue
+        power = part[part["form"].isin(["offset", "power"])]
+        if not power.empty:
+            rows = [(r.metric, f"{r.token}/{r.order}", r.form,
+                     _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high),
+                     _ci(r.E, r.E_ci_low, r.E_ci_high), fmt(r.A), fmt(r.r2), r.n_sizes,
+                     "yes" if r.converged else "NO") for r in power.itertuples()]
+            out.append(f"**Power laws vs {x}** (α with 95% bootstrap CI)\n\n" + _table(
+                ["metric", "variant", "form", "α [95% CI]", "E [95% CI]", "A", "R² (log)",
+                 "sizes", "converged"], rows))
+        lin = part[part["form"].isin(["loglinear", "logit"])]
+        if not lin.empty:
+            rows = [(r.metric, f"{r.token}/{r.order}", r.form,
+                     _ci(r.slope, r.slope_ci_low, r.slope_ci_high), fmt(r.intercept),
+                     fmt(r.r2), r.n_sizes, "yes" if r.converged else "NO")
+                    for r in lin.itertuples()]
+            out.append(f"**GenEval vs {x}** (slope per decade of {x}, 95% bootstrap CI)\n\n"
+                       + _table(["metric", "variant", "form", "slope [95% CI]", "intercept",
+                                 "R²", "sizes", "converged"], rows))
+    return "\n\n".join(out) + "\n"
+
+
+def _winners(winners: pd.DataFrame) -> str:
+    if winners.empty:
+        return "No size was reached by two or more variants.\n"
+    out = []
+    for metric, part in winners.groupby("metric", sort=False):
+        part = part.sort_values("rank")
+        best, second = part.iloc[0], part.iloc[1]
+        better = "lower" if LOWER_IS_BETTER.get(metric, True) else "higher"
+        spread = math.hypot(*(v if math.isfinite(v) else 0.0
+                              for v in (best["seed_sd"], second["seed_sd"])))
+        verdict = (f"{best['token']}/{best['order']} wins {metric} at {best['size']} "
+                   f"({better} is better) by {fmt(second['gap_to_best'])} over "
+                   f"{second['token']}/{second['order']}")
+        if spread > 0:
+            verdict += (f"; the seed spread of that gap is {fmt(spread)} "
+                        f"({second['gap_to_best'] / spread:.1f}× the gap's seed sd)")
+        else:
+            verdict += "; one seed each, so no seed spread"
+        lo_b, hi_b, lo_s, hi_s = (best["fit_ci_low"], best["fit_ci_high"],
+                                  second["fit_ci_low"], second["fit_ci_high"])
+        if all(math.isfinite(v) for v in (lo_b, hi_b, lo_s, hi_s)):
+            overlap = max(lo_b, lo_s) <= min(hi_b, hi_s)
+            verdict += (". The fits' 95% bands at this size "
+                        + ("overlap" if overlap else "do not overlap") + ".")
+        else:
+            verdict += "."
+        rows = [(r["rank"], f"{r['token']}/{r['order']}", r["mean"], r["seed_sd"], r["n_seeds"],
+                 _ci(r["fit_pred"], r["fit_ci_low"], r["fit_ci_high"]), r["gap_to_best"])
+                for _, r in part.iterrows()]
+        out.append(f"- {verdict}\n\n" + _table(
+            ["rank", "variant", "mean", "seed sd", "seeds", "fit [95% CI]", "gap to best"],
+            rows))
+    return "\n\n".join(out) + "\n"
+
+
+def _correlations(corr: pd.DataFrame) -> str:
+    if corr.empty:
+        return "Not enough configurations with both metrics.\n"
+    rows = [(r.metric, r.token, r.n, _ci(r.r, r.ci_low, r.ci_high), fmt(r.p_value),
+             fmt(PAPER_CORRELATIONS.get(r.metric)) if r.token == "all" else "")
+            for r in corr.itertuples()]
+    return ("Pearson r with validation loss across configurations (seeds averaged; "
+            "95% CI by Fisher's z).\n\n"
+            + _table(["metric", "tokens", "n", "r [95% CI]", "p", "paper"], rows) + "\n")
+
+
+def _extrapolation(extrap: pd.DataFrame) -> str:
+    if extrap.empty:
+        return "No params-fits to extrapolate.\n"
+    main = extrap[extrap["metric"].isin(["val_loss", "fid", "geneval_overall"])
+                  & extrap["size"].isin(["1.1B", "10.5B"])]
+    rows = [(r.metric, f"{r.token}/{r.order}", r.form, r.size,
+             _ci(r.prediction, r.ci_low, r.ci_high), "yes" if r.extrapolated else "")
+            for r in main.itertuples()]
+    return ("Predictions at two of the paper's ladder sizes (all six, every fit: "
+            "`extrapolation.csv`). Far outside the fitted range, treat these as illustration.\n\n"
+            + _table(["metric", "variant", "form", "size", "prediction [95% CI]",
+                      "extrapolated"], rows) + "\n")
+
+
+def render(inp: ReportInputs) -> str:
+    """The report's Markdown text."""
+    parts = [f"# Scaling analysis: {inp.sweep}\n",
+             f"Source: `{inp.source}`. Runs: {inp.n_runs}, completed and used: "
+             f"{inp.n_completed}, excluded: {len(inp.excluded)}. Main x axis: {inp.x}.\n",
+             "## Figures\n"]
+    parts += [f"![{title}]({name})\n" for title, name in inp.figures.items()]
+    parts += ["## Scaling exponents\n", _exponents(inp.fits),
+              "## Which variant wins at the largest size\n", _winners(inp.winners),
+              "## Correlation with validation loss\n", _correlations(inp.correlations),
+              "## Extrapolation to the paper's ladder\n", _extrapolation(inp.extrapolation),
+              "## Skipped fits and other notes\n"]
+    parts.append("\n".join(f"- {m}" for m in inp.messages) + "\n" if inp.messages
+                 else "None.\n")
+    parts.append("## Excluded runs (status not completed)\n")
+    if inp.excluded.empty:
+        parts.append("None.\n")
+    else:
+        cols = [c for c in ("run_key", "token", "order", "size", "seed", "status")
+                if c in inp.excluded.columns]
+        parts.append(_table(cols, inp.excluded[cols].astype(object).values.tolist()) + "\n")
+    parts += ["## Method\n",
+              "Each metric of each variant is fitted against model size and training FLOPs "
+              "(Hoffmann et al. 2022 style): Huber loss (δ = 1e-3) on residuals in log space "
+              "for power laws (raw or logit space for GenEval), L-BFGS-B from a grid of starts, "
+              "best kept; seeds of one configuration are averaged (they evaluate one model). "
+              f"Intervals: {inp.n_boot} bootstrap resamples (seed {inp.seed}, method "
+              f"`{inp.method}`). `residual` resamples the size-level residuals around the fit "
+              "(inflated by √(n/(n−p))) and widens the percentile interval by t(n−p)/z to "
+              "correct for the few sizes; `cases` resamples sizes and the seeds within them. "
+              "FID's offset form is kept only with ≥ 4 sizes and a ≥ 10% lower objective than "
+              "the pure power law. GenEval and the ladder predictions clip to [0, 1].\n",
+              "### Columns of fits.csv\n",
+              "\n".join(f"- `{k}`: {v}" for k, v in FITS_COLUMNS.items()) + "\n"]
+    return "\n".join(parts)
+
+
+def write_report(path: Path, inp: ReportInputs) -> Path:
+    """Render and write report.md atomically."""
+    return write_text(path, render(inp))
+

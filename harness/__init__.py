@@ -1,0 +1,1 @@
+"""Scaling-study harness for autoregressive text-to-image models."""

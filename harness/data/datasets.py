@@ -1,0 +1,69 @@
+"""Image-caption datasets by name, and the rendered-image cache tokenizers train on.
+
+Every dataset offers ``len``, ``image(i)`` (uint8 HxWx3 at the configured resolution) and
+``caption(i)``. The shapes world is procedural; real datasets (folder+JSONL, WebDataset, COCO)
+live in ``harness.data.real``. Add a dataset by adding a branch to ``build_dataset``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from harness.config import config_hash
+from harness.data.shapes import ShapesWorld, vocabulary as shapes_vocabulary
+
+SPLIT_SIZES = {"train": "train_size", "val": "val_size"}
+
+
+def build_dataset(data: DictConfig, split: str):
+    """The dataset named by ``data.name`` for ``split`` (train | val | test | compositional)."""
+    size = data.get(SPLIT_SIZES.get(split, "val_size"))
+    if data.name == "shapes":
+        return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed)
+    from harness.data import real
+
+    return real.build(data, split, size)
+
+
+def caption_vocabulary(data: DictConfig) -> list[str]:
+    """Words the learned text encoder knows: the shapes grammar, or the training captions' words."""
+    if data.name == "shapes":
+        return shapes_vocabulary()
+    from harness.data import real
+
+    return real.vocabulary(data)
+
+
+def data_key(data: DictConfig) -> str:
+    """Hash of the fields that determine the data's content."""
+    return config_hash({k: data[k] for k in ("name", "path", "resolution", "seed", "train_size",
+                                             "val_size")})
+
+
+def rendered(data: DictConfig, split: str, root: str | Path) -> tuple[torch.Tensor, list[str]]:
+    """All images (uint8 N,H,W,3) and captions of a split, rendered once and cached on disk."""
+    from harness.io import atomic_write
+
+    path = Path(root) / "stage0" / f"data-{data_key(data)}" / f"{split}.pt"
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        return blob["images"], blob["captions"]
+    ds = build_dataset(data, split)
+    images = torch.from_numpy(np.stack([ds.image(i) for i in range(len(ds))]))
+    captions = [ds.caption(i) for i in range(len(ds))]
+    atomic_write(path, lambda f: torch.save({"images": images, "captions": captions}, f), mode="wb")
+    return images, captions
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,H,W,3) -> float (N,3,H,W) in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N,3,H,W) in [-1, 1] -> uint8 (N,H,W,3) numpy."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,204 @@
+"""The image generator: one transformer, four variants (token type x generation order).
+
+- ``discrete`` tokens are codebook indices: embedding in, logits out, cross-entropy.
+- ``continuous`` tokens are KL latents: linear in, a per-token diffusion head (``DiffLoss``) out.
+- ``raster`` order is GPT-like: causal self-attention, teacher-forced next-token prediction from a
+  learned start token, sampling one token at a time with a KV cache.
+- ``random`` order is MAR/BERT-like: bidirectional self-attention over the sequence with a random
+  subset replaced by a mask embedding (a fresh order per sample, the masked fraction drawn from a
+  truncated normal on [mask_ratio_min, 1]); loss on masked tokens; sampling fills the sequence in
+  a few steps on a cosine schedule.
+Every layer reads the text through cross-attention. All randomness takes an optional
+``torch.Generator`` so validation loss and sampling are reproducible.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.models.diffloss import DiffLoss
+from harness.models.transformer import Block, KVCache, init_weights, padding_mask
+
+
+def truncated_normal_ratio(n: int, low: float, std: float, generator: torch.Generator | None,
+                           device: torch.device) -> Tensor:
+    """Mask ratios ~ N(1, std) truncated to [low, 1], by inverse-CDF sampling."""
+    normal = torch.distributions.Normal(1.0, std)
+    a, b = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
+    u = torch.rand(n, generator=generator, device=device)
+    return normal.icdf(a + u.cpu() * (b - a)).clamp(low, 1.0).to(device)
+
+
+class Generator(nn.Module):
+    def __init__(self, token: str, order: str, num_tokens: int, depth: int, width: int, heads: int,
+                 mlp_ratio: float = 4.0, token_dim: int = 4, codebook_size: int = 256,
+                 head_width: int | None = None, head_depth: int = 3, diffusion_steps: int = 1000,
+                 diffusion_batch_mul: int = 4, mask_ratio_min: float = 0.7,
+                 mask_ratio_std: float = 0.25):
+        super().__init__()
+        self.token, self.order = token, order
+        self.num_tokens, self.width = num_tokens, width
+        self.token_dim, self.codebook_size = token_dim, codebook_size
+        self.mask_ratio_min, self.mask_ratio_std = mask_ratio_min, mask_ratio_std
+        if token == "discrete":
+            self.embed = nn.Embedding(codebook_size, width)
+        else:
+            self.embed = nn.Linear(token_dim, width)
+        self.start = nn.Parameter(torch.zeros(1, 1, width))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.zeros(1, num_tokens, width))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, cross=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        init_weights(self)
+        for p in (self.start, self.mask_token, self.pos):
+            nn.init.normal_(p, std=0.02)
+        if token == "discrete":
+            self.head = nn.Linear(width, codebook_size)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.diffloss = DiffLoss(token_dim, width, head_width or width, head_depth,
+                                     diffusion_steps, diffusion_batch_mul)
+
+    @property
+    def causal(self) -> bool:
+        return self.order == "raster"
+
+    # ---- the transformer -------------------------------------------------------------------
+    def backbone(self, x: Tensor, context: Tensor, context_mask: Tensor,
+                 caches: list[KVCache] | None = None) -> Tensor:
+        cmask = padding_mask(context_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, context, cmask, causal=self.causal,
+                      cache=caches[i] if caches is not None else None)
+        return self.norm(x)
+
+    def inputs(self, tokens: Tensor, masked: Tensor | None = None) -> Tensor:
+        """Embed tokens at their positions. raster: shift right behind the start token;
+        random: masked positions get the mask embedding."""
+        x = self.embed(tokens)
+        if self.order == "raster":
+            x = torch.cat([self.start.expand(x.shape[0], -1, -1), x[:, :-1]], dim=1)
+        elif masked is not None:
+            x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)
+        return x + self.pos
+
+    def random_mask(self, batch: int, generator: torch.Generator | None,
+                    device: torch.device) -> Tensor:
+        """MAR training mask: a fresh random order per sample, one masked count per batch."""
+        ratio = truncated_normal_ratio(1, self.mask_ratio_min, self.mask_ratio_std, generator, device)
+        n_masked = max(1, int(math.ceil(ratio.item() * self.num_tokens)))
+        order = torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(dim=1)
+        masked = torch.zeros(batch, self.num_tokens, dtype=torch.bool, device=device)
+        return masked.scatter(1, order[:, :n_masked], True)
+
+    # ---- training ----------------------------------------------------------------------------
+    def loss(self, tokens: Tensor, context: Tensor, context_mask: Tensor,
+             generator: torch.Generator | None = None) -> Tensor:
+        """tokens: (B, L) codes or (B, L, C) latents. Returns the mean loss over predicted tokens."""
+        b = tokens.shape[0]
+        masked = None
+        if self.order == "random":
+            masked = self.random_mask(b, generator, tokens.device)
+        z = self.backbone(self.inputs(tokens, masked), context, context_mask)
+        if masked is not None:
+            z, target = z[masked], tokens[masked]
+        else:
+            z, target = z.flatten(0, 1), tokens.flatten(0, 1)
+        if self.token == "discrete":
+            return F.cross_entropy(self.head(z).float(), target)
+        return self.diffloss(target, z, generator=generator)
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def _draw(self, z: Tensor, guided: bool, cfg: float | Tensor, temperature: float,
+              top_k: int, diffusion_steps: int, generator: torch.Generator | None) -> Tensor:
+        """One token per row of ``z`` ([cond; uncond] halves when ``guided``), in one batched call."""
+        if self.token == "continuous":
+            return self.diffloss.sample(z, temperature, cfg, diffusion_steps, generator, guided)
+        logits = self.head(z).float()
+        if guided:
+            cond, uncond = logits.chunk(2)
+            w = cfg if not torch.is_tensor(cfg) else cfg.view(-1, 1)
+            logits = uncond + w * (cond - uncond)
+        logits = logits / temperature
+        if top_k > 0:
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+    def _empty_tokens(self, b: int, device: torch.device) -> Tensor:
+        if self.token == "discrete":
+            return torch.zeros(b, self.num_tokens, dtype=torch.long, device=device)
+        return torch.zeros(b, self.num_tokens, self.token_dim, device=device)
+
+    @torch.no_grad()
+    def sample(self, context: Tensor, context_mask: Tensor, null_context: Tensor | None = None,
+               null_mask: Tensor | None = None, cfg: float = 1.0, temperature: float = 1.0,
+               steps: int = 16, diffusion_steps: int = 50, top_k: int = 0,
+               generator: torch.Generator | None = None, kv_cache: bool = True) -> Tensor:
+        """Generate tokens for a batch of text contexts. With ``null_context`` the unconditional
+        branch runs beside the conditional one (classifier-free guidance, scale ``cfg``: constant
+        for raster, linear in the number of known tokens for random order)."""
+        guided = null_context is not None
+        if guided:
+            context = torch.cat([context, null_context])
+            context_mask = torch.cat([context_mask, null_mask])
+        kw = dict(guided=guided, temperature=temperature, top_k=top_k,
+                  diffusion_steps=diffusion_steps, generator=generator)
+        if self.order == "raster":
+            return self._sample_raster(context, context_mask, cfg, kv_cache, **kw)
+        return self._sample_random(context, context_mask, cfg, steps, **kw)
+
+    def _sample_raster(self, context: Tensor, context_mask: Tensor, cfg: float, kv_cache: bool,
+                       guided: bool, **kw) -> Tensor:
+        rows = context.shape[0]
+        b = rows // 2 if guided else rows
+        tokens = self._empty_tokens(b, context.device)
+        caches = [KVCache() for _ in self.blocks] if kv_cache else None
+        x = self.start.expand(rows, -1, -1) + self.pos[:, :1]
+        for i in range(self.num_tokens):
+            if kv_cache:
+                z = self.backbone(x, context, context_mask, caches)[:, -1]
+            else:
+                seq = tokens[:, :i] if i else tokens[:, :0]
+                seq = torch.cat([seq, seq]) if guided else seq
+                prefix = torch.cat([self.start.expand(rows, -1, -1), self.embed(seq)], dim=1)
+                z = self.backbone(prefix + self.pos[:, : i + 1], context, context_mask)[:, -1]
+            tokens[:, i] = self._draw(z, guided, cfg, **kw)
+            if i + 1 < self.num_tokens:
+                new = tokens[:, i: i + 1]
+                new = torch.cat([new, new]) if guided else new
+                x = self.embed(new) + self.pos[:, i + 1: i + 2]
+        return tokens
+
+    def _sample_random(self, context: Tensor, context_mask: Tensor, cfg: float, steps: int,
+                       guided: bool, generator: torch.Generator | None, **kw) -> Tensor:
+        rows = context.shape[0]
+        b = rows // 2 if guided else rows
+        device = context.device
+        L = self.num_tokens
+        tokens = self._empty_tokens(b, device)
+        order = torch.rand(b, L, generator=generator, device=device).argsort(dim=1)
+        masked = torch.ones(b, L, dtype=torch.bool, device=device)
+        n_masked = L
+        steps = max(1, min(steps, L))
+        for k in range(steps):
+            n_next = int(math.floor(L * math.cos(math.pi / 2 * (k + 1) / steps)))
+            n_next = 0 if k == steps - 1 else max(1, min(n_masked - 1, n_next))
+            seq, m = (torch.cat([tokens, tokens]), torch.cat([masked, masked])) if guided else (tokens, masked)
+            z = self.backbone(self.inputs(seq, m), context, context_mask)
+            pick = order[:, n_next:n_masked]
+            zc = z[:b].gather(1, pick[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
+            if guided:
+                zu = z[b:].gather(1, pick[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
+                zc = torch.cat([zc, zu])
+            w = 1 + (cfg - 1) * (L - n_next) / L
+            new = self._draw(zc, guided, w, generator=generator, **kw).view(b, pick.shape[1], *tokens.shape[2:])
+            idx = pick if self.token == "discrete" else pick[..., None].expand(-1, -1, self.token_dim)
+            tokens = tokens.scatter(1, idx, new)
+            masked = masked.scatter(1, pick, False)
+            n_masked = n_next
+        return tokens

@@ -1,0 +1,182 @@
+"""The sweep file: which runs a study holds and how to launch them, as an OmegaConf schema.
+
+A sweep YAML (``sweeps/<preset>.yaml``) names the study, its grid (token x order x size), the
+evaluation seeds, ``overrides`` merged into every run's config (and ``size_overrides`` into the
+runs of one size), and the launcher settings. It is validated against ``SweepSpec`` here and its
+overrides against the run schema (``harness.config``), so a typo fails before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness import config as C
+from harness.errors import UserError, check_choice
+from harness.models.sizes import LADDERS
+
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+LAUNCHERS = ("local", "slurm", "debug")
+VARIANTS = tuple(f"{t}-{o}" for t in C.TOKENS for o in C.ORDERS)
+
+
+@dataclass
+class GridSpec:
+    """The axes of the study; an empty ``size`` list means every size of the ladder."""
+
+    token: List[str] = field(default_factory=lambda: list(C.TOKENS))
+    order: List[str] = field(default_factory=lambda: list(C.ORDERS))
+    size: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LocalSpec:
+    """Jobs as subprocesses on this machine: at most ``max_parallel`` at once, each using
+    ``threads_per_job`` torch threads (the ``train.threads`` of its run)."""
+
+    max_parallel: int = 1
+    threads_per_job: int = 2
+    timeout_min: int = 7 * 24 * 60
+
+
+@dataclass
+class SlurmResources:
+    """Per-job resources; in ``per_size`` and ``stage0`` a null field keeps the sweep default."""
+
+    time_min: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    mem_gb: Optional[int] = None
+
+
+@dataclass
+class SlurmSpec:
+    """One job array per size. A run's task and node counts come from its config
+    (``train.devices`` tasks per node, ``train.num_nodes`` nodes) so Lightning and SLURM agree."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time_min: int = 60
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    mem_gb: int = 8
+    array_parallelism: int = 64
+    signal_delay_s: int = 90
+    max_requeues: int = 3
+    per_size: Dict[str, SlurmResources] = field(default_factory=dict)
+    stage0: SlurmResources = field(default_factory=SlurmResources)
+
+
+@dataclass
+class LauncherSpec:
+    default: str = "local"
+    progress_every_s: float = 30.0
+    local: LocalSpec = field(default_factory=LocalSpec)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+
+
+@dataclass
+class SweepSpec:
+    name: str = "sweep"
+    grid: GridSpec = field(default_factory=GridSpec)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    size_overrides: Dict[str, Any] = field(default_factory=dict)
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    check_choice("--preset", name, presets())
+    return SWEEPS_DIR / f"{name}.yaml"
+
+
+def load_sweep(path: str | Path) -> DictConfig:
+    """Read and validate a sweep file; raises ``UserError`` naming the bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("--file", f"{path} does not exist")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:
+        raise UserError(str(path), f"malformed YAML: {str(e).splitlines()[0]}") from None
+    try:
+        spec = OmegaConf.merge(OmegaConf.structured(SweepSpec), raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "sweep"
+        raise UserError(f"{path.name}: {key}", str(e).splitlines()[0]) from None
+    validate(spec, path.name)
+    return spec
+
+
+def ladder_of(spec: DictConfig) -> str:
+    return OmegaConf.select(spec, "overrides.model.ladder", default=None) or C.ModelConfig.ladder
+
+
+def _check_overrides(overrides: Any, where: str, size: str) -> None:
+    base = OmegaConf.merge(overrides, {"model": {"size": size}})
+    try:
+        C.load(base=OmegaConf.to_container(base))
+    except UserError as e:
+        raise UserError(f"{where}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+
+def validate(spec: DictConfig, source: str) -> None:
+    """Names, choices and the overrides (checked through ``harness.config.load``)."""
+    if not spec.name or "/" in spec.name:
+        raise UserError(f"{source}: name", f"must be a non-empty name without '/', got {spec.name!r}")
+    for t in spec.grid.token:
+        check_choice(f"{source}: grid.token", t, C.TOKENS)
+    for o in spec.grid.order:
+        check_choice(f"{source}: grid.order", o, C.ORDERS)
+    ladder = ladder_of(spec)
+    check_choice(f"{source}: overrides.model.ladder", ladder, LADDERS)
+    _check_overrides(spec.overrides, f"{source}: overrides", next(iter(LADDERS[ladder])))
+    for s in list(spec.grid.size) + list(spec.size_overrides) + list(spec.launcher.slurm.per_size):
+        check_choice(f"{source}: size {s!r}", s, LADDERS[ladder])
+    for size, extra in spec.size_overrides.items():
+        _check_overrides(OmegaConf.merge(spec.overrides, extra), f"{source}: size_overrides.{size}",
+                         size)
+    check_choice(f"{source}: launcher.default", spec.launcher.default, LAUNCHERS)
+    if not spec.seeds:
+        raise UserError(f"{source}: seeds", "needs at least one evaluation seed")
+    if spec.launcher.local.max_parallel < 1 or spec.launcher.local.threads_per_job < 0:
+        raise UserError(f"{source}: launcher.local", "max_parallel must be >= 1, threads_per_job >= 0")
+
+
+def sizes(spec: DictConfig) -> list[str]:
+    """The grid's sizes in ladder order (all of the ladder when the grid lists none)."""
+    ladder = LADDERS[ladder_of(spec)]
+    chosen = set(spec.grid.size) or set(ladder)
+    return [s for s in ladder if s in chosen]
+
+
+def variants(spec: DictConfig) -> list[str]:
+    return [f"{t}-{o}" for t in spec.grid.token for o in spec.grid.order]
+
+
+def select(spec: DictConfig, size_arg: str, variants_arg: str | None) -> tuple[list[str], list[str]]:
+    """Resolve ``--size all|xs,s`` and ``--variants a-b,...`` against the sweep and its ladder."""
+    ladder = LADDERS[ladder_of(spec)]
+    if size_arg == "all":
+        chosen_sizes = sizes(spec)
+    else:
+        chosen_sizes = [s.strip() for s in size_arg.split(",") if s.strip()]
+        for s in chosen_sizes:
+            check_choice("--size", s, ["all", *ladder])
+        chosen_sizes = [s for s in ladder if s in chosen_sizes]
+    if variants_arg in (None, "", "all"):
+        chosen_variants = variants(spec)
+    else:
+        chosen_variants = [v.strip() for v in variants_arg.split(",") if v.strip()]
+        for v in chosen_variants:
+            check_choice("--variants", v, ["all", *VARIANTS])
+    if not chosen_sizes or not chosen_variants:
+        raise UserError("--size/--variants", "select at least one size and one variant")
+    return chosen_sizes, chosen_variants

@@ -1,0 +1,186 @@
+"""Stage 0 for tokenizers: train once per config hash, measure, pre-encode the dataset.
+
+``results/stage0/tokenizer-<token>-<hash>/`` holds ``model.pt`` (weights), ``meta.json``
+(reconstruction PSNR on val, VQ codebook usage/perplexity, the latent scale, the config) and
+``tokens_{train,val}.pt`` (every image's tokens, already scaled, with its caption), so generator
+runs never run the encoder. The directory is built in a temp folder and renamed into place: it
+exists complete or not at all. A file lock lets concurrent jobs wait for one trainer.
+"""
+from __future__ import annotations
+
+import fcntl
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import config_hash
+from harness.data.datasets import data_key, rendered, to_float
+from harness.io import read_json, write_json
+from harness.tokenizers.autoencoder import Autoencoder, build_autoencoder
+
+
+def tokenizer_dir(cfg: DictConfig, token: str) -> Path:
+    key = config_hash({"data": data_key(cfg.data), "token": token,
+                       "tokenizer": OmegaConf.to_container(cfg.tokenizer)})
+    return Path(cfg.results_dir) / "stage0" / f"tokenizer-{token}-{key}"
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class TokenizerModule(L.LightningModule):
+    """Reconstruction (MSE) + KL (continuous) or commitment (discrete)."""
+
+    def __init__(self, model: Autoencoder, lr: float, kl_weight: float, steps: int):
+        super().__init__()
+        self.model, self.lr, self.kl_weight, self.steps = model, lr, kl_weight, steps
+
+    def training_step(self, batch, _):
+        x = to_float(batch[0])
+        recon, aux = self.model(x)
+        rec = F.mse_loss(recon, x)
+        loss = rec + (self.kl_weight * aux["kl"] if "kl" in aux else aux["commit"])
+        self.log("tokenizer/recon_mse", rec, prog_bar=True)
+        if "perplexity" in aux:
+            self.log("tokenizer/perplexity", aux["perplexity"], prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps,
+                                                    pct_start=0.05)
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+
+class Tokenizer:
+    """A trained tokenizer with its latent scale: images <-> generator-ready tokens."""
+
+    def __init__(self, model: Autoencoder, scale: float, meta: dict):
+        self.model, self.scale, self.meta = model.eval(), scale, meta
+        self.kind = model.kind
+
+    @property
+    def token_dim(self) -> int:
+        return self.model.channels
+
+    @property
+    def codebook_size(self) -> int:
+        return getattr(self.model, "codebook_size", 0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.encode(images)
+        return tokens / self.scale if self.kind == "continuous" else tokens
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.kind == "continuous":
+            tokens = tokens * self.scale
+        return self.model.decode(tokens)
+
+    def to(self, device) -> "Tokenizer":
+        self.model.to(device)
+        return self
+
+
+def _psnr(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> float:
+    """Mean PSNR (dB) of reconstructions of uint8 images, computed on [0, 255]."""
+    model.eval()
+    values = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = to_float(images[i: i + batch])
+            recon = model.decode(model.encode(x))
+            mse = ((recon - x) * 127.5).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            values.append(10 * torch.log10(255.0 ** 2 / mse))
+    return torch.cat(values).mean().item()
+
+
+def _encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model.encode(to_float(images[i: i + batch]))
+                          for i in range(0, len(images), batch)])
+
+
+def _train(cfg: DictConfig, token: str, out: Path) -> None:
+    t = cfg.tokenizer
+    torch.manual_seed(t.seed)
+    images, _ = rendered(cfg.data, "train", cfg.results_dir)
+    model = build_autoencoder(token, t.channels, t.hidden, t.downsample, cfg.data.resolution,
+                              t.layers, t.heads, t.codebook_size, t.commitment)
+    module = TokenizerModule(model, t.lr, t.kl_weight, t.steps)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images),
+                                         batch_size=t.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(t.seed))
+    start = time.time()
+    trainer = L.Trainer(max_steps=t.steps, accelerator=cfg.train.accelerator, devices=1,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=False, default_root_dir=str(out))
+    trainer.fit(module, loader)
+    model = model.cpu().eval()
+    val_images, _ = rendered(cfg.data, "val", cfg.results_dir)
+    meta = {"token": token, "psnr_val": _psnr(model, val_images), "train_seconds": time.time() - start,
+            "config": OmegaConf.to_container(t), "resolution": cfg.data.resolution,
+            "data_key": data_key(cfg.data)}
+    for split in ("train", "val"):
+        split_images, captions = rendered(cfg.data, split, cfg.results_dir)
+        tokens = _encode_all(model, split_images)
+        if token == "continuous" and split == "train":
+            meta["scale"] = tokens.float().std().item()
+        if token == "discrete":
+            counts = torch.bincount(tokens.flatten(), minlength=model.codebook_size).float()
+            p = counts / counts.sum()
+            meta[f"codebook_usage_{split}"] = (counts > 0).float().mean().item()
+            meta[f"codebook_perplexity_{split}"] = math.exp(-(p * (p + 1e-10).log()).sum().item())
+        scale = meta.get("scale", 1.0)
+        tokens = tokens / scale if token == "continuous" else tokens.to(torch.int32)
+        torch.save({"tokens": tokens, "captions": captions}, out / f"tokens_{split}.pt")
+    meta.setdefault("scale", 1.0)
+    torch.save(model.state_dict(), out / "model.pt")
+    write_json(out / "meta.json", meta)
+
+
+def ensure_tokenizer(cfg: DictConfig, token: str) -> Path:
+    """Train (or find) the tokenizer for ``token``; returns its stage-0 directory."""
+    final = tokenizer_dir(cfg, token)
+    if (final / "meta.json").exists():
+        return final
+    with file_lock(final.with_suffix(".lock")):
+        if (final / "meta.json").exists():
+            return final
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _train(cfg, token, tmp)
+        tmp.rename(final)
+    return final
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    meta = read_json(path / "meta.json")
+    c = meta["config"]
+    model = build_autoencoder(meta["token"], c["channels"], c["hidden"], c["downsample"],
+                              meta["resolution"], c["layers"], c["heads"], c["codebook_size"],
+                              c["commitment"])
+    model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
+    return Tokenizer(model, meta["scale"], meta)
+
+
+def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, list[str]]:
+    blob = torch.load(Path(path) / f"tokens_{split}.pt", weights_only=True)
+    return blob["tokens"], blob["captions"]

@@ -1,0 +1,213 @@
+"""Train one generator run: ``python -m harness.train <dotlist overrides>``.
+
+A run lives in ``results/runs/<run_key>/``: ``config.yaml``, ``checkpoints/{last,prev}.ckpt``,
+``mlflow_run_id``, ``metrics.jsonl`` (every logged metric), ``status.json`` and, after
+evaluation, ``metrics.json``. Calling ``train`` again on the same config resumes from the last
+good checkpoint, or returns at once if training already finished.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from harness import config as C
+from harness.data.datasets import caption_vocabulary
+from harness.data.tokens import TokenDataModule, TokenDataset
+from harness.io import read_json, write_json
+from harness.models.flops import forward_flops, train_flops
+from harness.tokenizers.stage0 import ensure_tokenizer, load_tokenizer, load_tokens
+from harness.tracking import store, tracking_uri
+from harness.tracking.logger import RunLogger, flatten
+from harness.train.module import GeneratorModule, NonFiniteLoss, counted_parameters
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / "runs" / C.run_key(cfg)
+
+
+def read_status(path: str | Path) -> dict:
+    f = Path(path) / STATUS_FILE
+    return read_json(f) if f.exists() else {"status": "queued"}
+
+
+def write_status(path: str | Path, status: str, **extra) -> None:
+    old = read_status(path)
+    old.update(extra, status=status, updated=time.time())
+    write_json(Path(path) / STATUS_FILE, old)
+
+
+def valid_checkpoint(path: Path) -> bool:
+    """A checkpoint that loads safely (weights only) and holds a state dict; warns otherwise."""
+    if not path.exists():
+        return False
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return "state_dict" in ckpt and "global_step" in ckpt
+    except Exception as e:
+        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:120]}); falling back to an older one")
+        return False
+
+
+def resume_checkpoint(directory: Path) -> Path | None:
+    for name in ("last.ckpt", "prev.ckpt"):
+        if valid_checkpoint(directory / name):
+            return directory / name
+    return None
+
+
+class AtomicCheckpoint(Callback):
+    """Every ``every`` steps and at the end: last.ckpt -> prev.ckpt, then a new last.ckpt written
+    to a temp file and renamed, so a kill at any moment leaves a loadable checkpoint."""
+
+    def __init__(self, directory: Path, every: int):
+        self.directory, self.every = directory, every
+
+    def save(self, trainer: L.Trainer) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".last.{os.getpid()}.tmp"
+        trainer.save_checkpoint(tmp)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            last = self.directory / "last.ckpt"
+            if last.exists():
+                os.replace(last, self.directory / "prev.ckpt")
+            os.replace(tmp, last)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step >= trainer.max_steps:
+            self.save(trainer)
+
+
+class Validation(Callback):
+    """Deterministic validation loss (EMA weights) every ``every`` steps and at the end."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def run(self, trainer, pl_module: GeneratorModule) -> None:
+        if trainer.is_global_zero:
+            loss = validation_loss(pl_module, trainer.datamodule.val_dataloader())
+            for lg in trainer.loggers:
+                lg.log_metrics({"val/loss": loss}, trainer.global_step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == 0:
+            self.run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step >= trainer.max_steps:
+            self.run(trainer, pl_module)
+
+
+@torch.no_grad()
+def validation_loss(module: GeneratorModule, loader) -> float:
+    """Mean loss of the EMA networks over the validation set, with fixed randomness per batch."""
+    total, count = 0.0, 0
+    for i, batch in enumerate(loader):
+        batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        g = module.step_generator(10_007 + i)
+        context, cmask = module.context(module.ema, batch)
+        n = batch["tokens"].shape[0]
+        total += module.ema["generator"].loss(batch["tokens"], context, cmask, generator=g).item() * n
+        count += n
+    return total / max(1, count)
+
+
+class StartFrom(Callback):
+    """Tell the step-indexed sampler where a resumed run picks up."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        dm.sampler.start = trainer.global_step
+        dm.sampler.rank, dm.sampler.world = trainer.global_rank, trainer.world_size
+
+
+def prepare_data(cfg: DictConfig) -> tuple[Path, TokenDataset, TokenDataset]:
+    """Stage 0 for this run: the tokenizer and the pre-encoded tokens (and text features)."""
+    tok_dir = ensure_tokenizer(cfg, cfg.model.token)
+    text = {}
+    if cfg.text.encoder != "learned":
+        from harness.text.cache import ensure_text_features
+
+        text = ensure_text_features(cfg)
+    sets = []
+    for split in ("train", "val"):
+        tokens, captions = load_tokens(tok_dir, split)
+        sets.append(TokenDataset(tokens, captions, text.get(split)))
+    return tok_dir, sets[0], sets[1]
+
+
+def describe(cfg: DictConfig, module: GeneratorModule, tok) -> dict:
+    """Size and cost of a run, as logged and written to the results table."""
+    text_width = None if cfg.text.encoder == "learned" else module.nets["aligner"].proj.in_features
+    return {"params": counted_parameters(module.nets),
+            "forward_flops": forward_flops(cfg, tok.token_dim, tok.codebook_size, text_width),
+            "train_flops": train_flops(cfg, tok.token_dim, tok.codebook_size, text_width),
+            "num_tokens": C.num_tokens(cfg)}
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train (or resume, or skip) the run for ``cfg``; returns its directory."""
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    C.save(cfg, out / "config.yaml")
+    status = read_status(out)
+    if status["status"] in ("trained", "completed"):
+        return out
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    tok_dir, train_set, val_set = prepare_data(cfg)
+    tok = load_tokenizer(tok_dir)
+    write_json(out / "stage0.json", {"tokenizer": str(tok_dir.resolve())})
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # after stage 0, which may train
+    module = GeneratorModule(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
+    info = describe(cfg, module, tok)
+    write_json(out / "info.json", info)
+    uri = cfg.tracking.uri or tracking_uri()
+    m = cfg.model
+    try:
+        store.ensure_run(out, cfg.tracking.experiment, C.run_key(cfg),
+                         {"token": m.token, "order": m.order, "size": m.size, "ladder": m.ladder,
+                          "run_key": C.run_key(cfg)}, cfg.tracking.parent_run_id, uri)
+    except Exception as e:
+        store.mark_pending(out, f"run not created: {str(e).splitlines()[0]}")
+    logger = RunLogger(out, uri)
+    logger.log_hyperparams({**flatten(C.to_container(cfg)), **info})
+    dm = TokenDataModule(train_set, val_set, cfg.train.batch_size, cfg.train.steps,
+                         cfg.train.seed, cfg.data.num_workers)
+    ckpt_dir = out / "checkpoints"
+    trainer = L.Trainer(
+        max_steps=cfg.train.steps, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy,
+        precision=cfg.train.precision, gradient_clip_val=cfg.train.grad_clip or None,
+        logger=logger, log_every_n_steps=cfg.train.log_every, limit_val_batches=0,
+        enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
+        enable_progress_bar=bool(os.environ.get("HARNESS_PROGRESS", "")),
+        callbacks=[StartFrom(), AtomicCheckpoint(ckpt_dir, cfg.train.checkpoint_every),
+                   Validation(cfg.train.val_every)],
+        default_root_dir=str(out), deterministic=False)
+    write_status(out, "running", started=time.time())
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ckpt_dir))
+    except NonFiniteLoss as e:
+        write_status(out, "failed", reason=str(e), step=e.step)
+        raise
+    if trainer.global_step < cfg.train.steps:
+        raise RuntimeError(f"training stopped at step {trainer.global_step} of {cfg.train.steps}")
+    write_status(out, "trained", step=trainer.global_step)
+    return out

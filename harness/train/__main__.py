@@ -1,0 +1,23 @@
+"""``python -m harness.train [--config FILE ...] key=value ...``: train one run."""
+from __future__ import annotations
+
+import argparse
+
+from harness import config
+from harness.errors import cli_main
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__)
+    parser.add_argument("--config", action="append", default=[], help="YAML override file(s)")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. model.token=discrete")
+    args = parser.parse_args(argv)
+    cfg = config.load(args.overrides, args.config)
+    from harness.train import train
+
+    print(train(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The LightningModule of a generator run: text encoder + aligner + generator, EMA, optimiser.
+
+Randomness of a training step (caption dropout, masks, diffusion noise) comes from a generator
+seeded by (seed, global step), so a resumed run replays exactly what an uninterrupted run would
+have done; validation uses a fixed seed per batch so losses are comparable across sizes.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from harness.config import num_tokens, to_container
+from harness.models.generator import Generator
+from harness.text.aligner import TextAligner
+from harness.text.encoders import build_text_encoder
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+        super().__init__(f"loss is {value} at step {step}")
+
+
+def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
+                   vocabulary: list[str]) -> nn.ModuleDict:
+    """The trainable networks of a run: ``text`` (learned encoder, or absent), ``aligner``,
+    ``generator``. A frozen Hugging Face encoder is not part of them (its features are cached)."""
+    m, t = cfg.model, cfg.text
+    nets = nn.ModuleDict()
+    if t.encoder == "learned":
+        nets["text"] = build_text_encoder("learned", t.max_len, t.width, t.encoder_layers,
+                                          t.heads, vocabulary)
+        text_width = t.width
+    else:
+        text_width = text_feature_width(t.encoder)
+    nets["aligner"] = TextAligner(text_width, m.width, t.aligner_layers, m.heads, t.max_len)
+    nets["generator"] = Generator(
+        m.token, m.order, num_tokens(cfg), m.depth, m.width, m.heads, m.mlp_ratio,
+        token_dim=token_dim, codebook_size=codebook_size, head_width=m.head_width,
+        head_depth=m.head_depth, diffusion_steps=m.diffusion_steps,
+        diffusion_batch_mul=m.diffusion_batch_mul, mask_ratio_min=m.mask_ratio_min,
+        mask_ratio_std=m.mask_ratio_std)
+    return nets
+
+
+def text_feature_width(name_or_path: str) -> int:
+    from transformers import AutoConfig
+
+    from pathlib import Path
+
+    config = AutoConfig.from_pretrained(name_or_path, local_files_only=Path(name_or_path).exists())
+    return int(getattr(config, "d_model", None) or config.hidden_size)
+
+
+def counted_parameters(nets: nn.ModuleDict) -> int:
+    """Parameters the scaling study counts: generator + aligner (not the text encoder)."""
+    return sum(p.numel() for k in ("aligner", "generator") for p in nets[k].parameters())
+
+
+class GeneratorModule(L.LightningModule):
+    def __init__(self, cfg: DictConfig, token_dim: int, codebook_size: int, vocabulary: list[str]):
+        super().__init__()
+        self.cfg = cfg
+        self.nets = build_networks(cfg, token_dim, codebook_size, vocabulary)
+        self.ema = copy.deepcopy(self.nets).requires_grad_(False)
+        self.save_hyperparameters({"config": to_container(cfg)}, logger=False)
+
+    # ---- text -------------------------------------------------------------------------------
+    def text_features(self, nets: nn.ModuleDict, batch: dict) -> tuple[Tensor, Tensor]:
+        if "text" in nets:
+            ids, mask = nets["text"].tokenize(batch["caption"])
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            return nets["text"](ids, mask), mask
+        return batch["text_feats"].float(), batch["text_mask"].bool()
+
+    def context(self, nets: nn.ModuleDict, batch: dict, drop: Tensor | None = None):
+        feats, mask = self.text_features(nets, batch)
+        return nets["aligner"](feats, mask, drop)
+
+    def step_generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    # ---- steps -------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        g = self.step_generator(self.cfg.train.seed * 1_000_003 + self.global_step)
+        b = batch["tokens"].shape[0]
+        drop = torch.rand(b, generator=g, device=self.device) < self.cfg.text.dropout_prob
+        context, cmask = self.context(self.nets, batch, drop)
+        loss = self.nets["generator"].loss(batch["tokens"], context, cmask, generator=g)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(self.global_step, loss.item())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Step, then update the EMA — here rather than in a batch-end hook so that a checkpoint
+        taken by a callback at the end of this batch already holds this step's EMA."""
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
+    def update_ema(self) -> None:
+        step = self.global_step
+        decay = min(self.cfg.train.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pl in zip(self.ema.parameters(), self.nets.parameters()):
+                pe.lerp_(pl, 1 - decay)
+            for be, bl in zip(self.ema.buffers(), self.nets.buffers()):
+                be.copy_(bl)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        g = self.step_generator(10_007 + batch_idx)
+        context, cmask = self.context(self.ema, batch)
+        loss = self.ema["generator"].loss(batch["tokens"], context, cmask, generator=g)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True,
+                 batch_size=batch["tokens"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        decay = [p for n, p in self.nets.named_parameters() if p.ndim >= 2 and "pos" not in n]
+        no_decay = [p for n, p in self.nets.named_parameters() if p.ndim < 2 or "pos" in n]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=t.lr, betas=(t.beta1, t.beta2),
+                                fused=self.device.type == "cuda")
+
+        def schedule(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return [opt], [{"scheduler": sched, "interval": "step"}]

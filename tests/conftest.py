@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny ("smoke") settings, and one stage 0 per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SMOKE = ["data.train_size=256", "data.val_size=32", "tokenizer.steps=30", "tokenizer.hidden=32",
+         "tokenizer.heads=2", "train.steps=20", "train.batch_size=16", "train.val_every=10",
+         "train.checkpoint_every=10", "train.log_every=5", "train.warmup_steps=5",
+         "eval.fid_samples=32", "eval.geneval_prompts_per_tag=2", "eval.images_per_prompt=2",
+         "sample.steps=4", "sample.diffusion_steps=5", "model.diffusion_steps=100",
+         "model.size=xs", "text.width=32", "text.heads=2", "text.encoder_layers=1",
+         "text.aligner_layers=1", "train.accelerator=cpu"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolate(tmp_path_factory):
+    """Tests never write into the repo's results/ or its MLflow store; one thread each."""
+    root = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def stage0_root(tmp_path_factory) -> Path:
+    """A results dir whose stage0/ (tokenizers, rendered data) is shared by the session."""
+    root = tmp_path_factory.mktemp("results")
+    (root / "stage0").mkdir()
+    return root
+
+
+@pytest.fixture
+def results_dir(stage0_root, tmp_path) -> Path:
+    """A fresh results dir per test that reuses the session's stage 0."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "stage0").symlink_to(stage0_root / "stage0", target_is_directory=True)
+    return out
+
+
+@pytest.fixture
+def smoke(results_dir):
+    """``smoke(*extra)`` -> the smoke overrides for this test's results dir, plus ``extra``."""
+    return lambda *extra, results=results_dir: SMOKE + [f"results_dir={results}", *extra]

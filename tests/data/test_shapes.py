@@ -1,0 +1,174 @@
+"""The shapes world: deterministic, captions true of the pixels, held-out combinations held out."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from harness.data import shapes
+from harness.data.shapes import COLORS, RELATIONS, SHAPES, ShapesWorld, is_held_out, render, vocabulary
+from harness.errors import UserError
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def train_scenes():
+    ds = ShapesWorld("train", N, seed=0)
+    return [ds.scene(i) for i in range(N)]
+
+
+def test_same_seed_split_index_gives_same_pixels_and_caption():
+    a, b = ShapesWorld("train", 50, seed=3), ShapesWorld("train", 5000, seed=3)
+    for i in (0, 7, 49):
+        assert np.array_equal(a.image(i), b.image(i))
+        assert a.caption(i) == b.caption(i)
+
+
+def test_different_seeds_and_splits_differ():
+    base = ShapesWorld("train", 20, seed=0)
+    for other in (ShapesWorld("train", 20, seed=1), ShapesWorld("val", 20, seed=0)):
+        same = sum(np.array_equal(base.image(i), other.image(i)) for i in range(20))
+        assert same == 0
+
+
+def test_getitem_is_float_tensor_in_unit_range():
+    item = ShapesWorld("val", 4, resolution=32)[2]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert item["index"] == 2 and isinstance(item["caption"], str)
+
+
+def test_bad_split_is_a_user_error():
+    with pytest.raises(UserError, match="split"):
+        ShapesWorld("training", 4)
+
+
+def test_tags_are_roughly_uniform(train_scenes):
+    counts = {t: sum(s.tag == t for s in train_scenes) for t in shapes.TAGS}
+    assert all(abs(c - N / 6) < 0.2 * N / 6 for c in counts.values()), counts
+
+
+@pytest.mark.parametrize("res", [32, 64])
+def test_metadata_bboxes_match_pixels(res):
+    ds = ShapesWorld("test", 150, resolution=res)
+    for i in range(len(ds)):
+        scene, img = ds.scene(i), ds.image(i).astype(float)
+        meta = scene.metadata(res)
+        outside = np.ones((res, res), bool)
+        for obj in meta["objects"]:
+            x0, y0, x1, y1 = obj["bbox"]
+            assert x1 - x0 >= 6 * res / 32 and y1 - y0 >= 6 * res / 32
+            outside[y0:y1, x0:x1] = False
+            patch, bg = img[y0:y1, x0:x1], shapes.background_image(scene, res)[y0:y1, x0:x1]
+            colour = np.asarray(COLORS[obj["color"]], float)
+            covered = np.linalg.norm(patch - colour, axis=-1) < np.linalg.norm(patch - bg, axis=-1)
+            fill = {"circle": 0.45, "square": 0.6, "triangle": 0.3}[obj["class"]]  # of a floor/ceil box
+            assert covered.mean() > fill, (i, obj)
+        diff = np.abs(img - shapes.background_image(scene, res)).max(axis=-1)
+        assert diff[outside].max() <= 1.0, i
+
+
+def test_counting_captions_match_objects(train_scenes):
+    words = {w: n for n, w in shapes.COUNT_WORDS.items()}
+    counting = [s for s in train_scenes if s.tag == "counting"]
+    assert counting
+    for s in counting:
+        number = next(words[w] for w in s.caption.split() if w in words)
+        plural = next(w for w in s.caption.split() if w in shapes.PLURALS.values())
+        assert number == len(s.objects) >= 2
+        assert {o.shape for o in s.objects} == {plural[:-1]}
+        meta = s.metadata(32)
+        assert meta["include"] == [{"class": plural[:-1], "count": number}]
+        assert meta["exclude"] == [{"class": plural[:-1], "count": number + 1}]
+
+
+def test_other_tags_name_every_object(train_scenes):
+    for s in train_scenes:
+        if s.tag == "counting":
+            continue
+        named = [g["class"] for g in s.metadata(32)["include"]]
+        assert sorted(named) == sorted(o.shape for o in s.objects)
+        for o in s.objects:
+            assert o.shape in s.caption
+            if s.tag in ("colors", "color_attr"):
+                assert o.color in s.caption
+
+
+def test_position_relations_hold_with_margin(train_scenes):
+    position = [s for s in train_scenes if s.tag == "position"]
+    assert {s.metadata(32)["include"][1]["position"][0] for s in position} == set(RELATIONS)
+    for s in position:
+        ref, subj = s.objects
+        rel, target = s.metadata(32)["include"][1]["position"]
+        assert target == 0
+        dx, dy = subj.cx - ref.cx, subj.cy - ref.cy
+        expected = {"left of": -dx, "right of": dx, "above": -dy, "below": dy}[rel]
+        across = abs(dy) if rel in ("left of", "right of") else abs(dx)
+        assert expected >= subj.size + ref.size and across < 0.5 * expected
+        assert shapes.relations(subj.bbox(32), ref.bbox(32)) == {rel}
+        assert subj.shape in s.caption.split(" ")[: len(s.caption.split()) // 2 + 3]
+
+
+def test_objects_do_not_overlap(train_scenes):
+    for s in train_scenes:
+        for a, b in itertools.combinations(s.objects, 2):
+            assert shapes._separated(a, b)
+
+
+def test_train_never_shows_a_held_out_combination(train_scenes):
+    assert not any(is_held_out(s) for s in train_scenes)
+
+
+def test_compositional_split_uses_only_held_out_combinations():
+    ds = ShapesWorld("compositional", 300)
+    scenes = [ds.scene(i) for i in range(300)]
+    for s in scenes:
+        assert is_held_out(s) == (s.tag in ("counting", "position", "color_attr")), s.caption
+
+
+def test_everything_but_the_combinations_is_seen_in_training(train_scenes):
+    held = shapes.held_out_combinations()
+    assert len(held["color_pairs"]) == 18 and len(held["counts"]) == 2 and len(held["arrangements"]) == 2
+    items = {(o.color, o.shape) for s in train_scenes if s.tag in ("colors", "color_attr") for o in s.objects}
+    assert items == {(c, s) for c in COLORS for s in SHAPES}
+    counts = {(s.objects[0].shape, len(s.objects)) for s in train_scenes if s.tag == "counting"}
+    assert {s for s, _ in counts} == set(SHAPES) and {n for _, n in counts} == {2, 3, 4}
+    pairs = {(s.objects[1].shape, s.objects[0].shape) for s in train_scenes if s.tag == "position"}
+    assert pairs == set(itertools.permutations(SHAPES, 2))
+
+
+def test_vocabulary_covers_all_captions(train_scenes):
+    vocab = vocabulary()
+    assert vocab == sorted(set(vocab))
+    words = {w for s in train_scenes for w in s.caption.split(" ")}
+    words |= {w for s in (ShapesWorld("compositional", 300).scene(i) for i in range(300)) for w in s.caption.split(" ")}
+    assert words <= set(vocab)
+
+
+def test_scene_from_metadata_satisfies_the_prompt():
+    meta = {
+        "tag": "position",
+        "prompt": "a photo of a red triangle above a square",
+        "include": [{"class": "square", "count": 1}, {"class": "triangle", "count": 1, "color": "red", "position": ["above", 0]}],
+    }
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = shapes.scene_from_metadata(meta, rng)
+        sq, tri = s.objects
+        assert (sq.shape, tri.shape, tri.color) == ("square", "triangle", "red")
+        assert shapes.relations(tri.box(), sq.box()) == {"above"}
+        assert s.caption == meta["prompt"] and render(s, 32).shape == (32, 32, 3)
+
+
+def test_scene_from_metadata_rejects_unknown_class():
+    with pytest.raises(UserError, match="include.class"):
+        shapes.scene_from_metadata({"tag": "single_object", "include": [{"class": "dog", "count": 1}]}, np.random.default_rng(0))
+
+
+def test_impossible_layout_is_a_user_error():
+    meta = {"tag": "position", "include": [{"class": "circle", "count": 1}, {"class": "circle", "count": 1, "position": ["left of", 1]}]}
+    with pytest.raises(UserError, match="no layout"):
+        shapes.scene_from_metadata(meta, np.random.default_rng(0))
