@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -65,6 +66,8 @@ def _panel(ax: plt.Axes, obs: pd.DataFrame, records: Sequence[FitRecord], metric
     ax.set_xscale("log")
     if metric in ("val_loss", "fid"):
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(LABELS[x])
     ax.set_ylabel(LABELS.get(metric, metric))
     if sub.empty or not np.isfinite(sub[x]).any():

@@ -24,15 +24,17 @@ resample sizes with replacement and seeds within each drawn size, plain percenti
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from threadpoolctl import threadpool_limits
 
 DELTA = 1e-3
 """Huber threshold on residuals in z (Hoffmann et al. use 1e-3 on log residuals)."""
@@ -122,16 +124,14 @@ def _offset_jac(theta, u):
 
 
 def _offset_starts(u, z):
+    """For E on a grid below min y, the least-squares line through log(y − E) gives (a, α)."""
     y = np.exp(z)
-    ybar = float(np.exp(z.mean()))
     starts = []
-    for frac in (0.0, 0.3, 0.6, 0.9):
+    for frac in (0.0, 0.25, 0.5, 0.7, 0.85, 0.95, 0.99):
         E = frac * float(y.min())
+        slope, intercept = np.polyfit(u, np.log(y - E), 1)
         e = math.log(E) if E > 0 else float(z.min()) - 10.0
-        rest = max(ybar - E, 1e-3 * ybar)
-        for alpha in (0.05, 0.1, 0.25, 0.5, 1.0, 2.0):
-            for da in (-1.0, 0.0, 1.0):
-                starts.append(np.array([e, math.log(rest) + da, alpha]))
+        starts.append(np.array([e, intercept, -slope]))
     return starts
 
 
@@ -188,6 +188,18 @@ FORMS: dict[str, Form] = {
 
 # ---------------------------------------------------------------------------------------------
 # Fitting
+
+
+def _one_blas_thread(fn):
+    """Run ``fn`` with BLAS on one thread: L-BFGS-B's tiny BLAS calls on a busy machine are
+    10–20× slower with OpenBLAS's thread pool (measured: 53 ms vs 3 ms per power-law refit)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _huber_objective(theta, form: Form, u, z, delta):
@@ -267,6 +279,7 @@ def _clusters(x: np.ndarray, z: np.ndarray, groups: np.ndarray | None) -> tuple[
     return np.asarray(xs)[idx], [clusters[i] for i in idx]
 
 
+@_one_blas_thread
 def fit_curve(x: Iterable[float], y: Iterable[float], form: str = "power",
               groups: Iterable[object] | None = None, delta: float = DELTA) -> Fit:
     """Fit ``form`` to points (x, y); several points per size (``groups``, default x) are seeds.
@@ -350,9 +363,10 @@ class Bootstrap:
         return form.from_z(lo), form.from_z(hi)
 
 
+@_one_blas_thread
 def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, method: str = "residual",
                   delta: float = DELTA) -> Bootstrap:
-    """Refit ``n_boot`` resampled datasets, each from the full fit and its two best grid starts.
+    """Refit ``n_boot`` resampled datasets by L-BFGS started at the full-data optimum.
 
     ``residual``: z*_s = ẑ_s + r*_s with r* drawn from the size-level residuals, inflated by
     sqrt(n/(n−p)) for the degrees of freedom the fit used; interval = percentile interval with its
@@ -369,10 +383,6 @@ def bootstrap_fit(fit: Fit, n_boot: int = 1000, seed: int = 0, method: str = "re
     if n <= p:
         return Bootstrap(fit, thetas, method, float("nan"))
     starts = [fit.theta]
-    if fit.form == "offset":  # also a near-pure power law and a large-offset start
-        starts += [np.array([fit.sizes_z.min() - 10.0, fit.theta[1], fit.theta[2]]),
-                   np.array([math.log(0.9) + fit.sizes_z.min(), fit.theta[1] - 1.0,
-                             max(fit.theta[2], 0.05)])]
     if method == "residual":
         fitted = form.predict_z(fit.theta, u_full)
         resid = (fit.sizes_z - fitted) * math.sqrt(n / (n - p))
@@ -516,68 +526,114 @@ def forms_for(metric: str, geneval_form: str = "loglinear") -> list[str]:
     return [geneval_form]
 
 
-def fit_table(obs: pd.DataFrame, x: str = "params", n_boot: int = 500, seed: int = 0,
-              method: str = "residual", geneval_form: str = "loglinear",
-              fid_offset_gain: float = 0.1, delta: float = DELTA,
-              ) -> tuple[list[FitRecord], list[str]]:
-    """Fit every metric of every variant against ``x`` (params or train_flops).
+@_one_blas_thread
+def fit_table(obs: pd.DataFrame, xs: Sequence[str] = ("params", "train_flops"),
+              n_boot: int = 500, seed: int = 0, method: str = "residual",
+              geneval_form: str = "loglinear", fid_offset_gain: float = 0.1,
+              delta: float = DELTA) -> tuple[list[FitRecord], list[str]]:
+    """Fit every metric of every variant against each x in ``xs`` (params, train_flops).
 
     Whatever cannot be fitted (fewer than 3 sizes, values a form cannot take, a constant metric,
     x missing) is skipped with a message. FID's offset form is fitted with ≥ 4 sizes and kept
     only when it lowers the Huber objective by ``fid_offset_gain`` (relative) over the power law.
+    Where a variant's FLOPs are a constant multiple of its params (same steps at every size),
+    the FLOPs fit is the params fit with x rescaled — exactly, as the fit works in centred
+    log x — and is reused rather than recomputed.
     """
     records: list[FitRecord] = []
     messages: list[str] = []
     if obs.empty:
         return records, ["no completed runs with metric values: nothing to fit"]
     present = set(zip(obs["token"], obs["order"]))
-    for metric in [m for m in METRICS if m in set(obs["metric"])]:
-        for token, order in VARIANTS:
-            label = f"{metric} {token}/{order} vs {x}"
-            sub = obs[(obs["metric"] == metric) & (obs["token"] == token) & (obs["order"] == order)]
-            if sub.empty:
-                if (token, order) in present:
-                    messages.append(f"{label}: no values; fit skipped")
-                continue
-            xs = sub[x].to_numpy(float)
-            if not np.isfinite(xs).all() or (xs <= 0).any():
-                bad = int((~(np.isfinite(xs) & (xs > 0))).sum())
-                messages.append(f"{label}: {bad} rows without a positive {x}; left out")
-                sub = sub[np.isfinite(xs) & (xs > 0)]
-            fits: dict[str, Fit] = {}
-            for form in forms_for(metric, geneval_form):
-                f = FORMS[form]
-                ok = f.valid(sub["value"].to_numpy(float))
-                if not ok.all():
-                    messages.append(f"{label} [{form}]: {int((~ok).sum())} values outside the "
-                                    f"form's domain; left out")
-                part = sub[ok]
-                n_sizes = part["size"].nunique()
-                need = max(3, f.n_params + 1)
-                if n_sizes < need:
-                    messages.append(f"{label} [{form}]: {n_sizes} sizes, needs {need}; "
-                                    "fit skipped")
+    first: dict[tuple, tuple[pd.Index, FitRecord]] = {}  # fits against xs[0], for reuse
+    for x in xs:
+        for metric in [m for m in METRICS if m in set(obs["metric"])]:
+            for token, order in VARIANTS:
+                label = f"{metric} {token}/{order} vs {x}"
+                sub = obs[(obs["metric"] == metric) & (obs["token"] == token)
+                          & (obs["order"] == order)]
+                if sub.empty:
+                    if (token, order) in present:
+                        messages.append(f"{label}: no values; fit skipped")
                     continue
-                if np.ptp(part["value"].to_numpy(float)) == 0:
-                    messages.append(f"{label} [{form}]: metric is constant; fit skipped")
-                    continue
-                fit = fit_curve(part[x], part["value"], form, groups=part["size"], delta=delta)
-                fits[form] = fit
-                if not fit.converged:
-                    messages.append(f"{label} [{form}]: optimiser did not converge "
-                                    f"({fit.message}); reported with converged=False")
-            if metric == "fid" and "offset" in fits and "power" in fits:
-                gain = 1.0 - fits["offset"].objective / max(fits["power"].objective, 1e-300)
-                if gain < fid_offset_gain:
-                    messages.append(f"{label} [offset]: dropped, the data do not support an "
-                                    f"offset (objective {gain:.1%} below the power law's, "
-                                    f"needs {fid_offset_gain:.0%})")
-                    del fits["offset"]
-            for form, fit in fits.items():
-                boot = bootstrap_fit(fit, n_boot, stable_seed(seed, metric, token, order, x, form),
-                                     method, delta)
-                records.append(FitRecord(metric, token, order, x, fit, boot))
+                xv = sub[x].to_numpy(float)
+                if not (np.isfinite(xv) & (xv > 0)).all():
+                    keep = np.isfinite(xv) & (xv > 0)
+                    messages.append(f"{label}: {int((~keep).sum())} rows without a positive {x};"
+                                    " left out")
+                    sub = sub[keep]
+                fits: dict[str, Fit] = {}
+                parts: dict[str, pd.DataFrame] = {}
+                reused: dict[str, FitRecord] = {}
+                for form in forms_for(metric, geneval_form):
+                    part = _fittable(sub, form, label, messages)
+                    if part is None:
+                        continue
+                    parts[form] = part
+                    earlier = first.get((metric, token, order, form))
+                    moved = _rescaled(*earlier, part, x) if earlier else None
+                    if moved is not None:
+                        fits[form], reused[form] = moved.fit, moved
+                        continue
+                    fits[form] = fit_curve(part[x], part["value"], form, groups=part["size"],
+                                           delta=delta)
+                    if not fits[form].converged:
+                        messages.append(f"{label} [{form}]: optimiser did not converge "
+                                        f"({fits[form].message}); reported with converged=False")
+                if metric == "fid" and "offset" in fits and "power" in fits:
+                    gain = 1.0 - fits["offset"].objective / max(fits["power"].objective, 1e-300)
+                    if gain < fid_offset_gain:
+                        messages.append(f"{label} [offset]: dropped, the data do not support an "
+                                        f"offset (objective {max(gain, 0.0):.1%} below the power law's, "
+                                        f"needs {fid_offset_gain:.0%})")
+                        del fits["offset"]
+                for form, fit in fits.items():
+                    record = reused.get(form) or FitRecord(
+                        metric, token, order, x, fit,
+                        bootstrap_fit(fit, n_boot, stable_seed(seed, metric, token, order, form),
+                                      method, delta))
+                    if x == xs[0]:
+                        first[(metric, token, order, form)] = (parts[form].index, record)
+                    records.append(record)
     return records, messages
+
+
+def _fittable(sub: pd.DataFrame, form: str, label: str, messages: list[str]
+              ) -> pd.DataFrame | None:
+    """The rows ``form`` can fit, or None (with the reason appended to ``messages``)."""
+    f = FORMS[form]
+    ok = f.valid(sub["value"].to_numpy(float))
+    if not ok.all():
+        messages.append(f"{label} [{form}]: {int((~ok).sum())} values outside the form's "
+                        "domain; left out")
+    part = sub[ok]
+    n_sizes = part["size"].nunique()
+    need = max(3, f.n_params + 1)
+    if n_sizes < need:
+        messages.append(f"{label} [{form}]: {n_sizes} sizes, needs {need}; fit skipped")
+        return None
+    if np.ptp(part["value"].to_numpy(float)) == 0:
+        messages.append(f"{label} [{form}]: metric is constant; fit skipped")
+        return None
+    return part
+
+
+def _rescaled(index: pd.Index, record: FitRecord, part: pd.DataFrame, x: str
+              ) -> FitRecord | None:
+    """``record`` moved to the x of ``part``, if it fitted the same rows and x is a constant
+    multiple of its own x; otherwise None."""
+    if not index.equals(part.index):
+        return None
+    ratio = part[x].to_numpy(float) / part[record.x].to_numpy(float)
+    if not np.isfinite(ratio).all() or np.ptp(ratio) > 1e-9 * abs(ratio.mean()):
+        return None
+    k = float(ratio.mean())
+    fit = record.fit
+    x0 = fit.x0 * k
+    params = {n: float(v) for n, v in FORMS[fit.form].public(fit.theta, x0).items()}
+    moved = replace(fit, x0=x0, sizes_x=fit.sizes_x * k, params=params)
+    return FitRecord(record.metric, record.token, record.order, x, moved,
+                     replace(record.boot, fit=moved))
 
 
 def preferred(records: Sequence[FitRecord], metric: str, token: str, order: str,

@@ -119,6 +119,9 @@ def check_columns(runs: pd.DataFrame) -> pd.DataFrame:
         runs["size"] = runs["params"].astype(str)
     for col in ("token", "order", "size"):
         runs[col] = runs[col].astype(str).str.strip()
+    for col in ("params", "train_flops", "steps", "seed"):  # MLflow params arrive as text
+        if col in runs.columns:
+            runs[col] = pd.to_numeric(runs[col], errors="coerce")
     return runs
 
 
@@ -196,16 +199,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                     for r in excluded.itertuples()))
     obs, notes = observations(completed)
     messages += notes
-    records, notes = fit_table(obs, "params", args.n_boot, args.seed, args.ci_method,
-                               args.geneval_form)
-    messages += notes
-    if "train_flops" in runs.columns and np.isfinite(obs["train_flops"]).any():
-        flops_records, notes = fit_table(obs, "train_flops", args.n_boot, args.seed,
-                                         args.ci_method, args.geneval_form)
-        records += flops_records
-        messages += notes
+    xs = ["params"]
+    if "train_flops" in runs.columns and obs["train_flops"].notna().any():
+        xs.append("train_flops")
     else:
         messages.append("train_flops absent: no FLOPs fits, the loss-vs-FLOPs figure is empty")
+    records, notes = fit_table(obs, xs, args.n_boot, args.seed, args.ci_method,
+                               args.geneval_form)
+    messages += notes
     if args.x == "train_flops" and not any(r.x == "train_flops" for r in records):
         messages.append("--x train_flops: no FLOPs fits, figures show no curves")
     for m in messages:

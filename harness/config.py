@@ -49,7 +49,8 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Stage-0 autoencoder shared by both token types; only the bottleneck differs."""
+    """Stage-0 autoencoder shared by both token types; only the bottleneck differs. A
+    ``pretrained_<token>`` diffusers model (name or path) replaces training for that token type."""
 
     downsample: int = 4
     channels: int = 4
@@ -63,7 +64,8 @@ class TokenizerConfig:
     batch_size: int = 64
     lr: float = 2.0e-3
     seed: int = 0
-    pretrained: Optional[str] = None
+    pretrained_continuous: Optional[str] = None
+    pretrained_discrete: Optional[str] = None
 
 
 @dataclass
@@ -232,7 +234,8 @@ def resolve(cfg: DictConfig) -> DictConfig:
     check_choice("train.precision", cfg.train.precision, PRECISIONS)
     if cfg.data.name != "shapes" and not cfg.data.path:
         raise UserError("data.path", f"dataset {cfg.data.name!r} needs a path")
-    if cfg.data.path and not Path(cfg.data.path).exists():
+    brace = cfg.data.name == "webdataset" and "{" in str(cfg.data.path)
+    if cfg.data.path and not brace and not Path(cfg.data.path).exists():
         raise UserError("data.path", f"{cfg.data.path} does not exist")
     spec = size_spec(m.ladder, m.size)
     m.depth = m.depth or spec.depth
@@ -278,6 +281,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
     if s.temperature <= 0:
         raise UserError("sample.temperature", f"must be > 0, got {s.temperature}")
     return cfg
+
+
+def pretrained_source(cfg: DictConfig, token: str) -> str | None:
+    """The pretrained tokenizer configured for ``token`` runs, if any."""
+    return cfg.tokenizer.get(f"pretrained_{token}")
 
 
 def num_tokens(cfg: DictConfig) -> int:

@@ -50,9 +50,9 @@ class FeatureSpec:
 
     channels: tuple[int, ...] = (32, 64, 128)
     dim: int = 64
-    train_images: int = 12288
+    train_images: int = 8192
     test_images: int = 1024
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
@@ -88,26 +88,44 @@ def render_split(split: str, n: int, resolution: int, seed: int) -> tuple[Tensor
 
 
 class FeatureNet(nn.Module):
-    """Strided 3x3 convolutions -> pooled 4x4 map -> ``dim`` features -> attribute logits."""
+    """Strided 3x3 convolutions -> pooled 4x4 map -> ``dim`` features -> attribute logits.
+
+    BatchNorm matters: without it shape counts reach ~75% instead of ~98% in the same steps."""
 
     def __init__(self, channels: tuple[int, ...] = DEFAULT_SPEC.channels, dim: int = DEFAULT_SPEC.dim):
         super().__init__()
         layers, width = [], 3
         for c in channels:
-            layers += [nn.Conv2d(width, c, 3, stride=2, padding=1), nn.GELU()]
+            layers += [nn.Conv2d(width, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.GELU()]
             width = c
         self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.proj = nn.Linear(width * 16, dim)
         self.head = nn.Linear(dim, sum(n * (1 if k == 2 else k) for n, k in HEADS.values()))
+        # standardisation of the FID features on real train images, set after training
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
 
-    def features(self, images: Tensor) -> Tensor:
-        """Penultimate features (N, dim) of images given as (N, 3, H, W) values in [0, 255]."""
+    def embed(self, images: Tensor) -> Tensor:
+        """Penultimate activations (N, dim) of images given as (N, 3, H, W) values in [0, 255]."""
         x = images.to(self.proj.weight.dtype) / 127.5 - 1.0
         return self.proj(self.trunk(x))
 
+    def features(self, images: Tensor) -> Tensor:
+        """The FID features: penultimate activations standardised to zero mean, unit variance per
+        dimension on real images, so FID and KID's polynomial kernel see every dimension at O(1)."""
+        return (self.embed(images) - self.feature_mean) / self.feature_std
+
+    @torch.no_grad()
+    def standardise(self, images: Tensor, batch_size: int = 256) -> None:
+        """Set the feature standardisation from real images."""
+        self.eval()
+        acts = torch.cat([self.embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        self.feature_mean.copy_(acts.mean(0))
+        self.feature_std.copy_(acts.std(0).clamp_min(1e-6))
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Logits per attribute: (N, heads, classes) for counts, (N, heads) for binary heads."""
-        logits = self.head(F.gelu(self.features(images)))
+        logits = self.head(F.gelu(self.embed(images)))
         out, start = {}, 0
         for name, (n, k) in HEADS.items():
             width = n * (1 if k == 2 else k)
@@ -170,7 +188,7 @@ def train_feature_net(spec: FeatureSpec, resolution: int) -> tuple[FeatureNet, d
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    net.eval()
+    net.standardise(images)
     meta = {"spec": dataclasses.asdict(spec), "resolution": resolution, "final_loss": loss.item(),
             "test_split": "test", **attribute_accuracy(net, test_images, test_targets),
             "render_seconds": render_seconds, "train_seconds": time.time() - start - render_seconds}

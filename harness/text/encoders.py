@@ -16,6 +16,12 @@ from harness.errors import UserError
 from harness.models.transformer import Block, init_weights, padding_mask
 
 PAD, UNK = "<pad>", "<unk>"
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    """The word-splitting rule of the learned text encoder (and of vocabularies built for it)."""
+    return WORD.findall(text.lower())
 
 
 class WordTokenizer:
@@ -32,8 +38,8 @@ class WordTokenizer:
     def __call__(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         ids = torch.zeros(len(captions), self.max_len, dtype=torch.long)
         for row, caption in enumerate(captions):
-            words = re.findall(r"[a-z0-9]+", caption.lower())[: self.max_len] or [UNK]
-            ids[row, : len(words)] = torch.tensor([self.index.get(w, 1) for w in words])
+            split = words(caption)[: self.max_len] or [UNK]
+            ids[row, : len(split)] = torch.tensor([self.index.get(w, 1) for w in split])
         mask = ids != 0
         mask[:, 0] = True
         return ids, mask

@@ -5,6 +5,10 @@
 ``tokens_{train,val}.pt`` (every image's tokens, already scaled, with its caption), so generator
 runs never run the encoder. The directory is built in a temp folder and renamed into place: it
 exists complete or not at all. A file lock lets concurrent jobs wait for one trainer.
+
+With ``tokenizer.pretrained_<token>`` set (a diffusers AutoencoderKL / VQModel, see ``pretrained.py``)
+nothing is trained: the directory records the source in ``meta.json`` (scale 1.0, the scaling is
+inside the wrapper) and holds the same pre-encoded token sets; no weights are copied.
 """
 from __future__ import annotations
 
@@ -20,15 +24,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import config_hash
+from harness.config import config_hash, pretrained_source
 from harness.data.datasets import data_key, rendered, to_float
 from harness.io import read_json, write_json
 from harness.tokenizers.autoencoder import Autoencoder, build_autoencoder
 
 
 def tokenizer_dir(cfg: DictConfig, token: str) -> Path:
-    key = config_hash({"data": data_key(cfg.data), "token": token,
-                       "tokenizer": OmegaConf.to_container(cfg.tokenizer)})
+    tok = OmegaConf.to_container(cfg.tokenizer)
+    source = pretrained_source(cfg, token)
+    tok.pop("pretrained_continuous"), tok.pop("pretrained_discrete")
+    if source:  # training knobs do not change a pretrained tokenizer's tokens
+        tok = {"pretrained": source, **{k: tok[k] for k in ("downsample", "channels", "codebook_size")}}
+    key = config_hash({"data": data_key(cfg.data), "token": token, "tokenizer": tok})
     return Path(cfg.results_dir) / "stage0" / f"tokenizer-{token}-{key}"
 
 
@@ -100,19 +108,21 @@ def _psnr(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> float:
     """Mean PSNR (dB) of reconstructions of uint8 images, computed on [0, 255]."""
     model.eval()
     values = []
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = to_float(images[i: i + batch])
+            x = to_float(images[i: i + batch]).to(device)
             recon = model.decode(model.encode(x))
             mse = ((recon - x) * 127.5).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-            values.append(10 * torch.log10(255.0 ** 2 / mse))
+            values.append(10 * torch.log10(255.0 ** 2 / mse).cpu())
     return torch.cat(values).mean().item()
 
 
 def _encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([model.encode(to_float(images[i: i + batch]))
+        return torch.cat([model.encode(to_float(images[i: i + batch]).to(device)).cpu()
                           for i in range(0, len(images), batch)])
 
 
@@ -136,10 +146,18 @@ def _train(cfg: DictConfig, token: str, out: Path) -> None:
     meta = {"token": token, "psnr_val": _psnr(model, val_images), "train_seconds": time.time() - start,
             "config": OmegaConf.to_container(t), "resolution": cfg.data.resolution,
             "data_key": data_key(cfg.data)}
+    _encode_splits(cfg, token, model, meta, out)
+    torch.save(model.state_dict(), out / "model.pt")
+    write_json(out / "meta.json", meta)
+
+
+def _encode_splits(cfg: DictConfig, token: str, model, meta: dict, out: Path,
+                   batch: int = 256) -> None:
+    """Write ``tokens_{train,val}.pt``; sets ``meta["scale"]`` (train std) unless already set."""
     for split in ("train", "val"):
         split_images, captions = rendered(cfg.data, split, cfg.results_dir)
-        tokens = _encode_all(model, split_images)
-        if token == "continuous" and split == "train":
+        tokens = _encode_all(model, split_images, batch)
+        if token == "continuous" and split == "train" and "scale" not in meta:
             meta["scale"] = tokens.float().std().item()
         if token == "discrete":
             counts = torch.bincount(tokens.flatten(), minlength=model.codebook_size).float()
@@ -148,9 +166,31 @@ def _train(cfg: DictConfig, token: str, out: Path) -> None:
             meta[f"codebook_perplexity_{split}"] = math.exp(-(p * (p + 1e-10).log()).sum().item())
         scale = meta.get("scale", 1.0)
         tokens = tokens / scale if token == "continuous" else tokens.to(torch.int32)
+        if token == "continuous":
+            meta[f"token_std_{split}"] = tokens.float().std().item()
         torch.save({"tokens": tokens, "captions": captions}, out / f"tokens_{split}.pt")
     meta.setdefault("scale", 1.0)
-    torch.save(model.state_dict(), out / "model.pt")
+
+
+def _pretrained(cfg: DictConfig, token: str, out: Path) -> None:
+    """Adopt ``tokenizer.pretrained_<token>``: check it against the config, measure, pre-encode."""
+    from harness.tokenizers.pretrained import check_config, load_pretrained
+
+    t = cfg.tokenizer
+    pretrained = pretrained_source(cfg, token)
+    model = load_pretrained(pretrained)
+    check_config(cfg, token, model)
+    gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    model.to("cuda" if gpu else "cpu")
+    start = time.time()
+    source = str(Path(pretrained).resolve()) if Path(pretrained).exists() else pretrained
+    val_images, _ = rendered(cfg.data, "val", cfg.results_dir)
+    meta = {"token": token, "pretrained": source, "scale": 1.0,
+            "psnr_val": _psnr(model, val_images, t.batch_size),
+            "config": OmegaConf.to_container(t), "resolution": cfg.data.resolution,
+            "data_key": data_key(cfg.data)}
+    _encode_splits(cfg, token, model, meta, out, t.batch_size)
+    meta["encode_seconds"] = time.time() - start
     write_json(out / "meta.json", meta)
 
 
@@ -165,7 +205,7 @@ def ensure_tokenizer(cfg: DictConfig, token: str) -> Path:
         tmp = final.with_name(final.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _train(cfg, token, tmp)
+        (_pretrained if pretrained_source(cfg, token) else _train)(cfg, token, tmp)
         tmp.rename(final)
     return final
 
@@ -173,6 +213,10 @@ def ensure_tokenizer(cfg: DictConfig, token: str) -> Path:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     meta = read_json(path / "meta.json")
+    if meta.get("pretrained"):
+        from harness.tokenizers.pretrained import load_pretrained
+
+        return Tokenizer(load_pretrained(meta["pretrained"]), 1.0, meta)
     c = meta["config"]
     model = build_autoencoder(meta["token"], c["channels"], c["hidden"], c["downsample"],
                               meta["resolution"], c["layers"], c["heads"], c["codebook_size"],

@@ -1,0 +1,66 @@
+"""What a run will cost, known before it runs: parameters, training FLOPs, GPU memory, GPU-hours.
+
+Parameters are counted on networks built on the meta device (no memory, no time), with the
+tokenizer's configured ``channels`` and ``codebook_size`` standing in for the trained tokenizer's.
+FLOPs follow ``harness.models.flops.train_flops`` (the paper's 3 x forward x images seen).
+
+GPU memory per device (an estimate to choose resources by, not a guarantee):
+
+    state       = 20 bytes x params     fp32 weights 4 + fp32 grads 4 + AdamW moments 8 + EMA 4
+                  (divided by the world size under an ``fsdp`` strategy, which shards it)
+    activations = depth x b x L x W x (34 + 5 x heads x L / W) bytes
+                  + head_depth x b x L x diffusion_batch_mul x head_width x 20 bytes (continuous)
+    total       = state + activations
+
+with b the per-device batch (``train.batch_size`` / (devices x nodes)), L image tokens, W width.
+The transformer term is the activation memory of a transformer layer in 16-bit training without
+recomputation (Korthikanti et al. 2022, "Reducing Activation Recomputation", eq. 1, with
+sequence L); the head term counts ~10 saved 16-bit tensors of width ``head_width`` per block and
+diffusion copy. GPU-hours = train FLOPs / (MFU x peak) / 3600 with an assumed MFU of 0.4 and the
+H100's dense bf16 peak of 989 TFLOP/s.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from harness.config import num_tokens
+
+ASSUMED_MFU = 0.4
+H100_BF16_PEAK_FLOPS = 989e12
+STATE_BYTES_PER_PARAM = 20
+
+
+def size_of(cfg: DictConfig) -> tuple[int | None, float | None]:
+    """(counted parameters, training FLOPs) of a run; ``None`` where it cannot be known offline
+    (a Hugging Face text encoder whose config is not on disk)."""
+    import torch
+
+    from harness.data.datasets import caption_vocabulary
+    from harness.models.flops import train_flops
+    from harness.train.module import build_networks, counted_parameters
+
+    token_dim, codebook = cfg.tokenizer.channels, cfg.tokenizer.codebook_size
+    try:
+        with torch.device("meta"):
+            nets = build_networks(cfg, token_dim, codebook, caption_vocabulary(cfg.data))
+        text_width = None if "text" in nets else nets["aligner"].proj.in_features
+    except OSError:
+        return None, None
+    return counted_parameters(nets), train_flops(cfg, token_dim, codebook, text_width)
+
+
+def gpu_memory_bytes(cfg: DictConfig, params: int) -> float:
+    """Per-device training memory (formula in the module docstring)."""
+    m, t = cfg.model, cfg.train
+    world = max(1, t.devices * t.num_nodes)
+    state = STATE_BYTES_PER_PARAM * params / (world if "fsdp" in str(t.strategy) else 1)
+    b, L, W = t.batch_size / world, num_tokens(cfg), m.width
+    acts = m.depth * b * L * W * (34 + 5 * m.heads * L / W)
+    if m.token == "continuous":
+        acts += m.head_depth * b * L * m.diffusion_batch_mul * m.head_width * 20
+    return state + acts
+
+
+def gpu_hours(train_flops: float) -> float:
+    """GPU-hours at the assumed MFU on H100s (module docstring)."""
+    return train_flops / (ASSUMED_MFU * H100_BF16_PEAK_FLOPS) / 3600

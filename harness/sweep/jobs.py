@@ -1,0 +1,163 @@
+"""The callables submitit runs: stage 0, and one job per run (train, then evaluate per seed).
+
+``RunJob`` is a ``submitit.helpers.Checkpointable``: on preemption or a time limit (USR2) submitit
+calls ``checkpoint``, which only has to requeue, because training already writes an atomic
+checkpoint every ``train.checkpoint_every`` steps; the requeued job calls ``train`` again, which
+resumes from that checkpoint and keeps logging to the same MLflow run (``<run_dir>/mlflow_run_id``).
+A failure marks the run ``failed`` (with the reason) so the next sweep reports it instead of
+silently retrying; ``--retry-failed`` runs it again.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from harness import config as C
+from harness.sweep import records, table
+
+
+def _job_env() -> submitit.JobEnvironment | None:
+    try:
+        env = submitit.JobEnvironment()
+        return env if env.activated() else None
+    except RuntimeError:
+        return None
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class Stage0Job:
+    """Build one stage-0 artefact (tokenizer, text features, FID feature net)."""
+
+    def __init__(self, kind: str, cfg: DictConfig, token: str = ""):
+        self.kind, self.token = kind, token
+        self.cfg = OmegaConf.to_container(cfg)
+
+    def __call__(self) -> str:
+        cfg = C.load(base=self.cfg)
+        _set_threads(cfg.train.threads)
+        return str(build_stage0(self.kind, cfg, self.token))
+
+
+def build_stage0(kind: str, cfg: DictConfig, token: str = "") -> Path:
+    if kind == "tokenizer":
+        from harness.tokenizers.stage0 import ensure_tokenizer
+
+        return ensure_tokenizer(cfg, token)
+    if kind == "text":
+        from harness.text.cache import ensure_text_features, text_cache_dir
+
+        ensure_text_features(cfg)
+        return text_cache_dir(cfg)
+    if kind == "features":
+        from harness.evaluate import fid
+
+        space = fid.feature_space(cfg)
+        fid.ensure_reference(cfg, space)
+        return space.directory
+    raise ValueError(f"unknown stage-0 kind {kind!r}")
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """Train the run of ``cfg`` (or resume it), evaluate each seed not yet evaluated, and record
+    its rows in the sweep's table. Only the global rank 0 of a multi-task job evaluates."""
+
+    def __init__(self, cfg: DictConfig, seeds: list[int], sweep: str, table_path: str | Path):
+        self.cfg = OmegaConf.to_container(cfg)
+        self.run_dir = str(Path(cfg.results_dir) / "runs" / C.run_key(cfg))
+        self.seeds, self.sweep, self.table_path = list(seeds), sweep, str(table_path)
+        self.preempted = False
+
+    def __call__(self) -> dict:
+        self.preempted = False
+        cfg = C.load(base=self.cfg)
+        _set_threads(cfg.train.threads)
+        out = Path(self.run_dir)
+        env = _job_env()
+        rank = env.global_rank if env else 0
+        if rank != 0:
+            from harness.train import train
+
+            train(cfg)
+            return {}
+        with records.run_lock(out):
+            if env is not None and type(env).name() == "slurm":
+                records.link_logs(out, [env.paths.stdout, env.paths.stderr])
+            records.log_attempt(out, "start", job_id=env.job_id if env else None,
+                                restart=os.environ.get("SLURM_RESTART_COUNT"),
+                                resume_step=_checkpoint_step(out))
+            try:
+                result = self._work(cfg, out)
+            except Exception as e:
+                if not self.preempted:
+                    self._fail(out, e)
+                raise
+            records.log_attempt(out, "completed")
+            _terminate_mlflow_run(out, cfg.tracking.uri, "FINISHED")
+            table.upsert(self.table_path, table.run_rows(out, self.sweep, self.seeds))
+            return result
+
+    def _work(self, cfg: DictConfig, out: Path) -> dict:
+        from harness.evaluate import evaluate
+        from harness.train import train
+
+        train(cfg)
+        results = {}
+        for seed in self.seeds:
+            metrics = records.read_eval(out, seed)
+            if metrics is None:
+                metrics = evaluate(out, seed=seed)
+                records.write_eval(out, seed, metrics)
+            results[seed] = metrics
+        return {"run_dir": str(out), "metrics": results}
+
+    def _fail(self, out: Path, error: Exception) -> None:
+        from harness.train import write_status
+
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        write_status(out, "failed", reason=reason)
+        records.log_attempt(out, "failed", reason=reason, traceback=traceback.format_exc())
+        _terminate_mlflow_run(out, self.cfg["tracking"]["uri"], "FAILED")
+        table.upsert(self.table_path, table.run_rows(out, self.sweep, self.seeds))
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Preempted or out of time: the training checkpoints itself, so just requeue."""
+        self.preempted = True
+        records.log_attempt(self.run_dir, "preempted", checkpoint_step=_checkpoint_step(self.run_dir))
+        return super().checkpoint(*args, **kwargs)
+
+
+def _terminate_mlflow_run(run_dir: Path, uri: str | None, state: str) -> None:
+    """Close the run's MLflow run (best effort: the run dir stays the source of truth)."""
+    from harness.tracking import store
+
+    id_file = run_dir / store.RUN_ID_FILE
+    if not id_file.exists():
+        return
+    try:
+        store.retry(lambda: store.client(uri).set_terminated(id_file.read_text().strip(), state))
+    except Exception as e:
+        store.mark_pending(run_dir, f"run status not set: {str(e).splitlines()[0]}")
+
+
+def _checkpoint_step(run_dir: str | Path) -> int | None:
+    """The global step of the run's newest readable checkpoint (None without one). Memory-mapped,
+    so it costs little even for a checkpoint of billions of parameters."""
+    import torch
+
+    for name in ("last.ckpt", "prev.ckpt"):
+        path = Path(run_dir) / "checkpoints" / name
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        except Exception:
+            continue
+    return None

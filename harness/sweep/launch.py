@@ -1,0 +1,228 @@
+"""Run a sweep's jobs through submitit: ``debug`` (in this process), ``local`` (subprocesses, at
+most ``max_parallel`` at once) or ``slurm`` (job arrays); stage 0 always first.
+
+submitit's local executor starts every job it is given at once, so the local launcher keeps its
+own queue and submits a job only when a slot frees. On SLURM, stage 0 is a job (an array when
+several artefacts are missing) that every run array depends on (``afterok``); runs are grouped
+into one array per size, since resources are per size. The cluster is always named explicitly:
+``cluster=None`` would pick SLURM whenever ``srun`` is on the PATH.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from harness.sweep import records, status
+from harness.sweep.jobs import RunJob, Stage0Job
+from harness.sweep.plan import Run, Stage0Task
+
+
+class Stage0Failed(RuntimeError):
+    """A stage-0 job failed; the runs that need it cannot start."""
+
+
+@dataclass
+class Sweep:
+    """What a launcher needs: the sweep's settings, its runs, those left to do, stage 0."""
+
+    name: str
+    spec: DictConfig
+    runs: list[Run]
+    todo: list[Run]
+    stage0: list[Stage0Task]
+    table_path: Path
+    sweep_dir: Path
+    log: Callable[[str], None] = print
+
+    def job(self, run: Run) -> RunJob:
+        return RunJob(run.cfg, run.seeds, self.name, self.table_path)
+
+    def tracker(self) -> status.Progress:
+        return status.Progress(self.name, len(self.runs), len(self.runs) - len(self.todo))
+
+    def show(self, tracker: status.Progress, waiting: Sequence[Run] = ()) -> None:
+        """Print the live line; runs still in the driver's queue count as queued."""
+        states = status.assess_all(self.runs)
+        keys = {r.key for r in waiting}
+        for s in states:
+            if s.state == "pending" and s.key in keys:
+                s.state = "queued"
+        self.log(tracker.line(states))
+
+
+def _stage0_job(task: Stage0Task) -> Stage0Job:
+    return Stage0Job(task.kind, task.cfg, task.token)
+
+
+def _check_stage0(jobs: list, tasks: list[Stage0Task],
+                  result: Callable = lambda job: job.result()) -> None:
+    for job, task in zip(jobs, tasks):
+        try:
+            result(job)
+        except Exception as e:
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise Stage0Failed(f"stage 0 ({task.kind} {task.token}) failed: {last}; "
+                               f"logs in {Path(job.paths.folder)}") from None
+
+
+# ---- debug ----------------------------------------------------------------------------------
+
+class _Returned:
+    """Return a job's exception instead of raising it: submitit's debug executor would open pdb
+    on it, which a test or a script without a terminal cannot answer."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self):
+        try:
+            return self.fn()
+        except Exception as e:
+            return e
+
+
+def _raise_returned(job):
+    result = job.result()
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def run_debug(sweep: Sweep) -> None:
+    """Everything in this process, one job after the other (tests, quick checks)."""
+    ex = submitit.AutoExecutor(folder=sweep.sweep_dir / "debug", cluster="debug")
+    _check_stage0([ex.submit(_Returned(_stage0_job(t))) for t in sweep.stage0], sweep.stage0,
+                  _raise_returned)
+    tracker = sweep.tracker()
+    for run in sweep.todo:
+        result = ex.submit(_Returned(sweep.job(run))).result()
+        if isinstance(result, Exception):
+            sweep.log(f"run {run.key} failed: {type(result).__name__}: {result}".splitlines()[0])
+        sweep.show(tracker)
+
+
+# ---- local ----------------------------------------------------------------------------------
+
+def _local_executor(folder: Path, timeout_min: int) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=folder, cluster="local")
+    ex.update_parameters(timeout_min=timeout_min)
+    return ex
+
+
+def run_capped(items: list, submit: Callable, cap: int, tick: Callable[[list], None] | None = None,
+               every: float = 30.0, poll: float = 0.5) -> list:
+    """Submit ``items`` so that at most ``cap`` jobs are alive; call ``tick(queued_items)`` every
+    ``every`` seconds. Ctrl-C cancels the live jobs (their runs resume on the next launch)."""
+    queue, active, jobs = list(items), [], []
+    last = time.monotonic()
+    try:
+        while queue or active:
+            active = [j for j in active if not j.done()]
+            while queue and len(active) < cap:
+                job = submit(queue.pop(0))
+                active.append(job)
+                jobs.append(job)
+            if tick is not None and time.monotonic() - last >= every:
+                tick(queue)
+                last = time.monotonic()
+            if active:
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        for j in active:
+            j.cancel(check=False)
+        raise
+    return jobs
+
+
+def run_local(sweep: Sweep, progress_every_s: float) -> None:
+    """Subprocesses on this machine, ``launcher.local.max_parallel`` at a time."""
+    spec = sweep.spec.launcher.local
+
+    def submit_stage0(task: Stage0Task):
+        return _local_executor(task.path.parent / "jobs", spec.timeout_min).submit(_stage0_job(task))
+
+    _check_stage0(run_capped(sweep.stage0, submit_stage0, spec.max_parallel), sweep.stage0)
+
+    def submit_run(run: Run):
+        job = _local_executor(records.jobs_dir(run.dir), spec.timeout_min).submit(sweep.job(run))
+        records.write_job(run.dir, "local", job.job_id, sweep.name)
+        return job
+
+    tracker = sweep.tracker()
+    run_capped(sweep.todo, submit_run, spec.max_parallel,
+               lambda queued: sweep.show(tracker, queued), progress_every_s)
+    sweep.show(tracker)
+
+
+# ---- slurm ----------------------------------------------------------------------------------
+
+def resources(slurm: DictConfig, override: DictConfig | None) -> dict:
+    """The sweep's default SLURM resources with the non-null fields of ``override`` on top."""
+    out = {k: slurm[k] for k in ("time_min", "cpus_per_task", "gpus_per_node", "mem_gb")}
+    if override is not None:
+        out.update({k: v for k, v in OmegaConf.to_container(override).items() if v is not None})
+    return out
+
+
+def slurm_executor(folder: Path, slurm: DictConfig, res: dict, name: str, nodes: int = 1,
+                   tasks_per_node: int = 1, dependency: str | None = None) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=slurm.max_requeues)
+    params = {"name": name, "timeout_min": res["time_min"], "cpus_per_task": res["cpus_per_task"],
+              "mem_gb": res["mem_gb"], "nodes": nodes, "tasks_per_node": tasks_per_node,
+              "slurm_array_parallelism": slurm.array_parallelism,
+              "slurm_signal_delay_s": slurm.signal_delay_s}
+    if res["gpus_per_node"]:
+        params["gpus_per_node"] = res["gpus_per_node"]
+    if slurm.partition:
+        params["slurm_partition"] = slurm.partition
+    if slurm.account:
+        params["slurm_account"] = slurm.account
+    if dependency:
+        params["slurm_additional_parameters"] = {"dependency": dependency, "kill-on-invalid-dep": "yes"}
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit_slurm(sweep: Sweep) -> list:
+    """Submit stage 0 and one array per size; returns the run jobs (ids also in each run dir)."""
+    slurm = sweep.spec.launcher.slurm
+    folder = sweep.sweep_dir / "slurm" / time.strftime("%Y%m%d-%H%M%S")
+    dependency = None
+    if sweep.stage0:
+        ex = slurm_executor(folder, slurm, resources(slurm, slurm.stage0), f"{sweep.name}-stage0")
+        with ex.batch():
+            stage0 = [ex.submit(_stage0_job(t)) for t in sweep.stage0]
+        dependency = "afterok:" + ":".join(sorted({j.job_id.split("_")[0] for j in stage0}))
+        sweep.log(f"stage 0: {len(stage0)} job(s) {', '.join(j.job_id for j in stage0)}")
+    groups: dict[tuple, list[Run]] = {}
+    for run in sweep.todo:
+        t = run.cfg.train
+        groups.setdefault((run.size, t.num_nodes, t.devices if t.devices > 1 else 1), []).append(run)
+    jobs = []
+    for (size, nodes, tasks), runs in groups.items():
+        ex = slurm_executor(folder, slurm, resources(slurm, slurm.per_size.get(size)),
+                            f"{sweep.name}-{size}", nodes, tasks, dependency)
+        with ex.batch():
+            batch = [ex.submit(sweep.job(r)) for r in runs]
+        for run, job in zip(runs, batch):
+            records.write_job(run.dir, "slurm", job.job_id, sweep.name)
+        sweep.log(f"size {size}: {len(batch)} run(s) as job(s) {', '.join(j.job_id for j in batch)}")
+        jobs += batch
+    return jobs
+
+
+def wait_slurm(sweep: Sweep, jobs: list, progress_every_s: float, poll: float = 5.0) -> None:
+    """Print the live line until every job has left the queue."""
+    tracker = sweep.tracker()
+    last = time.monotonic()
+    while not all(j.done() for j in jobs):
+        if time.monotonic() - last >= progress_every_s:
+            sweep.show(tracker)
+            last = time.monotonic()
+        time.sleep(poll)
+    sweep.show(tracker)

@@ -1,0 +1,131 @@
+"""Expand a sweep into runs: one resolved ``RunConfig`` per (token, order, size), plus stage 0.
+
+Each run's config is the schema defaults, then (lowest to highest priority) the launcher's thread
+count, the sweep's ``overrides``, its ``size_overrides`` for that size, the grid axes, the sweep's
+tracking settings, and the command-line dotlist. A run is named by ``run_key(cfg)`` and lives in
+``<results_dir>/runs/<key>/``, so two sweeps that share a config share its run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness import config as C
+from harness.errors import UserError
+from harness.tracking import tracking_uri
+
+GRID_KEYS = ("model.token", "model.order", "model.size", "model.ladder")
+
+
+@dataclass
+class Run:
+    """One grid point: its resolved config, key, directory and evaluation seeds."""
+
+    cfg: DictConfig
+    seeds: list[int]
+    key: str = field(init=False)
+    dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = C.run_key(self.cfg)
+        self.dir = Path(self.cfg.results_dir) / "runs" / self.key
+
+    @property
+    def token(self) -> str:
+        return self.cfg.model.token
+
+    @property
+    def order(self) -> str:
+        return self.cfg.model.order
+
+    @property
+    def size(self) -> str:
+        return self.cfg.model.size
+
+    @property
+    def variant(self) -> str:
+        return f"{self.token}-{self.order}"
+
+
+@dataclass(frozen=True)
+class Stage0Task:
+    """A shared artefact that runs need before they train: a tokenizer (per token type and
+    tokenizer config) or the evaluation feature extractor."""
+
+    kind: str
+    token: str
+    path: Path
+    cfg: DictConfig = field(compare=False, hash=False)
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "meta.json").exists()
+
+
+def absolute_uri(uri: str) -> str:
+    """A sqlite URI with a relative path made absolute, so jobs in any directory share the store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def _check_cli(overrides: list[str]) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in GRID_KEYS:
+            raise UserError(key, "is a grid axis; choose it with --size/--variants or the sweep "
+                            "file, not a key=value override")
+
+
+def build_runs(spec: DictConfig, sizes: list[str], variants: list[str], overrides: list[str],
+               threads: int | None = None, parent_run_id: str | None = None) -> list[Run]:
+    """The runs of the selected sizes x variants, in (size, variant) order."""
+    _check_cli(overrides)
+    runs = []
+    for size in sizes:
+        for variant in variants:
+            token, order = variant.split("-")
+            layers = [{"train": {"threads": threads}} if threads is not None else {},
+                      spec.overrides, spec.size_overrides.get(size, {}),
+                      {"model": {"token": token, "order": order, "size": size}}]
+            base = OmegaConf.to_container(OmegaConf.merge(*layers))
+            cfg = C.load(overrides, base=base)
+            cfg.results_dir = str(Path(cfg.results_dir).resolve())
+            cfg.tracking.uri = absolute_uri(cfg.tracking.uri or tracking_uri())
+            cfg.tracking.experiment = spec.name
+            cfg.tracking.parent_run_id = parent_run_id
+            runs.append(Run(cfg, [int(s) for s in spec.seeds]))
+    return runs
+
+
+def results_dir(runs: list[Run]) -> Path:
+    return Path(runs[0].cfg.results_dir)
+
+
+def sweep_dir(runs: list[Run], name: str) -> Path:
+    """``<results_dir>/<sweep>/``: the results table, the parent run id, SLURM job folders."""
+    return results_dir(runs) / name
+
+
+def stage0_tasks(runs: list[Run]) -> list[Stage0Task]:
+    """The distinct stage-0 artefacts the runs need, in first-use order: a tokenizer per token
+    type (and tokenizer config), the features of a frozen text encoder, and for the shapes world
+    the FID feature net."""
+    from harness.evaluate.features import feature_dir
+    from harness.text.cache import text_cache_dir
+    from harness.tokenizers.stage0 import tokenizer_dir
+
+    tasks: dict[Path, Stage0Task] = {}
+    for run in runs:
+        cfg = run.cfg
+        tasks.setdefault(tokenizer_dir(cfg, run.token), Stage0Task("tokenizer", run.token,
+                                                                   tokenizer_dir(cfg, run.token), cfg))
+        if cfg.text.encoder != "learned":
+            tasks.setdefault(text_cache_dir(cfg), Stage0Task("text", "", text_cache_dir(cfg), cfg))
+        if cfg.data.name == "shapes" and not cfg.eval.inception_path:
+            path = feature_dir(cfg.data.resolution, cfg.results_dir)
+            tasks.setdefault(path, Stage0Task("features", "", path, cfg))
+    return list(tasks.values())

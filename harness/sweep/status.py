@@ -1,0 +1,119 @@
+"""Where each run of a sweep stands, read from its run directory and the job queue.
+
+States: ``completed`` (trained and every eval seed evaluated), ``running`` (a job holds the run's
+lock, or SLURM says its job runs), ``queued`` (submitted, waiting), ``failed`` (the last attempt
+failed; ``--retry-failed`` runs it again), ``pending`` (something left to do and no job on it:
+never started, interrupted, or trained with seeds still to evaluate). The same view serves the
+live progress line while a sweep runs and ``--status`` afterwards.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+
+from harness.sweep import records
+from harness.sweep.plan import Run
+
+STATES = ("completed", "running", "queued", "failed", "pending")
+SLURM_ACTIVE = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "running",
+                "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "queued",
+                "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued", "RESIZING": "running"}
+
+
+@dataclass
+class RunState:
+    key: str
+    variant: str
+    size: str
+    state: str
+    detail: str = ""
+
+
+def slurm_queue() -> dict[str, str]:
+    """``job id -> squeue state`` for every job in the queue (array tasks one per line);
+    empty when SLURM is not installed here."""
+    if shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+
+
+def seeds_left(run: Run) -> list[int]:
+    return [s for s in run.seeds if records.read_eval(run.dir, s) is None]
+
+
+def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:
+    """The state of one run (``queue`` from :func:`slurm_queue`, read once per poll)."""
+    from harness.train import read_status
+
+    def state(name: str, detail: str = "") -> RunState:
+        return RunState(run.key, run.variant, run.size, name, detail)
+
+    status = read_status(run.dir)
+    left = seeds_left(run)
+    if status["status"] in ("trained", "completed") and not left:
+        return state("completed")
+    if records.is_locked(run.dir):
+        return state("running", status["status"])
+    job = records.read_job(run.dir)
+    if job and job["launcher"] == "slurm" and queue and job["job_id"] in queue:
+        return state(SLURM_ACTIVE.get(queue[job["job_id"]], "queued"), f"slurm {job['job_id']}")
+    if status["status"] == "failed":
+        return state("failed", str(status.get("reason", ""))[:200])
+    if status["status"] in ("trained", "completed"):
+        return state("pending", f"trained; {len(left)} of {len(run.seeds)} eval seeds left")
+    if status["status"] == "running":
+        return state("pending", "interrupted; resumes from its last checkpoint")
+    return state("pending", "not started")
+
+
+def assess_all(runs: list[Run]) -> list[RunState]:
+    queue = slurm_queue()
+    return [assess(r, queue) for r in runs]
+
+
+def counts(states: list[RunState]) -> dict[str, int]:
+    return {s: sum(x.state == s for x in states) for s in STATES}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+class Progress:
+    """The live line: counts, elapsed time and an ETA from the completion rate of this session."""
+
+    def __init__(self, name: str, total: int, done_at_start: int):
+        self.name, self.total, self.done_at_start = name, total, done_at_start
+        self.start = time.time()
+
+    def line(self, states: list[RunState]) -> str:
+        c = counts(states)
+        elapsed = time.time() - self.start
+        finished = c["completed"] + c["failed"] - self.done_at_start
+        left = c["running"] + c["queued"] + c["pending"]
+        eta = _duration(elapsed / finished * left) if finished > 0 and left else (
+            "0m00s" if not left else "unknown")
+        return (f"[sweep {self.name}] {c['completed']}/{self.total} done, {c['running']} running, "
+                f"{c['failed']} failed, {c['queued'] + c['pending']} queued; "
+                f"elapsed {_duration(elapsed)}, ETA {eta}")
+
+
+def report(states: list[RunState]) -> str:
+    """A fixed-width table of every run's state, then the totals."""
+    lines = [f"{'run':<40} {'variant':<19} {'size':<6} {'state':<10} detail"]
+    for s in states:
+        lines.append(f"{s.key:<40} {s.variant:<19} {s.size:<6} {s.state:<10} {s.detail}")
+    c = counts(states)
+    lines.append(", ".join(f"{n} {k}" for k, n in c.items()))
+    return "\n".join(lines)
+
+
+def as_dicts(states: list[RunState]) -> list[dict]:
+    return [asdict(s) for s in states]

@@ -1,0 +1,90 @@
+"""The sweep's results table ``<results_dir>/<sweep>/runs.csv``: one row per (run, eval seed).
+
+Rows are built from the run directories (the source of truth) and upserted under a file lock, then
+the whole file is replaced atomically: jobs that finish at the same moment each add their rows and
+a reader never sees half a file. Analysis reads this table (``status == completed`` rows).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness.io import atomic_write, read_json
+from harness.sweep import records
+from harness.tokenizers.stage0 import file_lock
+
+GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in GENEVAL_TAGS))
+COLUMNS = ("run_key", "sweep", "token", "order", "size", "params", "train_flops", "steps",
+           *METRICS, "status", "run_dir", "seed")
+TABLE = "runs.csv"
+
+
+def table_path(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / TABLE
+
+
+def read(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def upsert(path: str | Path, rows: list[dict]) -> None:
+    """Insert or replace rows by (run_key, seed), keeping the others; safe under concurrency."""
+    path = Path(path)
+    with file_lock(path.with_suffix(".lock")):
+        table = {(r["run_key"], str(r["seed"])): r for r in read(path)}
+        for r in rows:
+            table[(r["run_key"], str(r["seed"]))] = {k: "" if r.get(k) is None else r[k] for k in COLUMNS}
+        _write(path, sorted(table.values(), key=lambda r: (r["sweep"], r["size"], r["token"],
+                                                           r["order"], r["run_key"], r["seed"])))
+
+
+def _last_val_loss(run_dir: Path) -> float | None:
+    from harness.tracking.store import read_metrics
+
+    vals = [r for r in read_metrics(run_dir) if r["key"] == "val/loss"]
+    return max(vals, key=lambda r: r["step"])["value"] if vals else None
+
+
+def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> list[dict]:
+    """The rows of one run, from its directory (``cfg`` stands in for a run not started yet).
+    A seed's row is ``completed`` once that seed is evaluated; before, it shows the run's status
+    (``trained`` for a run whose training is done but this seed is not evaluated)."""
+    from harness.train import read_status
+
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").exists():
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+    info = read_json(run_dir / "info.json") if (run_dir / "info.json").exists() else {}
+    status = read_status(run_dir)
+    val_loss = _last_val_loss(run_dir)
+    rows = []
+    for seed in seeds:
+        metrics = records.read_eval(run_dir, seed)
+        state = status["status"]
+        if metrics is not None:
+            state = "completed"
+        elif state == "completed":
+            state = "trained"
+        row = {"run_key": run_dir.name, "sweep": sweep, "token": cfg.model.token,
+               "order": cfg.model.order, "size": cfg.model.size, "params": info.get("params"),
+               "train_flops": info.get("train_flops"), "steps": status.get("step", cfg.train.steps),
+               "val_loss": val_loss, "status": state, "run_dir": str(run_dir), "seed": seed}
+        row.update({k: v for k, v in (metrics or {}).items() if k in METRICS})
+        rows.append(row)
+    return rows

@@ -1,0 +1,54 @@
+"""Stage 0 for frozen text encoders: caption features computed once per dataset and cached.
+
+``results/stage0/text-<hash>/{train,val}.pt`` hold ``text_feats`` (float16, N x T x D) and
+``text_mask`` (N x T) for the captions of the pre-encoded token sets, in the same order.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from harness.config import config_hash
+from harness.data.datasets import data_key, rendered
+from harness.io import write_json
+from harness.tokenizers.stage0 import file_lock
+
+
+def text_cache_dir(cfg: DictConfig) -> Path:
+    key = config_hash({"data": data_key(cfg.data), "encoder": cfg.text.encoder,
+                       "max_len": cfg.text.max_len})
+    return Path(cfg.results_dir) / "stage0" / f"text-{key}"
+
+
+@torch.no_grad()
+def encode_captions(encoder, captions: list[str], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    feats, masks = [], []
+    for i in range(0, len(captions), batch_size):
+        f, m = encoder.encode(captions[i: i + batch_size])
+        feats.append(f.half().cpu())
+        masks.append(m.cpu())
+    return {"text_feats": torch.cat(feats), "text_mask": torch.cat(masks)}
+
+
+def ensure_text_features(cfg: DictConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """Features of every train/val caption under the frozen encoder ``cfg.text.encoder``."""
+    final = text_cache_dir(cfg)
+    if not (final / "meta.json").exists():
+        with file_lock(final.with_suffix(".lock")):
+            if not (final / "meta.json").exists():
+                from harness.text.encoders import HFTextEncoder
+
+                encoder = HFTextEncoder(cfg.text.encoder, cfg.text.max_len)
+                tmp = final.with_name(final.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                for split in ("train", "val"):
+                    _, captions = rendered(cfg.data, split, cfg.results_dir)
+                    torch.save(encode_captions(encoder, captions), tmp / f"{split}.pt")
+                write_json(tmp / "meta.json", {"encoder": cfg.text.encoder, "width": encoder.width,
+                                               "max_len": cfg.text.max_len})
+                tmp.rename(final)
+    return {split: torch.load(final / f"{split}.pt", weights_only=True) for split in ("train", "val")}

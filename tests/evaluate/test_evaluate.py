@@ -1,0 +1,142 @@
+"""End to end: ``evaluate`` on a tiny trained run writes every metric, the samples, MLflow entries,
+and only then marks the run completed; reruns reuse samples; other seeds go to their own files."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from harness import config
+from harness.data.shapes import TAGS, vocabulary
+from harness.errors import UserError
+from harness.evaluate import FIXED_PROMPTS, METRIC_KEYS, evaluate, features, metrics_path
+from harness.evaluate.__main__ import main
+from harness.tracking import store
+
+TINY_RUN = ["train.steps=20", "data.train_size=256", "data.val_size=32", "tokenizer.steps=30",
+            "eval.fid_samples=32", "eval.geneval_prompts_per_tag=2", "eval.images_per_prompt=2",
+            "sample.steps=4", "sample.diffusion_steps=5", "model.size=xs", "train.batch_size=16",
+            "tokenizer.batch_size=16", "tokenizer.hidden=32", "tokenizer.layers=1"]
+TINY_FEATURES = features.FeatureSpec(channels=(16, 32, 64), dim=32, train_images=1024, test_images=256,
+                                     steps=60, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A tiny run, trained and evaluated once; MLflow and results live in a temp folder."""
+    from harness.train import train
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        mp.setattr(features, "DEFAULT_SPEC", TINY_FEATURES)
+        run_dir = train(config.load([f"results_dir={tmp}/results", *TINY_RUN]))
+        status_before = json.loads((run_dir / "status.json").read_text())["status"]
+        start = time.time()
+        metrics = evaluate(run_dir)
+        print(f"evaluate (tiny run, incl. feature net): {time.time() - start:.1f}s")
+        yield run_dir, metrics, status_before
+
+
+def test_metrics_json_has_every_metric_and_the_run_is_completed(evaluated):
+    run_dir, metrics, status_before = evaluated
+    assert status_before == "trained"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(written) and written == json.loads(json.dumps(metrics))
+    assert {f"geneval_{t}" for t in TAGS} <= set(written)
+    assert all(isinstance(written[k], float) and math.isfinite(written[k]) for k in METRIC_KEYS)
+    assert 0 <= written["precision"] <= 1 and 0 <= written["recall"] <= 1 and written["fid"] > 0
+    assert written["fid_samples"] == 32 and written["geneval_images"] == 6 * 2 * 2 and written["step"] == 20
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+def test_val_loss_is_trainings_own_final_validation_loss(evaluated):
+    run_dir, metrics, _ = evaluated
+    logged = [r for r in store.read_metrics(run_dir) if r["key"] == "val/loss" and r["step"] == 20]
+    assert logged and metrics["val_loss"] == pytest.approx(logged[-1]["value"], rel=1e-5)
+
+
+def test_fid_libraries_agree(evaluated):
+    _, metrics, _ = evaluated
+    assert metrics["fid_cleanfid"] == pytest.approx(metrics["fid"], rel=1e-6)
+
+
+def test_samples_and_geneval_outputs(evaluated):
+    run_dir, _, _ = evaluated
+    with Image.open(run_dir / "samples" / "fixed_prompts.png") as strip:
+        assert strip.size == (8 * 32 + 7 * 2, 32)
+    with Image.open(run_dir / "samples" / "grid.png") as grid:
+        assert grid.size == (8 * 32 + 7 * 2, 4 * 32 + 3 * 2)  # 32 FID samples, 8 per row
+    assert len((run_dir / "geneval" / "prompts.jsonl").read_text().splitlines()) == 12
+    assert json.loads((run_dir / "geneval" / "scores.json").read_text())["n_images"] == 24
+    assert len(list((run_dir / "fid" / "generated").glob("*.png"))) == 32
+    assert len(FIXED_PROMPTS) == 8 and all(set(p.split()) <= set(vocabulary()) for p in FIXED_PROMPTS)
+
+
+def test_metrics_reach_mlflow_at_the_training_step(evaluated):
+    run_dir, metrics, _ = evaluated
+    c = store.client()
+    run_id = (run_dir / store.RUN_ID_FILE).read_text().strip()
+    history = c.get_metric_history(run_id, "eval/fid")
+    assert [(m.step, m.value) for m in history] == [(20, metrics["fid"])]
+    assert {a.path for a in c.list_artifacts(run_id, "samples")} == {"samples/grid.png", "samples/fixed_prompts.png"}
+    assert [a.path for a in c.list_artifacts(run_id, "eval")] == ["eval/metrics.json"]
+
+
+def test_rerun_reuses_samples_and_other_seeds_write_their_own_file(evaluated):
+    run_dir, metrics, _ = evaluated
+    first = sorted((run_dir / "fid" / "generated").glob("*.png"))[0]
+    stamp, main_metrics = first.stat().st_mtime_ns, (run_dir / "metrics.json").read_text()
+    again = evaluate(run_dir)
+    assert first.stat().st_mtime_ns == stamp  # generated images reused
+    assert again["fid"] == metrics["fid"] and again["geneval_overall"] == metrics["geneval_overall"]
+    other = evaluate(run_dir, seed=1)
+    assert metrics_path(run_dir, 1) == run_dir / "metrics-seed1.json"
+    assert metrics_path(run_dir) == metrics_path(run_dir, 0) == run_dir / "metrics.json"
+    assert json.loads((run_dir / "metrics-seed1.json").read_text())["seed"] == 1
+    assert set(METRIC_KEYS) <= set(other) and other["val_loss"] == metrics["val_loss"]
+    assert other["fid"] != metrics["fid"]  # fresh samples
+    assert (run_dir / "geneval-seed1" / "scores.json").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["seed"] == 0
+    assert json.loads(main_metrics)["fid"] == metrics["fid"]
+    assert any(r["key"] == "eval_seed1/fid" for r in store.read_metrics(run_dir))
+
+
+def _fake_run(tmp_path, source, status: str, *overrides: str):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = config.load_saved(source / "config.yaml")
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(cfg, key, value)
+    config.save(cfg, run / "config.yaml")
+    (run / "status.json").write_text(json.dumps({"status": status}))
+    return run
+
+
+def test_untrained_runs_are_refused_in_one_line(evaluated, tmp_path, capsys):
+    run = _fake_run(tmp_path, evaluated[0], "running")
+    with pytest.raises(UserError, match="status 'running'"):
+        evaluate(run)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run_dir:") and "\n" not in err
+
+
+def test_missing_inception_file_fails_before_any_work(evaluated, tmp_path):
+    run = _fake_run(tmp_path, evaluated[0], "trained", f"eval.inception_path={tmp_path}/missing.pth")
+    shutil.copytree(evaluated[0] / "checkpoints", run / "checkpoints")
+    start = time.time()
+    with pytest.raises(UserError, match="eval.inception_path: .*missing.pth does not exist"):
+        evaluate(run)
+    assert time.time() - start < 1.0
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "status.json"]
