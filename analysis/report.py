@@ -92,7 +92,8 @@ def _exponents(fits: pd.DataFrame) -> str:
         if not power.empty:
             rows = [(r.metric, f"{r.token}/{r.order}", r.form,
                      _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high),
-                     _ci(r.E, r.E_ci_low, r.E_ci_high), fmt(r.A), fmt(r.r2), r.n_sizes,
+                     _ci(r.E, r.E_ci_low, r.E_ci_high) if r.form == "offset" else "0 (fixed)",
+                     fmt(r.A), fmt(r.r2), r.n_sizes,
                      "yes" if r.converged else "NO") for r in power.itertuples()]
             out.append(f"**Power laws vs {x}** (α with 95% bootstrap CI)\n\n" + _table(
                 ["metric", "variant", "form", "α [95% CI]", "E [95% CI]", "A", "R² (log)",
@@ -123,10 +124,10 @@ def _winners(winners: pd.DataFrame) -> str:
                    f"({better} is better) by {fmt(second['gap_to_best'])} over "
                    f"{second['token']}/{second['order']}")
         if spread > 0:
-            verdict += (f"; the seed spread of that gap is {fmt(spread)} "
-                        f"({second['gap_to_best'] / spread:.1f}× the gap's seed sd)")
+            verdict += (f", {second['gap_to_best'] / spread:.1f}× the gap's seed standard "
+                        f"deviation ({fmt(spread)})")
         else:
-            verdict += "; one seed each, so no seed spread"
+            verdict += " (one seed each: no seed spread)"
         lo_b, hi_b, lo_s, hi_s = (best["fit_ci_low"], best["fit_ci_high"],
                                   second["fit_ci_low"], second["fit_ci_high"])
         if all(math.isfinite(v) for v in (lo_b, hi_b, lo_s, hi_s)):

@@ -58,7 +58,7 @@ class TokenizerConfig:
     hidden: int = 128
     layers: int = 2
     heads: int = 4
-    kl_weight: float = 1.0e-4
+    kl_weight: float = 1.0e-6
     commitment: float = 0.25
     steps: int = 3000
     batch_size: int = 64

@@ -1,11 +1,14 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of either."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
@@ -40,3 +43,37 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing); waits while another holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_once(final: str | os.PathLike, build: Callable[[Path], None],
+               marker: str = "meta.json") -> Path:
+    """A cached artifact directory: ``build(tmp)`` fills a ``.partial`` folder that is renamed to
+    ``final`` when done, under a lock, so concurrent jobs wait for one builder and a crash never
+    leaves a half-built ``final``. ``marker`` (written last by ``build``) marks it complete."""
+    final = Path(final)
+    if (final / marker).exists():
+        return final
+    with file_lock(final.with_suffix(".lock")):
+        if (final / marker).exists():
+            return final
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    return final

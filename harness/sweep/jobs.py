@@ -113,11 +113,8 @@ class RunJob(submitit.helpers.Checkpointable):
         train(cfg)
         results = {}
         for seed in self.seeds:
-            metrics = records.read_eval(out, seed)
-            if metrics is None:
-                metrics = evaluate(out, seed=seed)
-                records.write_eval(out, seed, metrics)
-            results[seed] = metrics
+            metrics = records.read_eval(out, seed, cfg.eval.seed)
+            results[seed] = metrics if metrics is not None else evaluate(out, seed=seed)
         return {"run_dir": str(out), "metrics": results}
 
     def _fail(self, out: Path, error: Exception) -> None:

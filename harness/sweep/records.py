@@ -4,7 +4,6 @@
 - ``run.lock``       held (``flock``) by the job while it works on the run: a live job on this
                      machine, and a guard against two jobs training one run at once;
 - ``attempts.jsonl`` one line per start and per preemption of the job (requeues show here);
-- ``eval-<seed>.json`` the metrics of each finished evaluation seed;
 - the submitit logs (``<job id>_0_log.out/err``), or links to them for SLURM arrays.
 """
 from __future__ import annotations
@@ -81,16 +80,17 @@ def read_attempts(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def eval_path(run_dir: str | Path, seed: int) -> Path:
-    return jobs_dir(run_dir) / f"eval-{seed}.json"
+def eval_path(run_dir: str | Path, seed: int, default_seed: int) -> Path:
+    """Where ``harness.evaluate.evaluate(run_dir, seed)`` leaves its metrics: ``metrics.json`` for
+    the run's own ``eval.seed``, ``metrics-seed<s>.json`` for any other (``metrics_path`` there,
+    without loading the config again)."""
+    name = "metrics.json" if seed == default_seed else f"metrics-seed{seed}.json"
+    return Path(run_dir) / name
 
 
-def write_eval(run_dir: str | Path, seed: int, metrics: dict) -> None:
-    write_json(eval_path(run_dir, seed), {"seed": seed, **metrics})
-
-
-def read_eval(run_dir: str | Path, seed: int) -> dict | None:
-    path = eval_path(run_dir, seed)
+def read_eval(run_dir: str | Path, seed: int, default_seed: int) -> dict | None:
+    """The metrics of one evaluation seed, or None while it is not evaluated."""
+    path = eval_path(run_dir, seed, default_seed)
     return read_json(path) if path.exists() else None
 
 

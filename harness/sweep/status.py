@@ -43,7 +43,7 @@ def slurm_queue() -> dict[str, str]:
 
 
 def seeds_left(run: Run) -> list[int]:
-    return [s for s in run.seeds if records.read_eval(run.dir, s) is None]
+    return [s for s in run.seeds if not records.eval_path(run.dir, s, run.cfg.eval.seed).exists()]
 
 
 def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:

@@ -75,7 +75,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
     val_loss = _last_val_loss(run_dir)
     rows = []
     for seed in seeds:
-        metrics = records.read_eval(run_dir, seed)
+        metrics = records.read_eval(run_dir, seed, cfg.eval.seed)
         state = status["status"]
         if metrics is not None:
             state = "completed"

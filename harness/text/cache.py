@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -13,8 +12,7 @@ from omegaconf import DictConfig
 
 from harness.config import config_hash
 from harness.data.datasets import data_key, rendered
-from harness.io import write_json
-from harness.tokenizers.stage0 import file_lock
+from harness.io import build_once, write_json
 
 
 def text_cache_dir(cfg: DictConfig) -> Path:
@@ -35,20 +33,15 @@ def encode_captions(encoder, captions: list[str], batch_size: int = 256) -> dict
 
 def ensure_text_features(cfg: DictConfig) -> dict[str, dict[str, torch.Tensor]]:
     """Features of every train/val caption under the frozen encoder ``cfg.text.encoder``."""
-    final = text_cache_dir(cfg)
-    if not (final / "meta.json").exists():
-        with file_lock(final.with_suffix(".lock")):
-            if not (final / "meta.json").exists():
-                from harness.text.encoders import HFTextEncoder
+    def build(tmp: Path) -> None:
+        from harness.text.encoders import HFTextEncoder
 
-                encoder = HFTextEncoder(cfg.text.encoder, cfg.text.max_len)
-                tmp = final.with_name(final.name + ".partial")
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                for split in ("train", "val"):
-                    _, captions = rendered(cfg.data, split, cfg.results_dir)
-                    torch.save(encode_captions(encoder, captions), tmp / f"{split}.pt")
-                write_json(tmp / "meta.json", {"encoder": cfg.text.encoder, "width": encoder.width,
-                                               "max_len": cfg.text.max_len})
-                tmp.rename(final)
+        encoder = HFTextEncoder(cfg.text.encoder, cfg.text.max_len)
+        for split in ("train", "val"):
+            _, captions = rendered(cfg.data, split, cfg.results_dir)
+            torch.save(encode_captions(encoder, captions), tmp / f"{split}.pt")
+        write_json(tmp / "meta.json", {"encoder": cfg.text.encoder, "width": encoder.width,
+                                       "max_len": cfg.text.max_len})
+
+    final = build_once(text_cache_dir(cfg), build)
     return {split: torch.load(final / f"{split}.pt", weights_only=True) for split in ("train", "val")}

@@ -12,11 +12,8 @@ inside the wrapper) and holds the same pre-encoded token sets; no weights are co
 """
 from __future__ import annotations
 
-import fcntl
 import math
-import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import config_hash, pretrained_source
 from harness.data.datasets import data_key, rendered, to_float
-from harness.io import read_json, write_json
+from harness.io import build_once, file_lock, read_json, write_json  # noqa: F401 (file_lock re-used by evaluate/sweep)
 from harness.tokenizers.autoencoder import Autoencoder, build_autoencoder
 
 
@@ -38,17 +35,6 @@ def tokenizer_dir(cfg: DictConfig, token: str) -> Path:
         tok = {"pretrained": source, **{k: tok[k] for k in ("downsample", "channels", "codebook_size")}}
     key = config_hash({"data": data_key(cfg.data), "token": token, "tokenizer": tok})
     return Path(cfg.results_dir) / "stage0" / f"tokenizer-{token}-{key}"
-
-
-@contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class TokenizerModule(L.LightningModule):
@@ -196,18 +182,8 @@ def _pretrained(cfg: DictConfig, token: str, out: Path) -> None:
 
 def ensure_tokenizer(cfg: DictConfig, token: str) -> Path:
     """Train (or find) the tokenizer for ``token``; returns its stage-0 directory."""
-    final = tokenizer_dir(cfg, token)
-    if (final / "meta.json").exists():
-        return final
-    with file_lock(final.with_suffix(".lock")):
-        if (final / "meta.json").exists():
-            return final
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (_pretrained if pretrained_source(cfg, token) else _train)(cfg, token, tmp)
-        tmp.rename(final)
-    return final
+    build = _pretrained if pretrained_source(cfg, token) else _train
+    return build_once(tokenizer_dir(cfg, token), lambda tmp: build(cfg, token, tmp))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

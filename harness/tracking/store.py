@@ -124,53 +124,47 @@ def send_metrics(run_dir: str | Path, rows: list[dict], uri: str | None = None) 
         return False
 
 
-def log_params(run_dir: str | Path, params: dict[str, Any], uri: str | None = None) -> None:
+def _on_run(run_dir: str | Path, what: str, action: Callable[[Any, str], None],
+            uri: str | None = None) -> bool:
+    """Run ``action(client, run_id)`` against the run's MLflow run, with retries; on failure warn,
+    mark the run pending for ``harness.sync`` and return False (the run itself goes on)."""
+    id_file = Path(run_dir) / RUN_ID_FILE
+    if not id_file.exists():
+        return False
+    try:
+        action(client(uri), id_file.read_text().strip())
+        return True
+    except Exception as e:
+        log.warning("MLflow %s not logged (%s)", what, str(e).splitlines()[0])
+        mark_pending(run_dir, str(e).splitlines()[0])
+        return False
+
+
+def log_params(run_dir: str | Path, params: dict[str, Any], uri: str | None = None) -> bool:
     from mlflow.entities import Param
 
-    run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
-    if not id_file.exists():
-        return
-    run_id = id_file.read_text().strip()
-    try:
-        c = client(uri)
+    def action(c, run_id: str) -> None:
         logged = retry(lambda: c.get_run(run_id)).data.params
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in logged]
         for i in range(0, len(new), 90):
             retry(lambda chunk=new[i: i + 90]: c.log_batch(run_id, params=chunk))
-    except Exception as e:
-        log.warning("MLflow params not logged (%s)", str(e).splitlines()[0])
-        mark_pending(run_dir, str(e).splitlines()[0])
+
+    return _on_run(run_dir, "params", action, uri)
 
 
 def log_artifact(run_dir: str | Path, path: str | Path, artifact_path: str | None = None,
                  uri: str | None = None) -> bool:
-    run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
-    if not id_file.exists():
-        return False
-    try:
-        retry(lambda: client(uri).log_artifact(id_file.read_text().strip(), str(path), artifact_path))
-        return True
-    except Exception as e:
-        log.warning("MLflow artifact %s not logged (%s)", path, str(e).splitlines()[0])
-        mark_pending(run_dir, str(e).splitlines()[0])
-        return False
+    return _on_run(run_dir, f"artifact {path}",
+                   lambda c, run_id: retry(lambda: c.log_artifact(run_id, str(path), artifact_path)),
+                   uri)
 
 
-def set_tags(run_dir: str | Path, tags: dict[str, str], uri: str | None = None) -> None:
-    run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
-    if not id_file.exists():
-        return
-    run_id = id_file.read_text().strip()
-    try:
-        c = client(uri)
+def set_tags(run_dir: str | Path, tags: dict[str, str], uri: str | None = None) -> bool:
+    def action(c, run_id: str) -> None:
         for k, v in tags.items():
             retry(lambda k=k, v=v: c.set_tag(run_id, k, str(v)))
-    except Exception as e:
-        log.warning("MLflow tags not set (%s)", str(e).splitlines()[0])
-        mark_pending(run_dir, str(e).splitlines()[0])
+
+    return _on_run(run_dir, "tags", action, uri)
 
 
 def sync_run(run_dir: str | Path, uri: str | None = None) -> int:

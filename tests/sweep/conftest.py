@@ -1,0 +1,69 @@
+"""Fixtures for the sweep tests: a results dir per test over one stage 0 for the whole session, and
+a way to run ``python -m harness.sweep`` as a user would (a subprocess, its own MLflow store)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.evaluate import features
+
+REPO = Path(__file__).resolve().parents[2]
+# A feature net that trains in seconds; it stands in for the default one (minutes of CPU), whose
+# stage-0 path it is linked to, so that sweep jobs in other processes find it there.
+TINY_FEATURES = features.FeatureSpec(channels=(16, 32, 64), dim=32, train_images=1024,
+                                     test_images=256, steps=60, batch_size=64)
+RESOLUTION = 32
+
+
+@pytest.fixture(scope="session")
+def sweep_stage0(tmp_path_factory) -> Path:
+    """``stage0/`` shared by the sweep tests: tokenizers are trained by the first sweep that needs
+    them; the FID feature net is the tiny one, at the default spec's path."""
+    root = tmp_path_factory.mktemp("sweep-stage0")
+    tiny = features.ensure_feature_net(RESOLUTION, root, TINY_FEATURES)
+    features.feature_dir(RESOLUTION, root, features.DEFAULT_SPEC).symlink_to(tiny, target_is_directory=True)
+    return root / "stage0"
+
+
+@dataclass
+class Sweeper:
+    """Runs the sweep CLI against one results dir and one MLflow store."""
+
+    results: Path
+    uri: str
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONUNBUFFERED": "1"}
+
+    def args(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "harness.sweep", *args, f"results_dir={self.results}"]
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        start = time.time()
+        out = subprocess.run(self.args(*args), cwd=REPO, env=self.env(), capture_output=True,
+                             text=True, timeout=timeout)
+        out.wall = time.time() - start
+        return out
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.args(*args), cwd=REPO, env=self.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def sweeper(sweep_stage0, tmp_path) -> Sweeper:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "stage0").symlink_to(sweep_stage0, target_is_directory=True)
+    return Sweeper(results, f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def run_dirs(results: Path) -> dict[str, Path]:
+    """``variant-size -> run dir`` of a results dir."""
+    return {"-".join(p.name.split("-")[:3]): p for p in (results / "runs").iterdir()}

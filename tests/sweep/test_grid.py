@@ -1,0 +1,71 @@
+"""Sweep files and the command line: presets load, bad input is one line naming the field and its
+valid choices, exit code 2, and nothing is written."""
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import UserError
+from harness.sweep import grid
+from harness.sweep.__main__ import main
+
+
+def test_presets_load_and_cover_the_study():
+    assert {"smoke", "cpu", "paper"} <= set(grid.presets())
+    smoke = grid.load_sweep(grid.preset_path("smoke"))
+    assert grid.variants(smoke) == ["continuous-random", "continuous-raster", "discrete-random",
+                                    "discrete-raster"]
+    assert grid.sizes(smoke) == ["xs", "s"]
+    assert grid.sizes(grid.load_sweep(grid.preset_path("cpu"))) == ["xs", "s", "m", "l", "xl"]
+    paper = grid.load_sweep(grid.preset_path("paper"))
+    o = paper.overrides
+    assert (o.data.resolution, o.tokenizer.downsample, o.tokenizer.channels) == (256, 16, 16)
+    assert (o.text.aligner_layers, o.model.head_depth, o.train.precision) == (6, 6, "bf16-mixed")
+    assert grid.sizes(paper) == ["166M", "369M", "665M", "1.1B", "3.1B", "10.5B"]
+    assert paper.launcher.default == "slurm" and paper.launcher.slurm.gpus_per_node == 8
+
+
+def test_selection_keeps_ladder_order_and_accepts_any_ladder_size():
+    spec = grid.load_sweep(grid.preset_path("smoke"))
+    assert grid.select(spec, "m,xs", None) == (["xs", "m"], grid.variants(spec))
+    assert grid.select(spec, "all", "discrete-raster")[1] == ["discrete-raster"]
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text,field,choice", [
+    ("name: t\noverrides: {train: {stepz: 3}}\n", "overrides.train.stepz", "steps"),
+    ("name: t\ngrid: {token: [continous]}\n", "grid.token", "continuous"),
+    ("name: t\ngrid: {size: [xxl]}\n", "size 'xxl'", "xl"),
+    ("name: t\nlauncher: {default: sge}\n", "launcher.default", "slurm"),
+    ("name: t\nsize_overrides: {s: {model: {widht: 3}}}\n", "size_overrides.s.model.widht", "width"),
+    ("name: t\nlauncher: {local: {max_paralel: 2}}\n", "launcher.local.max_paralel", None),
+])
+def test_sweep_file_errors_name_the_field(tmp_path, text, field, choice):
+    with pytest.raises(UserError) as e:
+        grid.load_sweep(write(tmp_path, text))
+    line = str(e.value)
+    assert "\n" not in line and field in line, line
+    if choice:
+        assert choice in line, line
+
+
+@pytest.mark.parametrize("args,field,choice", [
+    (["--preset", "smok"], "--preset", "smoke"),
+    (["--preset", "smoke", "--size", "xs,huge"], "--size", "xl"),
+    (["--preset", "smoke", "--variants", "continuous-diagonal"], "--variants", "discrete-raster"),
+    (["--preset", "smoke", "--launcher", "pbs"], "--launcher", "debug"),
+    (["--preset", "smoke", "train.stepz=3"], "train.stepz", "steps"),
+    (["--preset", "smoke", "model.token=discrete"], "model.token", "--variants"),
+])
+def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, field, choice):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as e:
+        main([*args, f"results_dir={results}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err and choice in err, err
+    assert not results.exists()

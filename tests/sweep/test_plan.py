@@ -1,0 +1,97 @@
+"""Expanding a sweep into runs, and ``--dry-run``: parameters, FLOPs, GPU estimates, nothing run."""
+from __future__ import annotations
+
+import json
+
+import torch
+from omegaconf import OmegaConf
+
+from harness import config as C
+from harness.data.datasets import caption_vocabulary
+from harness.models.flops import train_flops
+from harness.sweep import estimate, grid, plan
+from harness.sweep.__main__ import main
+from harness.train.module import build_networks, counted_parameters
+
+
+def smoke_spec(**overrides):
+    spec = grid.load_sweep(grid.preset_path("smoke"))
+    return OmegaConf.merge(spec, overrides)
+
+
+def test_override_priority_and_stable_keys(tmp_path):
+    spec = smoke_spec(size_overrides={"s": {"train": {"steps": 7}}})
+    runs = plan.build_runs(spec, ["xs", "s"], ["continuous-random", "discrete-raster"],
+                           [f"results_dir={tmp_path}", "train.lr=0.01"], threads=3)
+    by = {(r.size, r.variant): r for r in runs}
+    assert [(r.size, r.variant) for r in runs] == [("xs", "continuous-random"), ("xs", "discrete-raster"),
+                                                   ("s", "continuous-random"), ("s", "discrete-raster")]
+    xs, s = by["xs", "continuous-random"].cfg, by["s", "continuous-random"].cfg
+    assert xs.train.steps == 20 and s.train.steps == 7          # sweep overrides < size overrides
+    assert xs.train.lr == 0.01 and xs.train.threads == 3         # command line; launcher threads
+    assert xs.data.train_size == 256 and xs.model.width == 64    # sweep overrides; ladder
+    assert xs.tracking.experiment == "smoke" and xs.tracking.uri.startswith("sqlite:////")
+    assert len({r.key for r in runs}) == 4
+    assert all(r.dir == tmp_path / "runs" / r.key for r in runs)
+    # threads, tracking and the results dir do not change what a run computes: same keys
+    again = plan.build_runs(spec, ["xs"], ["continuous-random"], ["results_dir=elsewhere"], threads=1,
+                            parent_run_id="abc")
+    assert again[0].key == by["xs", "continuous-random"].key
+    # a command-line value beats the sweep's threads only if given
+    assert plan.build_runs(spec, ["xs"], ["continuous-random"], ["train.threads=1"], threads=3)[0].cfg.train.threads == 1
+
+
+def test_stage0_needs_one_tokenizer_per_token_type_and_the_feature_net(tmp_path):
+    runs = plan.build_runs(smoke_spec(), ["xs", "s"], grid.VARIANTS, [f"results_dir={tmp_path}"])
+    tasks = plan.stage0_tasks(runs)
+    assert sorted((t.kind, t.token) for t in tasks) == [("features", ""), ("tokenizer", "continuous"),
+                                                        ("tokenizer", "discrete")]
+    assert not any(t.done for t in tasks)
+
+
+def test_dry_run_counts_what_training_would_build_and_writes_nothing(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["--preset", "smoke", "--dry-run", "--json", "--size", "xs",
+                 f"results_dir={results}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not results.exists()
+    assert len(out["runs"]) == 4 and out["counts"]["pending"] == 4
+    for row in out["runs"]:
+        cfg = C.load(["model.size=xs", f"model.token={row['variant'].split('-')[0]}",
+                      f"model.order={row['variant'].split('-')[1]}"],
+                     base=OmegaConf.to_container(smoke_spec().overrides))
+        nets = build_networks(cfg, cfg.tokenizer.channels, cfg.tokenizer.codebook_size,
+                              caption_vocabulary(cfg.data))
+        assert row["params"] == counted_parameters(nets)
+        assert row["train_flops"] == train_flops(cfg, cfg.tokenizer.channels, cfg.tokenizer.codebook_size)
+        assert row["state"] == "pending" and "gpu_hours" not in row
+    assert {t["kind"] for t in out["stage0"]} == {"tokenizer", "features"}
+
+
+def test_paper_dry_run_estimates_memory_and_gpu_hours(tmp_path, capsys):
+    assert main(["--preset", "paper", "--dry-run", "--json", "--size", "166M,10.5B",
+                 "--variants", "continuous-random", f"results_dir={tmp_path / 'r'}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    small, big = out["runs"]
+    for row in out["runs"]:
+        assert row["gpu_hours"] == row["train_flops"] / (0.4 * 989e12) / 3600
+        assert row["gpu_memory_gb"] * 1e9 > 20 * row["params"] / (16 if row["size"] == "10.5B" else 1)
+    assert 150e6 < small["params"] < 200e6 and 10e9 < big["params"] < 11.5e9
+    assert small["gpus"] == 8 and big["gpus"] == 16                 # fsdp over 2 nodes for 10.5B
+    assert big["gpu_hours"] > 50 * small["gpu_hours"]
+    assert out["total_gpu_hours"] == small["gpu_hours"] + big["gpu_hours"]
+    text_main = main(["--preset", "paper", "--dry-run", "--size", "166M", "--variants",
+                      "discrete-raster", f"results_dir={tmp_path / 'r'}"])
+    text = capsys.readouterr().out
+    assert text_main == 0 and "GPU-h" in text and "MFU 0.4" in text
+
+
+def test_memory_formula_by_hand():
+    cfg = C.load(["model.ladder=paper", "model.size=166M", "model.token=discrete", "train.batch_size=64",
+                  "data.resolution=256", "tokenizer.downsample=16"])
+    params = 1_000_000
+    L, W, D, H = 256, 768, 12, 12
+    expected = 20 * params + D * 64 * L * W * (34 + 5 * H * L / W)
+    assert estimate.gpu_memory_bytes(cfg, params) == expected
+    with torch.device("meta"):
+        assert estimate.size_of(cfg)[0] > 150e6
