@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +30,7 @@ from tqdm import tqdm
 
 from harness.config import config_hash
 from harness.data.shapes import COLORS, MAX_OBJECTS, SHAPES, Scene, ShapesWorld, render
-from harness.io import read_json, write_json
-from harness.tokenizers.stage0 import file_lock
+from harness.io import build_once, read_json, write_json
 
 GRID = 3  # position bins per axis
 COLOR_NAMES = tuple(COLORS)
@@ -221,20 +219,13 @@ def feature_dir(resolution: int, results_dir: str | Path, spec: FeatureSpec = DE
 
 def ensure_feature_net(resolution: int, results_dir: str | Path, spec: FeatureSpec = DEFAULT_SPEC) -> Path:
     """Train (or find) the feature net for ``resolution``; returns its stage-0 directory."""
-    final = feature_dir(resolution, results_dir, spec)
-    if (final / "meta.json").exists():
-        return final
-    with file_lock(final.with_suffix(".lock")):
-        if (final / "meta.json").exists():
-            return final
-        tmp = final.with_name(final.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def build(tmp: Path) -> None:
         net, meta = train_feature_net(spec, resolution)
         torch.save(net.state_dict(), tmp / "model.pt")
         write_json(tmp / "meta.json", meta)
-        tmp.rename(final)
-    return final
+
+    return build_once(feature_dir(resolution, results_dir, spec), build)
 
 
 def load_feature_net(path: str | Path) -> tuple[FeatureNet, dict]:

@@ -12,14 +12,13 @@ downloaded: a configured but missing Inception file is a UserError before any wo
 Reference set (:func:`ensure_reference`): the first ``n`` real images of the val split, written once
 as PNGs under ``<feature space dir>/reference-<hash>/`` with their captions (generate for exactly
 these captions, so FID compares conditional distributions as COCO FID-30K does) and both libraries'
-reference statistics (torch-fidelity's feature cache, clean-fid's mu/sigma). Built in a ``.partial``
-folder under a file lock and renamed, like every stage-0 artifact.
+reference statistics (torch-fidelity's feature cache, clean-fid's mu/sigma). Built once, like every
+stage-0 artifact (``harness.io.build_once``).
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -40,8 +39,7 @@ from harness.config import config_hash
 from harness.data.datasets import data_key, rendered
 from harness.errors import UserError
 from harness.evaluate import features
-from harness.io import read_json, write_bytes, write_json
-from harness.tokenizers.stage0 import file_lock
+from harness.io import build_once, read_json, write_bytes, write_json
 
 SHAPES_EXTRACTOR = "harness-shapes"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -281,16 +279,8 @@ def ensure_reference(cfg: DictConfig, space: FeatureSpace, n: int | None = None)
     """Build (or find) the reference set of ``n`` (default ``eval.fid_samples``) real val images."""
     n = int(n or cfg.eval.fid_samples)
     check_samples(n)
-    final = reference_dir(cfg, space, n)
-    if not (final / "meta.json").exists():
-        with file_lock(final.with_suffix(".lock")):
-            if not (final / "meta.json").exists():
-                tmp = final.with_name(final.name + ".partial")
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                _build_reference(cfg, space, n, tmp, cfg.eval.batch_size)
-                tmp.rename(final)
-    return Reference(final)
+    return Reference(build_once(reference_dir(cfg, space, n),
+                                lambda tmp: _build_reference(cfg, space, n, tmp, cfg.eval.batch_size)))
 
 
 def _torch_fidelity_metrics(input1: str, input2: str, n: int, space: FeatureSpace, batch_size: int, seed: int,

@@ -44,12 +44,23 @@ def retry(fn: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
     raise AssertionError("unreachable")
 
 
-def experiment_id(c, name: str) -> str:
+def default_artifact_root(uri: str) -> Path | None:
+    """For a sqlite store, artifacts go to ``mlartifacts/`` beside the database file — not to a
+    ``mlruns/`` under whatever directory a job happened to start in (MLflow's default)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+    return None
+
+
+def experiment_id(c, name: str, artifact_root: Path | None = None) -> str:
+    """The experiment's id, created if missing (with an absolute artifact location)."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    root = artifact_root or default_artifact_root(c.tracking_uri)
+    location = (root / name).resolve().as_uri() if root else None
     try:
-        return c.create_experiment(name)
+        return c.create_experiment(name, artifact_location=location)
     except Exception:
         return c.get_experiment_by_name(name).experiment_id
 

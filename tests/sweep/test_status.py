@@ -1,0 +1,77 @@
+"""Where a run stands: read from its directory, its lock and the SLURM queue."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from harness import config as C
+from harness.io import write_json
+from harness.sweep import records, status
+from harness.sweep.plan import Run
+from harness.train import write_status
+
+
+def make_run(tmp_path, seeds=(0,)) -> Run:
+    cfg = C.load(["model.size=xs", f"results_dir={tmp_path}"])
+    run = Run(cfg, list(seeds))
+    run.dir.mkdir(parents=True)
+    return run
+
+
+def hold_lock(run_dir) -> subprocess.Popen:
+    code = ("import sys, time; from harness.sweep.records import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_states_from_the_run_directory(tmp_path):
+    run = make_run(tmp_path, seeds=(0, 1))
+    assert status.assess(run).state == "pending" and "not started" in status.assess(run).detail
+    write_status(run.dir, "running")
+    assert "interrupted" in status.assess(run).detail          # no job holds it: resumable
+    proc = hold_lock(run.dir)
+    try:
+        assert status.assess(run).state == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert status.assess(run).state == "pending"
+    write_status(run.dir, "failed", reason="NonFiniteLoss: loss is nan at step 3")
+    assert status.assess(run).state == "failed" and "nan" in status.assess(run).detail
+    write_status(run.dir, "completed")
+    write_json(run.dir / "metrics.json", {"fid": 1.0})
+    assert status.assess(run).detail == "trained; 1 of 2 eval seeds left"
+    write_json(run.dir / "metrics-seed1.json", {"fid": 1.0})
+    assert status.assess(run).state == "completed"
+
+
+def test_slurm_jobs_in_the_queue_are_queued_or_running(tmp_path):
+    run = make_run(tmp_path)
+    records.write_job(run.dir, "slurm", "17_3", "t")
+    assert status.assess(run, {"17_3": "PENDING"}).state == "queued"
+    assert status.assess(run, {"17_3": "RUNNING"}).state == "running"
+    write_status(run.dir, "failed", reason="x")
+    assert status.assess(run, {"17_3": "REQUEUED"}).state == "queued"   # a retry is on its way
+    assert status.assess(run, {}).state == "failed"
+
+
+def test_eval_paths_agree_with_evaluate(tmp_path):
+    from harness.evaluate import metrics_path
+
+    run = make_run(tmp_path)
+    C.save(run.cfg, run.dir / "config.yaml")
+    for seed in (0, 1, 7):
+        assert records.eval_path(run.dir, seed, run.cfg.eval.seed) == metrics_path(run.dir, seed)
+
+
+def test_progress_line_counts_and_eta():
+    states = [status.RunState(str(i), "v", "xs", s) for i, s in
+              enumerate(["completed", "completed", "running", "pending", "failed"])]
+    p = status.Progress("demo", 5, done_at_start=1)
+    p.start = time.time() - 120
+    line = p.line(states)
+    assert line.startswith("[sweep demo] 2/5 done, 1 running, 1 failed, 1 queued; elapsed 2m00s")
+    assert line.endswith("ETA 2m00s")   # 2 finished in 2 minutes this session: 2 left, 2 minutes

@@ -1,0 +1,51 @@
+"""The results table: rows from run directories, and concurrent upserts that lose nothing."""
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+
+from harness import config as C
+from harness.io import write_json
+from harness.sweep import table
+from harness.train import write_status
+
+
+def _writer(args):
+    path, worker, n = args
+    for i in range(n):
+        table.upsert(path, [{"run_key": f"run-{worker}", "seed": i, "sweep": "t", "token": "discrete",
+                             "order": "raster", "size": "xs", "status": "completed", "fid": worker + i}])
+
+
+def test_concurrent_upserts_keep_every_row_and_a_whole_file(tmp_path):
+    path = tmp_path / "t" / "runs.csv"
+    with mp.get_context("spawn").Pool(4) as pool:
+        pool.map(_writer, [(path, w, 15) for w in range(4)])
+    rows = table.read(path)
+    assert len(rows) == 60
+    assert {(r["run_key"], r["seed"]) for r in rows} == {(f"run-{w}", str(i)) for w in range(4) for i in range(15)}
+    assert list(csv.reader(open(path)))[0] == list(table.COLUMNS)
+    table.upsert(path, [{"run_key": "run-0", "seed": 3, "sweep": "t", "size": "xs", "token": "d",
+                         "order": "r", "status": "failed"}])
+    rows = table.read(path)
+    assert len(rows) == 60 and [r["status"] for r in rows if r["run_key"] == "run-0" and r["seed"] == "3"] == ["failed"]
+
+
+def test_rows_follow_the_run_directory_per_seed(tmp_path):
+    cfg = C.load(["model.size=xs", "model.token=discrete", f"results_dir={tmp_path}", "train.steps=20"])
+    run_dir = tmp_path / "runs" / C.run_key(cfg)
+    rows = table.run_rows(run_dir, "t", [0, 1], cfg)
+    assert [r["status"] for r in rows] == ["queued", "queued"] and rows[0]["params"] is None
+    run_dir.mkdir(parents=True)
+    C.save(cfg, run_dir / "config.yaml")
+    write_json(run_dir / "info.json", {"params": 123, "train_flops": 4.5e9})
+    write_status(run_dir, "completed", step=20)
+    metrics = {"val_loss": 0.5, "fid": 12.0, "geneval_overall": 0.25,
+               **{f"geneval_{t}": 0.1 for t in table.GENEVAL_TAGS}}
+    write_json(run_dir / "metrics.json", metrics)                       # eval.seed 0
+    rows = table.run_rows(run_dir, "t", [0, 1])
+    assert rows[0]["status"] == "completed" and rows[1]["status"] == "trained"   # seed 1 not yet
+    assert rows[0]["fid"] == 12.0 and rows[0]["geneval_colors"] == 0.1 and rows[0]["params"] == 123
+    assert rows[1]["fid"] is None and rows[1]["steps"] == 20
+    write_json(run_dir / "metrics-seed1.json", {**metrics, "fid": 13.0})
+    assert [r["fid"] for r in table.run_rows(run_dir, "t", [0, 1])] == [12.0, 13.0]
