@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -59,6 +59,15 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _short(value: float) -> str:
+    """3e6 -> 3M, 1.1e9 -> 1.1B; beyond 1e12 (FLOPs) scientific, 2e17 -> 2e17."""
+    for scale, suffix in ((1e12, None), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value:.0e}".replace("e+", "e") if suffix is None else \
+                f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def _panel(ax: plt.Axes, obs: pd.DataFrame, records: Sequence[FitRecord], metric: str,
            x: str) -> None:
     """One metric vs ``x``: seed means (± seed sd), the preferred fit, and its 95% band."""
@@ -66,8 +75,6 @@ def _panel(ax: plt.Axes, obs: pd.DataFrame, records: Sequence[FitRecord], metric
     ax.set_xscale("log")
     if metric in ("val_loss", "fid"):
         ax.set_yscale("log")
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(LABELS[x])
     ax.set_ylabel(LABELS.get(metric, metric))
     if sub.empty or not np.isfinite(sub[x]).any():
@@ -90,12 +97,25 @@ def _panel(ax: plt.Axes, obs: pd.DataFrame, records: Sequence[FitRecord], metric
         band_lo, band_hi = rec.boot.predict_interval(grid)
         if np.isfinite(band_lo).all() and np.isfinite(band_hi).all():
             ax.fill_between(grid, band_lo, band_hi, color=style["color"], alpha=0.15, lw=0)
+    _log_ticks(ax)
+
+
+def _log_ticks(ax: plt.Axes) -> None:
+    """Label 1-2-5 steps on log axes spanning under three decades (else decades only)."""
+    axes = [ax.xaxis] + ([ax.yaxis] if ax.get_yscale() == "log" else [])
+    for axis, limits in zip(axes, (ax.get_xlim(), ax.get_ylim())):
+        if np.log10(limits[1] / limits[0]) < 3:
+            subs = (1.0, 2.0, 5.0) if axis is ax.xaxis else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+            axis.set_major_locator(LogLocator(subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _figure(obs, records, metrics, x, ncols, title):
     nrows = int(np.ceil(len(metrics) / ncols))
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.0, 3.4 * nrows),
+                                 squeeze=False)
         for ax, metric in zip(axes.flat, metrics):
             _panel(ax, obs, records, metric, x)
         for ax in list(axes.flat)[len(metrics):]:
@@ -107,7 +127,7 @@ def _figure(obs, records, metrics, x, ncols, title):
                     handles.append(h)
                     labels.append(lab)
         if handles:
-            fig.legend(handles, labels, loc="upper center", ncol=len(labels),
+            fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 2 * ncols),
                        bbox_to_anchor=(0.5, 1.0 + 0.06 / nrows), frameon=False)
         fig.suptitle(title, y=1.0 + 0.12 / nrows)
         fig.tight_layout()

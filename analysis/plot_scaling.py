@@ -35,6 +35,10 @@ GENEVAL_FORMS = ("loglinear", "logit")
 METHODS = ("residual", "cases")
 REQUIRED = ("token", "order", "params")
 SAMPLES = Path("samples") / "fixed_prompts.png"
+FIGURES = {"Validation loss, FID and GenEval vs size": "scaling.png",
+           "GenEval per tag": "geneval_tags.png",
+           "Validation loss vs training FLOPs": "loss_vs_flops.png",
+           "Samples for fixed prompts (rows: variants, columns: sizes)": "samples.png"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,9 +89,18 @@ def read_runs_mlflow(experiment: str) -> tuple[pd.DataFrame, str | None]:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if MlflowClient(uri).get_experiment_by_name(experiment) is None:
+    try:
+        known = MlflowClient(uri).get_experiment_by_name(experiment) is not None
+    except Exception as e:  # the store is outside this program: report it in one line
+        raise UserError("--experiment", f"cannot read {uri}: {type(e).__name__}: "
+                        + (str(e).splitlines() or [""])[0][:200])
+    if not known:
         raise UserError("--experiment", f"no experiment named {experiment!r} in {uri}")
-    found = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+    try:
+        found = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+    except Exception as e:
+        raise UserError("--experiment", f"cannot search {uri}: {type(e).__name__}: "
+                        + (str(e).splitlines() or [""])[0][:200])
     parent_col = "tags.mlflow.parentRunId"
     parent_id = None
     if parent_col in found.columns and found[parent_col].notna().any():
@@ -158,12 +171,27 @@ def log_to_mlflow(out: Path, run_id: str | None) -> str:
             (str(e).splitlines() or [""])[0][:200]
 
 
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    write_text(path, frame.to_csv(index=False))
+def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path, str, str | None]:
+    """(runs table, sweep name, the sweep's folder, a description of the source, parent run id)."""
+    parent_id = None
+    if args.experiment:
+        runs, parent_id = read_runs_mlflow(args.experiment)
+        sweep, home = args.experiment, Path("results") / args.experiment
+        source = f"mlflow:{tracking_uri()}#{args.experiment}"
+    else:
+        csv = args.runs if args.runs is not None else latest_runs_csv()
+        runs = read_runs_csv(csv)
+        home, source = csv.parent, str(csv)
+        named = runs["sweep"].dropna() if "sweep" in runs.columns else pd.Series(dtype=str)
+        sweep = str(named.iloc[0]) if len(named) else home.name
+    if (home / "parent_run_id").is_file():
+        parent_id = (home / "parent_run_id").read_text().strip() or parent_id
+    return check_columns(runs), sweep, home, source, parent_id
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the analysis; returns the output folder."""
     args = _parser().parse_args(argv)
     check_choice("--x", args.x, X_CHOICES)
     check_choice("--geneval-form", args.geneval_form, GENEVAL_FORMS)
@@ -172,61 +200,44 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise UserError("--n-boot", f"{args.n_boot} is too few resamples for a 95% interval "
                         "(use at least 20; 500-1000 for results)")
     t0 = time.time()
-    parent_id = None
-    if args.experiment:
-        runs, parent_id = read_runs_mlflow(args.experiment)
-        sweep, home, source = args.experiment, Path("results") / args.experiment, \
-            f"mlflow:{tracking_uri()}#{args.experiment}"
-    else:
-        csv = args.runs if args.runs is not None else latest_runs_csv()
-        runs = read_runs_csv(csv)
-        home, source = csv.parent, str(csv)
-        sweep = str(runs["sweep"].dropna().iloc[0]) if "sweep" in runs.columns and \
-            runs["sweep"].notna().any() else home.name
-    if (home / "parent_run_id").is_file():
-        parent_id = (home / "parent_run_id").read_text().strip() or parent_id
+    runs, sweep, home, source, parent_id = _load(args)
     out = args.out if args.out is not None else home / "analysis"
-    runs = check_columns(runs)
     print(f"analysing {source}: {len(runs)} runs -> {out}")
+    messages: list[str] = []
+
+    def note(lines: Sequence[str]) -> None:
+        for line in lines:
+            print(f"note: {line}")
+        messages.extend(lines)
 
     completed, excluded = split_by_status(runs)
-    messages: list[str] = []
     if "status" not in runs.columns:
-        messages.append("no status column: every run is taken as completed")
+        note(["no status column: every run is taken as completed"])
     if len(excluded):
-        messages.append(f"{len(excluded)} runs excluded (status not completed): "
-                        + ", ".join(f"{r.token}/{r.order} {r.size} ({r.status})"
-                                    for r in excluded.itertuples()))
+        counts = excluded["status"].astype(str).value_counts()
+        note([f"{len(excluded)} runs excluded (status not completed: "
+              + ", ".join(f"{n} {status}" for status, n in counts.items()) + ")"])
     obs, notes = observations(completed)
-    messages += notes
+    note(notes)
     xs = ["params"]
-    if "train_flops" in runs.columns and obs["train_flops"].notna().any():
+    if obs["train_flops"].notna().any():
         xs.append("train_flops")
-    else:
-        messages.append("train_flops absent: no FLOPs fits, the loss-vs-FLOPs figure is empty")
+    elif len(obs):
+        note(["no train_flops values: no FLOPs fits, the loss-vs-FLOPs figure is empty"])
     records, notes = fit_table(obs, xs, args.n_boot, args.seed, args.ci_method,
                                args.geneval_form)
-    messages += notes
-    if args.x == "train_flops" and not any(r.x == "train_flops" for r in records):
-        messages.append("--x train_flops: no FLOPs fits, figures show no curves")
-    for m in messages:
-        print(f"note: {m}")
+    note(notes)
     print(f"fitted {len(records)} curves ({args.n_boot} resamples each) in {time.time() - t0:.1f}s")
 
     fits = pd.DataFrame([r.row() for r in records], columns=FIT_COLUMNS)
     extrap = extrapolate(records)
     corr, notes = correlations(obs)
-    messages += notes
+    note(notes)
     win = winners(obs, records)
-    _write_csv(out / "fits.csv", fits)
-    _write_csv(out / "extrapolation.csv", extrap)
-    _write_csv(out / "correlations.csv", corr)
-    _write_csv(out / "winners.csv", win)
+    for name, frame in (("fits", fits), ("extrapolation", extrap), ("correlations", corr),
+                        ("winners", win)):
+        write_text(out / f"{name}.csv", frame.to_csv(index=False))
 
-    figs = {"Validation loss, FID and GenEval vs size": "scaling.png",
-            "GenEval per tag": "geneval_tags.png",
-            "Validation loss vs training FLOPs": "loss_vs_flops.png",
-            "Samples for fixed prompts (rows: variants, columns: sizes)": "samples.png"}
     figures.scaling_figure(obs, records, args.x, out)
     figures.geneval_tags_figure(obs, records, args.x, out)
     figures.loss_vs_flops_figure(obs, records, out)
@@ -234,14 +245,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
              if len(completed) else [])
     bases = [Path.cwd()] + ([home] if home.resolve() != Path.cwd().resolve() else [])
     _, notes = figures.samples_figure(sample_cells(completed, bases), sizes, out)
-    for m in notes:
-        print(f"note: {m}")
-    messages += notes
+    note(notes)
 
     write_report(out / "report.md", ReportInputs(
         sweep=sweep, source=source, x=args.x, n_runs=len(runs), n_completed=len(completed),
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
-        figures=figs, messages=messages, n_boot=args.n_boot, seed=args.seed,
+        figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
         method=args.ci_method))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))

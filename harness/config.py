@@ -60,7 +60,7 @@ class TokenizerConfig:
     heads: int = 4
     kl_weight: float = 1.0e-6
     commitment: float = 0.25
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 2.0e-3
     seed: int = 0

@@ -1,17 +1,13 @@
 """Scaling-law fits: recovery of known parameters, interval coverage, degenerate input."""
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from analysis.fitting import (  # noqa: E402
+from analysis.fitting import (
     LADDER, bootstrap_fit, correlations, extrapolate, fit_curve, fit_table, observations,
     split_by_status, winners)
 
@@ -73,7 +69,7 @@ def test_bootstrap_interval_covers_truth_about_95_percent():
     """100 synthetic datasets of 5 sizes; the default (residual, t-widened) interval's coverage.
 
     A plain percentile bootstrap of 5 points undercovers; the t(n−p)/z widening restores it.
-    Measured (200 datasets × 200 resamples): see the report; here 100 × 100 to stay fast.
+    Measured with 200 datasets × 200 resamples: 97% (see analysis/fitting.py); here 100 × 100.
     """
     t0 = time.time()
     hits, widths = 0, []
@@ -195,7 +191,8 @@ def test_correlations_and_winners():
     obs = long_table(rows)
     corr, messages = correlations(obs)
     r = corr.set_index(["metric", "token"])["r"]
-    assert r["fid", "all"] == pytest.approx(1.0) and r["geneval_overall", "all"] == pytest.approx(-1.0)
+    assert r["fid", "all"] == pytest.approx(1.0)
+    assert r["geneval_overall", "all"] == pytest.approx(-1.0)
     assert set(corr.token) == {"discrete", "continuous", "all"} and not messages
     records, _ = fit_table(obs, xs=("params",), n_boot=20)
     win = winners(obs, records)

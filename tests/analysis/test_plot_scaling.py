@@ -1,4 +1,4 @@
-"""The analysis command end to end on a synthetic sweep: files, report content, MLflow, bad input."""
+"""The analysis command end to end on a synthetic sweep: files, report, MLflow, bad input."""
 from __future__ import annotations
 
 import os
@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from analysis import plot_scaling
+from analysis.fitting import GENEVAL_TAGS, VARIANTS
 
-from analysis import plot_scaling  # noqa: E402
-from analysis.fitting import GENEVAL_TAGS, VARIANTS  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SIZES = {"xs": 3e6, "s": 8e6, "m": 2e7, "l": 5e7}
 # per variant: val_loss (E, A, alpha), FID (A, alpha), GenEval (value at 1e7, slope per decade)
@@ -181,7 +180,8 @@ def test_all_runs_failed_still_writes_a_report(tmp_path, capsys):
 def test_degenerate_table_gives_messages(tmp_path, capsys):
     """Two sizes for one variant, a constant metric, NaNs, absent metric columns."""
     runs = synthetic_runs(tmp_path, seeds=1).drop(columns=["fid", "geneval_position"])
-    runs = runs[~((runs.token == "discrete") & (runs.order == "raster") & runs["size"].isin(["m", "l"]))]
+    dropped = (runs.token == "discrete") & (runs.order == "raster") & runs["size"].isin(["m", "l"])
+    runs = runs[~dropped]
     runs.loc[runs.token == "continuous", "geneval_colors"] = 0.5
     runs.loc[(runs.token != "discrete") | (runs.order != "raster"), "val_loss"] = \
         runs["val_loss"].where(runs["size"] != "l")
