@@ -90,12 +90,12 @@ class ModelConfig:
     order: str = "random"
     ladder: str = "cpu"
     size: str = "s"
-    depth: int = 0
-    width: int = 0
-    heads: int = 0
+    depth: Optional[int] = None  # None: from the ladder
+    width: Optional[int] = None
+    heads: Optional[int] = None
     mlp_ratio: float = 4.0
     head_depth: int = 3
-    head_width: int = 0
+    head_width: Optional[int] = None  # None: the model width
     diffusion_steps: int = 1000
     diffusion_batch_mul: int = 4
     mask_ratio_min: float = 0.7
@@ -238,10 +238,10 @@ def resolve(cfg: DictConfig) -> DictConfig:
     if cfg.data.path and not brace and not Path(cfg.data.path).exists():
         raise UserError("data.path", f"{cfg.data.path} does not exist")
     spec = size_spec(m.ladder, m.size)
-    m.depth = m.depth or spec.depth
-    m.width = m.width or spec.width
-    m.heads = m.heads or spec.heads
-    m.head_width = m.head_width or m.width
+    m.depth = spec.depth if m.depth is None else m.depth
+    m.width = spec.width if m.width is None else m.width
+    m.heads = spec.heads if m.heads is None else m.heads
+    m.head_width = m.width if m.head_width is None else m.head_width
     _positive(cfg, "model.depth", "model.width", "model.heads", "model.head_depth",
               "model.head_width", "model.diffusion_steps", "model.diffusion_batch_mul",
               "data.resolution", "data.train_size", "data.val_size", "tokenizer.downsample",

@@ -137,6 +137,10 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
     except L.Stage0Failed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {'the jobs go on in the queue' if launcher == 'slurm' else 'jobs stopped'}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     states = status.assess_all(runs)
     _record(table_path, spec.name, runs)
     parent.finish_parent(parent_id, uri, status.counts(states), table_path)

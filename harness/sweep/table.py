@@ -7,14 +7,16 @@ a reader never sees half a file. Analysis reads this table (``status == complete
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import OmegaConf
 
 from harness.io import atomic_write, read_json
 from harness.sweep import records
-from harness.tokenizers.stage0 import file_lock
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in GENEVAL_TAGS))
@@ -43,15 +45,31 @@ def _write(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def upsert(path: str | Path, rows: list[dict]) -> None:
     """Insert or replace rows by (run_key, seed), keeping the others; safe under concurrency."""
     path = Path(path)
-    with file_lock(path.with_suffix(".lock")):
+    with _locked(path.with_suffix(".lock")):
         table = {(r["run_key"], str(r["seed"])): r for r in read(path)}
         for r in rows:
-            table[(r["run_key"], str(r["seed"]))] = {k: "" if r.get(k) is None else r[k] for k in COLUMNS}
-        _write(path, sorted(table.values(), key=lambda r: (r["sweep"], r["size"], r["token"],
-                                                           r["order"], r["run_key"], r["seed"])))
+            table[(r["run_key"], str(r["seed"]))] = {k: "" if r.get(k) is None else str(r[k]) for k in COLUMNS}
+        _write(path, sorted(table.values(), key=_order))
+
+
+def _order(row: dict) -> tuple:
+    seed = row["seed"]
+    return (row["sweep"], row["token"], row["order"], row["size"], row["run_key"],
+            int(seed) if seed.lstrip("-").isdigit() else seed)
 
 
 def _last_val_loss(run_dir: Path) -> float | None:
@@ -84,7 +102,8 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row = {"run_key": run_dir.name, "sweep": sweep, "token": cfg.model.token,
                "order": cfg.model.order, "size": cfg.model.size, "params": info.get("params"),
                "train_flops": info.get("train_flops"), "steps": status.get("step", cfg.train.steps),
-               "val_loss": val_loss, "status": state, "run_dir": str(run_dir), "seed": seed}
+               "val_loss": val_loss, "status": state, "run_dir": str(run_dir), "seed": seed,
+               **{k: None for k in METRICS if k != "val_loss"}}
         row.update({k: v for k, v in (metrics or {}).items() if k in METRICS})
         rows.append(row)
     return rows

@@ -203,7 +203,7 @@ def train(cfg: DictConfig) -> Path:
         default_root_dir=str(out), deterministic=False)
     write_status(out, "running", started=time.time())
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ckpt_dir))
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ckpt_dir), weights_only=True)
     except NonFiniteLoss as e:
         write_status(out, "failed", reason=str(e), step=e.step)
         raise

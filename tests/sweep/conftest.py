@@ -55,15 +55,26 @@ class Sweeper:
         return subprocess.Popen(self.args(*args), cwd=REPO, env=self.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
+    def run_dirs(self) -> dict[str, Path]:
+        """``<token>-<order>-<size> -> run dir``."""
+        runs = self.results / "runs"
+        return {"-".join(p.name.split("-")[:3]): p for p in runs.iterdir()} if runs.is_dir() else {}
+
 
 @pytest.fixture
-def sweeper(sweep_stage0, tmp_path) -> Sweeper:
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "stage0").symlink_to(sweep_stage0, target_is_directory=True)
-    return Sweeper(results, f"sqlite:///{tmp_path}/mlflow.db")
+def new_sweeper(sweep_stage0, tmp_path):
+    """``new_sweeper(name)``: another results dir (same stage 0, same MLflow store)."""
+
+    def make(name: str) -> Sweeper:
+        results = tmp_path / name
+        results.mkdir()
+        (results / "stage0").symlink_to(sweep_stage0, target_is_directory=True)
+        return Sweeper(results, f"sqlite:///{tmp_path}/mlflow.db")
+
+    return make
 
 
-def run_dirs(results: Path) -> dict[str, Path]:
-    """``variant-size -> run dir`` of a results dir."""
-    return {"-".join(p.name.split("-")[:3]): p for p in (results / "runs").iterdir()}
+@pytest.fixture
+def sweeper(new_sweeper) -> Sweeper:
+    return new_sweeper("results")
+

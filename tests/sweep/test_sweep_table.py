@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import csv
-import multiprocessing as mp
+import subprocess
+import sys
 
 from harness import config as C
 from harness.io import write_json
@@ -10,17 +11,20 @@ from harness.sweep import table
 from harness.train import write_status
 
 
-def _writer(args):
-    path, worker, n = args
-    for i in range(n):
-        table.upsert(path, [{"run_key": f"run-{worker}", "seed": i, "sweep": "t", "token": "discrete",
-                             "order": "raster", "size": "xs", "status": "completed", "fid": worker + i}])
+WRITER = """
+import sys
+from harness.sweep import table
+path, worker = sys.argv[1], int(sys.argv[2])
+for i in range(15):
+    table.upsert(path, [{"run_key": f"run-{worker}", "seed": i, "sweep": "t", "token": "discrete",
+                         "order": "raster", "size": "xs", "status": "completed", "fid": worker + i}])
+"""
 
 
 def test_concurrent_upserts_keep_every_row_and_a_whole_file(tmp_path):
     path = tmp_path / "t" / "runs.csv"
-    with mp.get_context("spawn").Pool(4) as pool:
-        pool.map(_writer, [(path, w, 15) for w in range(4)])
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w)]) for w in range(4)]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4
     rows = table.read(path)
     assert len(rows) == 60
     assert {(r["run_key"], r["seed"]) for r in rows} == {(f"run-{w}", str(i)) for w in range(4) for i in range(15)}

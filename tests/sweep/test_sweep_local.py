@@ -1,0 +1,88 @@
+"""The smoke sweep through the local launcher, as a user runs it: interrupted, re-run (resuming from
+the checkpoint), re-run again (nothing recomputed); the table and MLflow hold every run."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import mlflow
+import pytest
+
+from harness.sweep import records, table
+
+ARGS = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
+        "--launcher", "local", "--progress-every", "5"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def first_checkpoint(sweeper):
+    return any((d / "checkpoints" / "last.ckpt").exists() for d in sweeper.run_dirs().values())
+
+
+@pytest.mark.slow
+def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper):
+    # 1. Ctrl-C once a run has its first checkpoint: the jobs stop, the runs are left resumable
+    proc = sweeper.start(*ARGS)
+    try:
+        wait_for(lambda: first_checkpoint(sweeper), 600, "a first checkpoint")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert "run the same command again to resume" in out
+    started = {k: d for k, d in sweeper.run_dirs().items() if (d / "checkpoints" / "last.ckpt").exists()}
+    assert started
+    for d in started.values():
+        assert not records.is_locked(d)
+
+    # 2. the same command finishes the sweep; the interrupted run resumed from its checkpoint
+    done = sweeper.run(*ARGS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"local smoke sweep (2 runs, resumed): {done.wall:.0f}s")
+    assert "[sweep smoke]" in done.stdout and "2 completed" in done.stdout
+    for d in started.values():
+        starts = [a for a in records.read_attempts(d) if a["event"] == "start"]
+        assert len(starts) == 2 and starts[0]["resume_step"] is None
+        assert starts[1]["resume_step"] >= 10
+    rows = table.read(sweeper.results / "smoke" / "runs.csv")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+    for r in rows:
+        assert all(r[c] != "" for c in table.COLUMNS), r
+        assert float(r["params"]) > 0 and float(r["train_flops"]) > 0 and r["steps"] == "20"
+    for d in sweeper.run_dirs().values():
+        assert list(records.jobs_dir(d).glob("*_0_log.out")), "per-job logs live in the run dir"
+
+    # MLflow: one experiment, the parent, a finished child per run with its tags and metrics
+    client = mlflow.MlflowClient(sweeper.uri)
+    exp = client.get_experiment_by_name("smoke")
+    parent_id = (sweeper.results / "smoke" / "parent_run_id").read_text().strip()
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert {r.info.run_name for r in children} == {r["run_key"] for r in rows}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {child.data.tags[k] for k in ("token", "order", "size")} <= {"continuous", "discrete",
+                                                                          "random", "raster", "xs"}
+        assert {"eval/fid", "eval/geneval_overall", "val/loss", "train/loss"} <= set(child.data.metrics)
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == [4, 9, 14, 19], "resumed runs log each step once"
+    assert runs["smoke"].info.status == "FINISHED"
+
+    # 3. again: everything is completed, nothing is recomputed
+    stamps = {k: (d / "metrics.json").stat().st_mtime for k, d in sweeper.run_dirs().items()}
+    again = sweeper.run(*ARGS)
+    assert again.returncode == 0
+    assert "2 completed, 0 to run" in again.stdout
+    assert stamps == {k: (d / "metrics.json").stat().st_mtime for k, d in sweeper.run_dirs().items()}
+    status = sweeper.run("--preset", "smoke", "--size", "xs", "--variants",
+                         "continuous-random,discrete-raster", "--status", "--json")
+    assert {s["state"] for s in json.loads(status.stdout)} == {"completed"}
