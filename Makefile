@@ -32,10 +32,11 @@ sweep: setup
 		$(if $(DRY_RUN),--dry-run) $(ARGS)
 
 sweep-status: setup
-	$(PY) -m harness.sweep --preset $(PRESET) --status
+	$(PY) -m harness.sweep --preset $(PRESET) --size $(SIZE) --status \
+		$(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
 
 mlflow-ui: setup
-	$(PY) -m harness.tracking.ui
+	$(PY) -m harness.tracking.ui $(if $(PORT),--port $(PORT))
 
 bench: setup
 	$(PY) -m harness.bench

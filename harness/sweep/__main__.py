@@ -58,7 +58,7 @@ def _print(obj: object, as_json: bool, text: str) -> None:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
     for item in args.overrides:
         if "=" not in item:
             raise UserError(item, "override must look like key=value (e.g. train.steps=100)")
@@ -73,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = _threads(spec, launcher, sizes)
     runs = [r for s in sizes for r in plan.build_runs(spec, [s], variants, args.overrides, threads[s])]
     sweep_dir = plan.sweep_dir(runs, spec.name)
+    states = status.assess_all(runs)
     if args.status:
-        states = status.assess_all(runs)
         _print(status.as_dicts(states), args.json, status.report(states))
         return 0
-    states = status.assess_all(runs)
     if args.dry_run:
         gpu = runs[0].cfg.model.ladder == "paper"
         p = describe.plan(spec.name, launcher, runs, states, plan.stage0_tasks(runs), gpu)
@@ -109,12 +108,17 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
             print(f"  failed: {r.key} ({by_key[r.key].detail}); --retry-failed runs it again")
     uri = runs[0].cfg.tracking.uri
     table_path = table.table_path(sweep_dir)
-    parent_id = parent.ensure_parent(spec.name, sweep_dir, uri, plan.results_dir(runs),
-                                     {"sweep": spec.name, "file": str(path),
-                                      "sizes": ",".join(dict.fromkeys(r.size for r in runs)),
-                                      "variants": ",".join(dict.fromkeys(r.variant for r in runs)),
-                                      "seeds": ",".join(map(str, spec.seeds)), "launcher": launcher,
-                                      "overrides": " ".join(args.overrides)})
+    try:
+        parent_id = parent.ensure_parent(spec.name, sweep_dir, uri, plan.results_dir(runs),
+                                         {"sweep": spec.name, "file": str(path),
+                                          "sizes": ",".join(dict.fromkeys(r.size for r in runs)),
+                                          "variants": ",".join(dict.fromkeys(r.variant for r in runs)),
+                                          "seeds": ",".join(map(str, spec.seeds)), "launcher": launcher,
+                                          "overrides": " ".join(args.overrides)})
+    except Exception as e:  # MLflow is a mirror: the sweep goes on, python -m harness.sync later
+        print(f"warning: MLflow at {uri} unavailable ({str(e).splitlines()[0][:200]}); runs log to "
+              "their directories; send it later with python -m harness.sync", file=sys.stderr)
+        parent_id = None
     for r in runs:
         r.cfg.tracking.parent_run_id = parent_id
     _record(table_path, spec.name, runs)
@@ -143,7 +147,11 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
         return 130
     states = status.assess_all(runs)
     _record(table_path, spec.name, runs)
-    parent.finish_parent(parent_id, uri, status.counts(states), table_path)
+    if parent_id is not None:
+        try:
+            parent.finish_parent(parent_id, uri, status.counts(states), table_path)
+        except Exception as e:
+            print(f"warning: MLflow parent run not updated ({str(e).splitlines()[0][:200]})", file=sys.stderr)
     print(status.report(states))
     print(f"table: {table_path}")
     return 0 if all(s.state == "completed" for s in states) else 1

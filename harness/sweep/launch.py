@@ -202,7 +202,7 @@ def submit_slurm(sweep: Sweep) -> list:
     groups: dict[tuple, list[Run]] = {}
     for run in sweep.todo:
         t = run.cfg.train
-        groups.setdefault((run.size, t.num_nodes, t.devices if t.devices > 1 else 1), []).append(run)
+        groups.setdefault((run.size, t.num_nodes, t.devices), []).append(run)
     jobs = []
     for (size, nodes, tasks), runs in groups.items():
         ex = slurm_executor(folder, slurm, resources(slurm, slurm.per_size.get(size)),

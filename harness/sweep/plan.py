@@ -76,8 +76,8 @@ def _check_cli(overrides: list[str]) -> None:
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if key in GRID_KEYS:
-            raise UserError(key, "is a grid axis; choose it with --size/--variants or the sweep "
-                            "file, not a key=value override")
+            raise UserError(key, "is set by the sweep, not by a key=value override: choose sizes and "
+                            "variants with --size/--variants, the ladder in the sweep file")
 
 
 def build_runs(spec: DictConfig, sizes: list[str], variants: list[str], overrides: list[str],

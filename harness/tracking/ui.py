@@ -2,8 +2,9 @@
 
 Runs ``mlflow server`` over the project's store (``MLFLOW_TRACKING_URI``, default
 ``sqlite:///results/mlflow.db``) on 127.0.0.1 (loopback only, unless ``--host`` says otherwise),
-port ``--port``, else ``$MLFLOW_UI_PORT``, else 5000. Artifacts that runs logged to local paths
-are read from those paths.
+port ``--port``, else ``$MLFLOW_UI_PORT``, else 5000. A sweep is an experiment named after it;
+its runs table (the parent run, a child per config) is at ``/#/experiments/<id>/runs``, printed
+for each experiment at start. Artifacts that runs logged to local paths are read from there.
 """
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
     return cmd
 
 
+def experiments(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments, newest first."""
+    import mlflow
+
+    return [(e.name, e.experiment_id) for e in mlflow.MlflowClient(uri).search_experiments(
+        order_by=["creation_time DESC"])]
+
+
 def _port(value: str | None) -> int:
     raw = value or os.environ.get("MLFLOW_UI_PORT") or str(DEFAULT_PORT)
     if not raw.isdigit() or not 0 < int(raw) < 65536:
@@ -49,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     if not db.exists():
         raise UserError("MLFLOW_TRACKING_URI", f"{db} does not exist yet: run a sweep first")
     port = _port(args.port)
-    print(f"MLflow UI for {uri}: http://{args.host}:{port}", flush=True)
+    base = f"http://{args.host}:{port}"
+    print(f"MLflow UI for {uri}: {base}", flush=True)
+    for name, exp_id in experiments(uri):
+        print(f"  {name}: {base}/#/experiments/{exp_id}/runs", flush=True)
     cmd = server_command(uri, args.host, port)
     os.execv(cmd[0], cmd)
 
