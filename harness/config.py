@@ -120,6 +120,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     threads: int = 0
+    accumulate_grad_batches: int = 1
     val_every: int = 500
     checkpoint_every: int = 200
     log_every: int = 25
@@ -249,7 +250,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
               "tokenizer.layers", "tokenizer.heads",
               "tokenizer.steps", "tokenizer.batch_size", "tokenizer.lr", "text.max_len",
               "text.width", "text.heads", "train.steps", "train.batch_size", "train.lr",
-              "train.devices", "train.num_nodes", "train.val_every", "train.checkpoint_every",
+              "train.devices", "train.num_nodes", "train.accumulate_grad_batches", "train.val_every", "train.checkpoint_every",
               "train.log_every", "sample.steps", "sample.diffusion_steps", "eval.fid_samples",
               "eval.geneval_prompts_per_tag", "eval.images_per_prompt", "eval.batch_size")
     _positive(cfg, "text.encoder_layers", "text.aligner_layers", "train.warmup_steps",

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
 from harness import config as C
@@ -53,7 +54,7 @@ def valid_checkpoint(path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return "state_dict" in ckpt and "global_step" in ckpt
     except Exception as e:
         warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: "
@@ -133,7 +134,7 @@ class StartFrom(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
-        dm.sampler.start = trainer.global_step
+        dm.sampler.start = trainer.global_step * trainer.accumulate_grad_batches
         dm.sampler.rank, dm.sampler.world = trainer.global_rank, trainer.world_size
 
 
@@ -188,18 +189,25 @@ def train(cfg: DictConfig) -> Path:
         store.mark_pending(out, f"run not created: {str(e).splitlines()[0]}")
     logger = RunLogger(out, uri)
     logger.log_hyperparams({**flatten(C.to_container(cfg)), **info})
-    dm = TokenDataModule(train_set, val_set, cfg.train.batch_size, cfg.train.steps,
-                         cfg.train.seed, cfg.data.num_workers)
+    # the sampler counts micro-batches: accumulate_grad_batches of them per optimizer step
+    dm = TokenDataModule(train_set, val_set, cfg.train.batch_size,
+                         cfg.train.steps * cfg.train.accumulate_grad_batches, cfg.train.seed,
+                         cfg.data.num_workers)
     ckpt_dir = out / "checkpoints"
+    # some parameters (the null caption, the raster start token) skip the graph in some steps
+    strategy = "ddp_find_unused_parameters_true" if cfg.train.strategy == "ddp" else cfg.train.strategy
+    # submitit owns requeueing on SLURM (it calls the job's checkpoint() on USR2)
+    plugins = [SLURMEnvironment(auto_requeue=False)] if "SLURM_JOB_ID" in os.environ else None
     trainer = L.Trainer(
         max_steps=cfg.train.steps, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy,
+        num_nodes=cfg.train.num_nodes, strategy=strategy, plugins=plugins,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
         precision=cfg.train.precision, gradient_clip_val=cfg.train.grad_clip or None,
         logger=logger, log_every_n_steps=cfg.train.log_every, limit_val_batches=0,
         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
         enable_progress_bar=bool(os.environ.get("HARNESS_PROGRESS", "")),
-        callbacks=[StartFrom(), AtomicCheckpoint(ckpt_dir, cfg.train.checkpoint_every),
-                   Validation(cfg.train.val_every)],
+        callbacks=[StartFrom(), Validation(cfg.train.val_every),  # validate, then checkpoint
+                   AtomicCheckpoint(ckpt_dir, cfg.train.checkpoint_every)],
         default_root_dir=str(out), deterministic=False)
     write_status(out, "running", started=time.time())
     try:
