@@ -86,3 +86,14 @@ def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper):
     status = sweeper.run("--preset", "smoke", "--size", "xs", "--variants",
                          "continuous-random,discrete-raster", "--status", "--json")
     assert {s["state"] for s in json.loads(status.stdout)} == {"completed"}
+
+    # 4. the analysis command runs end to end on the sweep's real results table
+    from analysis import plot_scaling
+
+    out = sweeper.results / "smoke" / "analysis"
+    assert plot_scaling.main(["--runs", str(sweeper.results / "smoke" / "runs.csv"),
+                              "--out", str(out), "--n-boot", "50", "--no-mlflow"]) == out
+    expected = {"fits.csv", "extrapolation.csv", "correlations.csv", "report.md"}
+    expected |= {f"{fig}.{ext}" for fig in ("scaling", "geneval_tags", "loss_vs_flops", "samples")
+                 for ext in ("png", "pdf")}
+    assert expected <= {p.name for p in out.iterdir()}
