@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from harness.io import read_json, write_json
+from harness.io import file_lock, read_json, write_json
 
 JOBS = "jobs"
 
@@ -39,14 +39,8 @@ def read_job(run_dir: str | Path) -> dict | None:
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold the run's lock for the duration (waits while another job holds it)."""
-    path = jobs_dir(run_dir) / "run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(jobs_dir(run_dir) / "run.lock"):
+        yield
 
 
 def is_locked(run_dir: str | Path) -> bool:

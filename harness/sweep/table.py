@@ -7,15 +7,12 @@ a reader never sees half a file. Analysis reads this table (``status == complete
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from harness.io import atomic_write, read_json
+from harness.io import atomic_write, file_lock, read_json
 from harness.sweep import records
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -45,21 +42,10 @@ def _write(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def upsert(path: str | Path, rows: list[dict]) -> None:
     """Insert or replace rows by (run_key, seed), keeping the others; safe under concurrency."""
     path = Path(path)
-    with _locked(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         table = {(r["run_key"], str(r["seed"])): r for r in read(path)}
         for r in rows:
             table[(r["run_key"], str(r["seed"]))] = {k: "" if r.get(k) is None else str(r[k]) for k in COLUMNS}

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import config_hash, pretrained_source
 from harness.data.datasets import data_key, rendered, to_float
-from harness.io import build_once, file_lock, read_json, write_json  # noqa: F401 (file_lock re-used by evaluate/sweep)
+from harness.io import build_once, read_json, write_json
 from harness.tokenizers.autoencoder import Autoencoder, build_autoencoder
 
 
