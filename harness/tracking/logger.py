@@ -23,13 +23,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 class RunLogger(Logger):
     """Metrics go to ``<run_dir>/metrics.jsonl`` (always) and to the run's MLflow run (best
-    effort). A (key, step) already logged, e.g. before a crash and resume, is not logged again."""
+    effort). A (key, step) already logged, e.g. before a crash and resume, is not logged again.
+    After MLflow fails once the logger stops trying (each try costs retries and timeouts) and
+    leaves the run marked pending for ``python -m harness.sync``."""
 
     def __init__(self, run_dir: str | Path, uri: str | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.uri = uri
         self._seen = {(r["key"], r["step"]) for r in store.read_metrics(self.run_dir)}
+        self.offline = (self.run_dir / store.PENDING_FILE).exists()
 
     @property
     def name(self) -> str:
@@ -46,8 +49,8 @@ class RunLogger(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args, **kwargs) -> None:
-        if isinstance(params, dict):
-            store.log_params(self.run_dir, flatten(params), self.uri)
+        if isinstance(params, dict) and not self.offline:
+            self.offline = not store.log_params(self.run_dir, flatten(params), self.uri)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -57,4 +60,5 @@ class RunLogger(Logger):
             return
         self._seen.update((k, step) for k in fresh)
         rows = store.append_metrics(self.run_dir, fresh, step)
-        store.send_metrics(self.run_dir, rows, self.uri)
+        if not self.offline:
+            self.offline = not store.send_metrics(self.run_dir, rows, self.uri)

@@ -1,0 +1,33 @@
+"""MLflow unreachable during a run: the run completes, its metrics stay in the run directory,
+and ``python -m harness.sync`` replays them once the store is back — nothing lost, nothing twice."""
+import mlflow
+
+from harness import config
+from harness.sync import main as sync_main
+from harness.tracking import store
+from harness.train import read_status, train
+
+
+def test_training_survives_a_dead_tracking_server_and_sync_replays(smoke, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    cfg = config.load(smoke("tracking.uri=http://127.0.0.1:9", "train.steps=10", "train.val_every=5"))
+    run = train(cfg)
+    assert read_status(run)["status"] == "trained"
+    assert (run / store.PENDING_FILE).exists()
+    local = store.read_metrics(run)
+    assert {"train/loss", "val/loss"} <= {r["key"] for r in local}
+
+    # the store comes back (here: a sqlite store); the run gets an MLflow run and every metric once
+    uri = f"sqlite:///{tmp_path}/back.db"
+    store.ensure_run(run, "recovered", run.name, {"token": "continuous"}, None, uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg_file = run / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("http://127.0.0.1:9", uri))
+    assert sync_main([str(run.parent.parent)]) == 0
+    client = mlflow.MlflowClient(uri)
+    run_id = (run / store.RUN_ID_FILE).read_text().strip()
+    for key in ("train/loss", "val/loss"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == sorted({r["step"] for r in local if r["key"] == key})
+    assert not (run / store.PENDING_FILE).exists()
