@@ -7,7 +7,6 @@ good checkpoint, or returns at once if training already finished.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -29,7 +28,6 @@ from harness.tracking import store, tracking_uri
 from harness.tracking.logger import RunLogger, flatten
 from harness.train.module import GeneratorModule, NonFiniteLoss, counted_parameters
 
-log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 

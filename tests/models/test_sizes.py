@@ -8,7 +8,7 @@ from harness.train.module import build_networks, counted_parameters
 
 
 def paper_cfg(size: str, token: str):
-    return config.load([f"model.ladder=paper", f"model.size={size}", f"model.token={token}",
+    return config.load(["model.ladder=paper", f"model.size={size}", f"model.token={token}",
                         "model.head_depth=6", "text.aligner_layers=6", "text.width=4096",
                         "text.heads=32", "text.max_len=128", "data.resolution=256",
                         "tokenizer.downsample=16", "tokenizer.channels=16"])
