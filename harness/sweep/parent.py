@@ -22,17 +22,6 @@ from harness.tracking import store
 PARENT_FILE = "parent_run_id"
 
 
-def _experiment(c, name: str, artifact_root: Path | None) -> str:
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    try:
-        return c.create_experiment(name, artifact_location=location)
-    except Exception:
-        return c.get_experiment_by_name(name).experiment_id
-
-
 def ensure_parent(sweep: str, sweep_dir: Path, uri: str, results_dir: Path,
                   params: dict[str, str]) -> str:
     """The parent run's id, created (with the experiment) on the sweep's first launch."""
@@ -47,7 +36,7 @@ def ensure_parent(sweep: str, sweep_dir: Path, uri: str, results_dir: Path,
         except Exception:
             pass  # the store was replaced: make a new parent
     artifact_root = Path(results_dir) / "mlartifacts" if uri.startswith("sqlite:") else None
-    exp_id = store.retry(lambda: _experiment(c, sweep, artifact_root))
+    exp_id = store.retry(lambda: store.experiment_id(c, sweep, artifact_root))
     run = store.retry(lambda: c.create_run(exp_id, run_name=sweep,
                                            tags={"sweep": sweep, "role": "sweep-parent"}))
     from mlflow.entities import Param
