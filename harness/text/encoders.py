@@ -103,7 +103,7 @@ class HFTextEncoder(nn.Module):
                             ["learned", "a Hugging Face model name or local path"]) from None
         self.model = model.eval().requires_grad_(False)
         self.max_len = max_len
-        self.width = int(config.d_model if hasattr(config, "d_model") else config.hidden_size)
+        self.width = hidden_width(config)
 
     def train(self, mode: bool = True) -> "HFTextEncoder":
         super().train(mode)
@@ -118,6 +118,19 @@ class HFTextEncoder(nn.Module):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.last_hidden_state.float(), batch["attention_mask"].bool()
+
+
+def hidden_width(config) -> int:
+    """Feature width of a Hugging Face encoder config (T5: ``d_model``; BERT-likes: ``hidden_size``)."""
+    return int(getattr(config, "d_model", None) or config.hidden_size)
+
+
+def text_feature_width(name_or_path: str) -> int:
+    """Feature width of a Hugging Face encoder, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    local = Path(name_or_path).exists()
+    return hidden_width(AutoConfig.from_pretrained(name_or_path, local_files_only=local))
 
 
 def build_text_encoder(encoder: str, max_len: int, width: int, layers: int, heads: int,

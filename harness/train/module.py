@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from harness.config import num_tokens, to_container
 from harness.models.generator import Generator
 from harness.text.aligner import TextAligner
-from harness.text.encoders import build_text_encoder
+from harness.text.encoders import build_text_encoder, text_feature_width
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,15 +48,6 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
         diffusion_batch_mul=m.diffusion_batch_mul, mask_ratio_min=m.mask_ratio_min,
         mask_ratio_std=m.mask_ratio_std)
     return nets
-
-
-def text_feature_width(name_or_path: str) -> int:
-    from transformers import AutoConfig
-
-    from pathlib import Path
-
-    config = AutoConfig.from_pretrained(name_or_path, local_files_only=Path(name_or_path).exists())
-    return int(getattr(config, "d_model", None) or config.hidden_size)
 
 
 def counted_parameters(nets: nn.ModuleDict) -> int:
