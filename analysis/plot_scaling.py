@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis import figures  # noqa: E402
+from analysis import figures, hypotheses  # noqa: E402
 from analysis.fitting import (  # noqa: E402
     FIT_COLUMNS, correlations, extrapolate, fit_table, observations, split_by_status, winners)
 from analysis.report import ReportInputs, write_report  # noqa: E402
@@ -234,8 +234,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     corr, notes = correlations(obs)
     note(notes)
     win = winners(obs, records)
+    claims = hypotheses.check(obs, records)
     for name, frame in (("fits", fits), ("extrapolation", extrap), ("correlations", corr),
-                        ("winners", win)):
+                        ("winners", win), ("hypotheses", claims)):
         write_text(out / f"{name}.csv", frame.to_csv(index=False))
 
     figures.scaling_figure(obs, records, args.x, out)
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         sweep=sweep, source=source, x=args.x, n_runs=len(runs), n_completed=len(completed),
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
         figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
-        method=args.ci_method))
+        method=args.ci_method, hypotheses=claims))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))
     print(f"wrote {out} in {time.time() - t0:.1f}s")

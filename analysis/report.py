@@ -55,6 +55,8 @@ class ReportInputs:
     n_boot: int = 0
     seed: int = 0
     method: str = "residual"
+    hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """analysis.hypotheses.check's table: the paper's findings, each with a verdict."""
 
 
 def fmt(value: object, digits: int = 4) -> str:
@@ -170,6 +172,16 @@ def _extrapolation(extrap: pd.DataFrame) -> str:
                       "extrapolated"], rows) + "\n")
 
 
+def _hypotheses(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "Not checked (no observations).\n"
+    rows = [(r.hypothesis, r.claim, r.variant, r.evidence, f"**{r.verdict}**")
+            for r in table.itertuples()]
+    return ("The Fluid paper's findings, tested on these runs (definitions in "
+            "`analysis/hypotheses.py`).\n\n"
+            + _table(["#", "claim", "variant", "evidence", "verdict"], rows) + "\n")
+
+
 def render(inp: ReportInputs) -> str:
     """The report's Markdown text."""
     parts = [f"# Scaling analysis: {inp.sweep}\n",
@@ -177,7 +189,8 @@ def render(inp: ReportInputs) -> str:
              f"{inp.n_completed}, excluded: {len(inp.excluded)}. Main x axis: {inp.x}.\n",
              "## Figures\n"]
     parts += [f"![{title}]({name})\n" for title, name in inp.figures.items()]
-    parts += ["## Scaling exponents\n", _exponents(inp.fits),
+    parts += ["## The paper's findings\n", _hypotheses(inp.hypotheses),
+              "## Scaling exponents\n", _exponents(inp.fits),
               "## Which variant wins at the largest size\n", _winners(inp.winners),
               "## Correlation with validation loss\n", _correlations(inp.correlations),
               "## Extrapolation to the paper's ladder\n", _extrapolation(inp.extrapolation),

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from harness.models.flops import train_flops
 from harness.sweep import records, status
 from harness.sweep.jobs import RunJob, Stage0Job
 from harness.sweep.plan import Run, Stage0Task
@@ -139,6 +140,17 @@ def run_capped(items: list, submit: Callable, cap: int, tick: Callable[[list], N
     return jobs
 
 
+def largest_first(runs: list[Run]) -> list[Run]:
+    """Runs by descending training FLOPs (continuous counts its diffusion batch multiplier): with a
+    cap on parallel jobs, starting the longest first keeps the last slot from running alone."""
+    def cost(run: Run) -> float:
+        c = run.cfg
+        mul = c.model.diffusion_batch_mul if c.model.token == "continuous" else 1
+        return train_flops(c, c.tokenizer.channels, c.tokenizer.codebook_size) * (1 + 0.25 * (mul - 1))
+
+    return sorted(runs, key=cost, reverse=True)
+
+
 def run_local(sweep: Sweep, progress_every_s: float) -> None:
     """Subprocesses on this machine, ``launcher.local.max_parallel`` at a time."""
     spec = sweep.spec.launcher.local
@@ -154,7 +166,7 @@ def run_local(sweep: Sweep, progress_every_s: float) -> None:
         return job
 
     tracker = sweep.tracker()
-    run_capped(sweep.todo, submit_run, spec.max_parallel,
+    run_capped(largest_first(sweep.todo), submit_run, spec.max_parallel,
                lambda queued: sweep.show(tracker, queued), progress_every_s)
     sweep.show(tracker)
 

@@ -99,3 +99,13 @@ def test_memory_formula_by_hand():
     cfg.train.strategy, cfg.train.devices = "fsdp", 8     # sharded state, per-device batch
     sharded = 20 * params / 8 + D * 8 * L * W * (34 + 5 * H * L / W) + head / 8
     assert estimate.gpu_memory_bytes(cfg, params) == pytest.approx(sharded)
+
+
+def test_local_launcher_starts_the_longest_runs_first(tmp_path):
+    from harness.sweep.launch import largest_first
+
+    runs = plan.build_runs(smoke_spec(), ["xs", "s"], grid.VARIANTS, [f"results_dir={tmp_path}"])
+    ordered = largest_first(runs)
+    assert [r.size for r in ordered[:4]] == ["s"] * 4
+    assert ordered[0].token == "continuous"  # the diffusion batch multiplier makes it costlier
+    assert sorted(r.key for r in ordered) == sorted(r.key for r in runs)
