@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +24,11 @@ TOKENS = ("discrete", "continuous")
 ORDERS = ("raster", "random")
 DATASETS = ("shapes", "folder", "webdataset", "coco")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+# ``ddp`` runs as ``ddp_find_unused_parameters_true`` (some parameters skip some steps); ``fsdp``
+# shards parameters, gradients and optimizer state (Lightning FSDPStrategy, one unit per block).
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "fsdp")
+# The FID reference: ``data`` = the training data's val split, ``coco`` = a seeded MS-COCO draw.
+REFERENCE_SOURCES = ("data", "coco")
 
 # Per-variant sampling defaults from the paper (CFG scale, temperature), design.md §1.
 SAMPLING_DEFAULTS: dict[tuple[str, str], tuple[float, float]] = {
@@ -42,6 +47,9 @@ class DataConfig:
     path: Optional[str] = None
     resolution: int = 32
     seed: int = 0
+    layout: str = "free"
+    """shapes only: "free" placement, or "grid": one object per cell of a cells x cells grid."""
+    cells: int = 4
     train_size: int = 20000
     val_size: int = 512
     num_workers: int = 0
@@ -104,6 +112,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """``batch_size``: images per optimizer step over all devices (each of devices x num_nodes
+    ranks takes 1/world of each of ``accumulate_grad_batches`` micro-batches)."""
+
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1.0e-3
@@ -139,6 +150,19 @@ class SampleConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """The FID reference set, the real images (and their captions) generated images are compared
+    with. ``data``: the first ``eval.fid_samples`` images of the training data's val split.
+    ``coco``: zero-shot, as the paper's FID-30K: a draw of ``eval.fid_samples`` MS-COCO val images
+    seeded by ``seed``, one caption each, from ``path`` (a folder holding
+    ``annotations/captions_val2014.json`` and ``val2014/``), whatever the run trained on."""
+
+    source: str = "data"
+    path: Optional[str] = None
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     fid_samples: int = 1000
     geneval_prompts_per_tag: int = 20
@@ -146,6 +170,7 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     inception_path: Optional[str] = None
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
 
 @dataclass
@@ -171,6 +196,8 @@ class RunConfig:
 # Fields that do not change a run's results: excluded from its key.
 _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "data.num_workers",
             "eval.batch_size")
+
+_DEFAULT_REFERENCE = asdict(ReferenceConfig())
 
 
 def _schema() -> DictConfig:
@@ -225,6 +252,24 @@ def _positive(cfg: DictConfig, *keys: str, allow_zero: bool = False) -> None:
             raise UserError(key, f"must be {bound}, got {value}")
 
 
+def _check_reference(ref: DictConfig) -> None:
+    check_choice("eval.reference.source", ref.source, REFERENCE_SOURCES)
+    if ref.source == "data":
+        if ref.path:
+            raise UserError("eval.reference.path", "is read only with eval.reference.source=coco; "
+                            "unset it to compare with the training data's val split")
+        return
+    if not ref.path:
+        raise UserError("eval.reference.path", f"eval.reference.source={ref.source} needs a COCO folder "
+                        "(annotations/captions_val2014.json + val2014/), or eval.reference.source=data")
+    from harness.data.real import COCO_CAPTIONS, COCO_IMAGES
+
+    for part in ("", COCO_CAPTIONS, COCO_IMAGES):
+        if not (Path(ref.path) / part).exists():
+            raise UserError("eval.reference.path", f"{Path(ref.path) / part} does not exist "
+                            f"(a COCO folder holds {COCO_CAPTIONS} and {COCO_IMAGES}/)")
+
+
 def resolve(cfg: DictConfig) -> DictConfig:
     """Validate choices and ranges, then fill the derived fields (size ladder, sampling defaults)."""
     m, s = cfg.model, cfg.sample
@@ -232,7 +277,16 @@ def resolve(cfg: DictConfig) -> DictConfig:
     check_choice("model.order", m.order, ORDERS)
     check_choice("model.ladder", m.ladder, LADDERS)
     check_choice("data.name", cfg.data.name, DATASETS)
+    check_choice("data.layout", cfg.data.layout, ("free", "grid"))
+    if cfg.data.layout == "grid" and not 2 <= cfg.data.cells <= cfg.data.resolution // 6:
+        raise UserError("data.cells", f"must be in 2..{cfg.data.resolution // 6} at resolution "
+                        f"{cfg.data.resolution}, got {cfg.data.cells}")
     check_choice("train.precision", cfg.train.precision, PRECISIONS)
+    check_choice("train.strategy", cfg.train.strategy, STRATEGIES)
+    if cfg.train.strategy == "fsdp" and cfg.train.accelerator not in ("gpu", "cuda"):
+        raise UserError("train.accelerator", f"train.strategy=fsdp runs on GPUs only (Lightning's "
+                        f"FSDPStrategy), got {cfg.train.accelerator!r}", ["gpu", "cuda"])
+    _check_reference(cfg.eval.reference)
     if cfg.data.name != "shapes" and not cfg.data.path:
         raise UserError("data.path", f"dataset {cfg.data.name!r} needs a path")
     brace = cfg.data.name == "webdataset" and "{" in str(cfg.data.path)
@@ -256,6 +310,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
     _positive(cfg, "text.encoder_layers", "text.aligner_layers", "train.warmup_steps",
               "train.weight_decay", "train.grad_clip", "sample.top_k", "train.threads",
               allow_zero=True)
+    t = cfg.train
+    split = t.devices * t.num_nodes * t.accumulate_grad_batches
+    if t.batch_size % split:
+        raise UserError("train.batch_size", f"{t.batch_size} images per step do not split into "
+                        f"devices x num_nodes x accumulate_grad_batches = {split} equal micro-batches")
     if m.width % m.heads:
         raise UserError("model.heads", f"width {m.width} is not divisible by heads {m.heads}")
     if cfg.tokenizer.hidden % cfg.tokenizer.heads:
@@ -313,6 +372,8 @@ def keyed_part(cfg: DictConfig) -> dict:
         for p in parents:
             node = node[p]
         node.pop(leaf, None)
+    if d["eval"].get("reference") == _DEFAULT_REFERENCE:  # keys of runs made before it existed hold
+        d["eval"].pop("reference")
     return d
 
 

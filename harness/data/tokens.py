@@ -32,7 +32,8 @@ class TokenDataset(Dataset):
 class StepBatchSampler(Sampler[list[int]]):
     """Batches for steps ``start .. steps-1``; batch s is a seeded draw (an epoch-wise shuffle
     when the data allow) depending only on (seed, s). Set ``start`` before iterating to resume.
-    Under data parallelism each of ``world`` ranks takes every world-th item of a global batch."""
+    ``batch_size`` is global: under data parallelism each of ``world`` ranks takes every world-th
+    item of it, so a run sees the same images whatever its number of devices."""
 
     def __init__(self, n: int, batch_size: int, steps: int, seed: int):
         self.n, self.batch_size, self.steps, self.seed = n, batch_size, steps, seed
@@ -42,7 +43,7 @@ class StepBatchSampler(Sampler[list[int]]):
         return max(0, self.steps - self.start)
 
     def batch(self, step: int) -> list[int]:
-        size = self.batch_size * self.world
+        size = self.batch_size
         per_epoch = max(1, self.n // size)
         epoch, k = divmod(step, per_epoch)
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
@@ -58,12 +59,15 @@ class StepBatchSampler(Sampler[list[int]]):
 
 
 class TokenDataModule(L.LightningDataModule):
+    """``batch_size`` images per optimizer step over all devices, drawn as ``accumulate``
+    micro-batches (``steps`` counts micro-batches); validation batches hold ``batch_size`` images."""
+
     def __init__(self, train: TokenDataset, val: TokenDataset, batch_size: int, steps: int,
-                 seed: int, num_workers: int = 0):
+                 seed: int, num_workers: int = 0, accumulate: int = 1):
         super().__init__()
         self.train_set, self.val_set = train, val
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.sampler = StepBatchSampler(len(train), batch_size, steps, seed)
+        self.sampler = StepBatchSampler(len(train), batch_size // accumulate, steps, seed)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.num_workers)

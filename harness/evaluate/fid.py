@@ -9,11 +9,18 @@ Both libraries run the same torch-fidelity extractor module (clean-fid takes it 
 features and their FIDs differ only in how each takes the matrix square root. Nothing is ever
 downloaded: a configured but missing Inception file is a UserError before any work starts.
 
-Reference set (:func:`ensure_reference`): the first ``n`` real images of the val split, written once
-as PNGs under ``<feature space dir>/reference-<hash>/`` with their captions (generate for exactly
+Reference set (:func:`ensure_reference`): ``n`` real images with their captions, written once as
+PNGs under ``<feature space dir>/reference-<hash>/`` with their captions (generate for exactly
 these captions, so FID compares conditional distributions as COCO FID-30K does) and both libraries'
-reference statistics (torch-fidelity's feature cache, clean-fid's mu/sigma). Built once, like every
-stage-0 artifact (``harness.io.build_once``).
+reference statistics (torch-fidelity's feature cache, clean-fid's mu/sigma). Built once per hash of
+what it holds, like every stage-0 artifact (``harness.io.build_once``). Where the images come from
+is ``eval.reference`` (:func:`reference_source`):
+  data   the first ``n`` images of the training data's val split (the default)
+  coco   zero-shot, the paper's protocol: a draw of ``n`` MS-COCO val images and one caption each,
+         seeded by ``eval.reference.seed`` (``harness.data.real``'s COCO reader), independent of
+         what the run trained on; runs that share the draw and the feature space share the set
+The shapes feature space describes only shapes-world images: any other reference needs
+``eval.inception_path``.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
 
 from harness.config import config_hash
-from harness.data.datasets import data_key, rendered
+from harness.data.datasets import build_dataset, data_key, rendered
 from harness.errors import UserError
 from harness.evaluate import features
 from harness.io import build_once, read_json, write_bytes, write_json
@@ -147,9 +154,11 @@ def feature_space(cfg: DictConfig, spec: features.FeatureSpec | None = None) -> 
         key = config_hash({"file": weights.name, "bytes": weights.stat().st_size})
         return FeatureSpace(f"inception-{key}", Path(cfg.results_dir) / "stage0" / f"inception-{key}",
                             INCEPTION_EXTRACTOR, "2048", weights)
-    if cfg.data.name != "shapes":
+    if cfg.data.name != "shapes" or cfg.eval.reference.source != "data":
+        what = (f"data.name={cfg.data.name!r}" if cfg.data.name != "shapes"
+                else f"eval.reference.source={cfg.eval.reference.source!r}")
         raise UserError("eval.inception_path",
-                        f"needed for data.name={cfg.data.name!r}: the default FID features are trained on "
+                        f"needed for {what}: the default FID features are trained on "
                         "the shapes world and describe nothing else")
     directory = features.ensure_feature_net(cfg.data.resolution, cfg.results_dir, spec or features.DEFAULT_SPEC)
     return FeatureSpace(directory.name, directory, SHAPES_EXTRACTOR, ShapesFeatureExtractor.LAYER,
@@ -232,14 +241,22 @@ class Reference:
             return stats["mu"], stats["sigma"]
 
 
-def _reference_data(cfg: DictConfig, n: int) -> DictConfig:
+def reference_source(cfg: DictConfig, n: int) -> DictConfig:
+    """The data config whose ``val`` split's first ``n`` images are the reference set: the run's own
+    data (``eval.reference.source=data``), or ``n`` MS-COCO val images drawn with
+    ``eval.reference.seed`` at the run's resolution (``coco``)."""
+    ref = cfg.eval.reference
+    if ref.source == "coco":
+        return OmegaConf.create({"name": "coco", "path": str(Path(ref.path).expanduser().resolve()),
+                                 "resolution": cfg.data.resolution, "seed": ref.seed, "train_size": 0,
+                                 "val_size": n, "num_workers": 0})
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     data.val_size = n  # the split's first n images: for the shapes world, independent of the size
     return data
 
 
 def reference_dir(cfg: DictConfig, space: FeatureSpace, n: int) -> Path:
-    key = config_hash({"data": data_key(_reference_data(cfg, n)), "split": REFERENCE_SPLIT, "n": n})
+    key = config_hash({"data": data_key(reference_source(cfg, n)), "split": REFERENCE_SPLIT, "n": n})
     return space.directory / f"reference-{key}"
 
 
@@ -259,16 +276,27 @@ def _torch_fidelity_reference(space: FeatureSpace, reference: Reference, batch_s
 
 
 def _build_reference(cfg: DictConfig, space: FeatureSpace, n: int, out: Path, batch_size: int) -> None:
-    images, captions = rendered(_reference_data(cfg, n), REFERENCE_SPLIT, cfg.results_dir)
+    source = reference_source(cfg, n)
     reference = Reference(out)
-    write_pngs(images.numpy(), reference.images)
+    if cfg.eval.reference.source == "data":  # shared with the run's own rendered val split
+        images, captions = rendered(source, REFERENCE_SPLIT, cfg.results_dir)
+        write_pngs(images.numpy(), reference.images)
+    else:  # 30K images at 256px: one PNG at a time, never all in memory
+        ds = build_dataset(source, REFERENCE_SPLIT)
+        captions = [ds.caption(i) for i in range(len(ds))]
+        for i in range(len(ds)):
+            write_bytes(reference.images / image_name(i), png_bytes(ds.image(i)))
+    if len(captions) < n:
+        raise UserError("eval.fid_samples", f"{n} reference images asked for, but {source.name} "
+                        f"{source.path or ''} has only {len(captions)} readable {REFERENCE_SPLIT} images")
     write_json(out / "captions.json", list(captions))
     tf_stats = _torch_fidelity_reference(space, reference, batch_size)
     feats = cleanfid_features(reference.images, space.module(), batch_size)
     mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)
     np.savez(out / "cleanfid_stats.npz", mu=mu, sigma=sigma)
     write_json(out / "meta.json", {
-        "n": n, "split": REFERENCE_SPLIT, "data_key": data_key(_reference_data(cfg, n)),
+        "n": n, "split": REFERENCE_SPLIT, "data_key": data_key(source), "source": cfg.eval.reference.source,
+        "data": OmegaConf.to_container(source),
         "feature_space": space.name, "feature_dim": int(mu.shape[0]),
         # both libraries extracted the reference features on their own: they must agree exactly
         "stats_max_abs_diff": float(max(np.abs(tf_stats["mu"] - mu).max(), np.abs(tf_stats["sigma"] - sigma).max())),
@@ -276,7 +304,8 @@ def _build_reference(cfg: DictConfig, space: FeatureSpace, n: int, out: Path, ba
 
 
 def ensure_reference(cfg: DictConfig, space: FeatureSpace, n: int | None = None) -> Reference:
-    """Build (or find) the reference set of ``n`` (default ``eval.fid_samples``) real val images."""
+    """Build (or find) the reference set of ``n`` (default ``eval.fid_samples``) real images from
+    ``eval.reference`` (the module docstring)."""
     n = int(n or cfg.eval.fid_samples)
     check_samples(n)
     return Reference(build_once(reference_dir(cfg, space, n),

@@ -22,6 +22,8 @@ def plan_rows(runs: list[Run], states: list[RunState], gpu: bool) -> list[dict]:
         if gpu and params is not None:
             row["gpu_memory_gb"] = estimate.gpu_memory_bytes(run.cfg, params) / 1e9
             row["gpus"] = run.cfg.train.devices * run.cfg.train.num_nodes
+            row["strategy"] = run.cfg.train.strategy
+            row["accumulate_grad_batches"] = run.cfg.train.accumulate_grad_batches
             row["gpu_hours"] = estimate.gpu_hours(flops)
         rows.append(row)
     return rows

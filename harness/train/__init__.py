@@ -98,8 +98,11 @@ class Validation(Callback):
         self.every = every
 
     def run(self, trainer, pl_module: GeneratorModule) -> None:
+        # sharded (FSDP) parameters are gathered collectively: then every rank runs the sharded root
+        sharded = sharded_model(trainer)
+        if trainer.is_global_zero or sharded is not None:
+            loss = validation_loss(pl_module, trainer.datamodule.val_dataloader(), sharded)
         if trainer.is_global_zero:
-            loss = validation_loss(pl_module, trainer.datamodule.val_dataloader())
             for lg in trainer.loggers:
                 lg.log_metrics({"val/loss": loss}, trainer.global_step)
 
@@ -113,18 +116,45 @@ class Validation(Callback):
             self.run(trainer, pl_module)
 
 
+def sharded_model(trainer: L.Trainer):
+    """The FSDP-wrapped root module when training under ``train.strategy=fsdp``, else None."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return trainer.model if isinstance(trainer.model, FullyShardedDataParallel) else None
+
+
 @torch.no_grad()
-def validation_loss(module: GeneratorModule, loader) -> float:
-    """Mean loss of the EMA networks over the validation set, with fixed randomness per batch."""
+def validation_loss(module: GeneratorModule, loader, model=None) -> float:
+    """Mean loss of the EMA networks over the validation set, with fixed randomness per batch.
+    ``model``: the FSDP root wrapping ``module``, which gathers the sharded parameters."""
+    model = model or module
     total, count = 0.0, 0
     for i, batch in enumerate(loader):
         batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        g = module.step_generator(10_007 + i)
-        context, cmask = module.context(module.ema, batch)
         n = batch["tokens"].shape[0]
-        total += module.ema["generator"].loss(batch["tokens"], context, cmask, generator=g).item() * n
+        total += model(batch, i).float().item() * n
         count += n
     return total / max(1, count)
+
+
+def lightning_strategy(cfg: DictConfig):
+    """``train.strategy`` as Lightning takes it. ``ddp`` finds unused parameters (the null caption
+    and the raster start token skip some steps). ``fsdp``: FSDPStrategy, fully sharded, one unit per
+    transformer block, diffusion-head block and the EMA (``harness.train.module.FSDP_WRAP``), mixed
+    precision from ``train.precision``, full (unsharded) checkpoints that load anywhere."""
+    if cfg.train.strategy == "ddp":
+        return "ddp_find_unused_parameters_true"
+    if cfg.train.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from harness.train.module import FSDP_WRAP
+
+        # FSDP warns about every ModuleDict it wraps; the EMA is one that has a forward
+        warnings.filterwarnings("ignore", message="FSDP will not all-gather parameters for containers "
+                                "that do not implement forward: EMA", category=UserWarning)
+        return FSDPStrategy(auto_wrap_policy=set(FSDP_WRAP), sharding_strategy="FULL_SHARD",
+                            state_dict_type="full", use_orig_params=True)
+    return cfg.train.strategy
 
 
 class StartFrom(Callback):
@@ -187,20 +217,22 @@ def train(cfg: DictConfig) -> Path:
         store.mark_pending(out, f"run not created: {str(e).splitlines()[0]}")
     logger = RunLogger(out, uri)
     logger.log_hyperparams({**flatten(C.to_container(cfg)), **info})
-    # the sampler counts micro-batches: accumulate_grad_batches of them per optimizer step
+    # train.batch_size images per optimizer step over all devices: the sampler counts micro-batches,
+    # accumulate_grad_batches of them per step, each split across the ranks
     dm = TokenDataModule(train_set, val_set, cfg.train.batch_size,
                          cfg.train.steps * cfg.train.accumulate_grad_batches, cfg.train.seed,
-                         cfg.data.num_workers)
+                         cfg.data.num_workers, cfg.train.accumulate_grad_batches)
     ckpt_dir = out / "checkpoints"
-    # some parameters (the null caption, the raster start token) skip the graph in some steps
-    strategy = "ddp_find_unused_parameters_true" if cfg.train.strategy == "ddp" else cfg.train.strategy
+    strategy = lightning_strategy(cfg)
+    # FSDP clips through its sharded root (GeneratorModule.configure_gradient_clipping)
+    clip = None if cfg.train.strategy == "fsdp" else cfg.train.grad_clip or None
     # submitit owns requeueing on SLURM (it calls the job's checkpoint() on USR2)
     plugins = [SLURMEnvironment(auto_requeue=False)] if "SLURM_JOB_ID" in os.environ else None
     trainer = L.Trainer(
         max_steps=cfg.train.steps, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=strategy, plugins=plugins,
         accumulate_grad_batches=cfg.train.accumulate_grad_batches,
-        precision=cfg.train.precision, gradient_clip_val=cfg.train.grad_clip or None,
+        precision=cfg.train.precision, gradient_clip_val=clip,
         logger=logger, log_every_n_steps=cfg.train.log_every, limit_val_batches=0,
         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
         enable_progress_bar=bool(os.environ.get("HARNESS_PROGRESS", "")),

@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from harness.config import num_tokens, to_container
+from harness.models.diffloss import AdaLNBlock
 from harness.models.generator import Generator
+from harness.models.transformer import Block
 from harness.text.aligner import TextAligner
 from harness.text.encoders import build_text_encoder, text_feature_width
 
@@ -55,13 +57,45 @@ def counted_parameters(nets: nn.ModuleDict) -> int:
     return sum(p.numel() for k in ("aligner", "generator") for p in nets[k].parameters())
 
 
+class EMA(nn.ModuleDict):
+    """The EMA copy of the networks (same keys). Its ``forward(fn, *args)`` runs ``fn(self, *args)``
+    so that, under FSDP, where it is a unit of its own, its parameters are gathered first; its
+    sharding then mirrors the trained networks' (same layout), so the EMA update stays elementwise."""
+
+    def forward(self, fn, *args):
+        return fn(self, *args)
+
+
+# FSDP units: every transformer and diffusion-head block, and the EMA (see ``EMA``).
+FSDP_WRAP = (Block, AdaLNBlock, EMA)
+_FSDP_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _clean(name: str) -> str:
+    for prefix in _FSDP_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 class GeneratorModule(L.LightningModule):
     def __init__(self, cfg: DictConfig, token_dim: int, codebook_size: int, vocabulary: list[str]):
         super().__init__()
         self.cfg = cfg
         self.nets = build_networks(cfg, token_dim, codebook_size, vocabulary)
-        self.ema = copy.deepcopy(self.nets).requires_grad_(False)
+        self.ema = EMA(copy.deepcopy(self.nets)).requires_grad_(False)
+        # weight decay by name, decided on the unsharded shapes (FSDP flattens parameters to 1-D)
+        self._decayed = {n for n, p in self.nets.named_parameters() if p.ndim >= 2 and "pos" not in n}
         self.save_hyperparameters({"config": to_container(cfg)}, logger=False)
+
+    def forward(self, batch: dict, index: int) -> Tensor:
+        """Validation loss of the EMA networks on batch ``index`` of the val set, with that batch's
+        fixed randomness. Under FSDP it is called on the sharded root so parameters are gathered."""
+        return self.ema(self._ema_loss, batch, index)
+
+    def _ema_loss(self, ema: nn.ModuleDict, batch: dict, index: int) -> Tensor:
+        g = self.step_generator(10_007 + index)
+        context, cmask = self.context(ema, batch)
+        return ema["generator"].loss(batch["tokens"], context, cmask, generator=g)
 
     # ---- text -------------------------------------------------------------------------------
     def text_features(self, nets: nn.ModuleDict, batch: dict) -> tuple[Tensor, Tensor]:
@@ -106,18 +140,29 @@ class GeneratorModule(L.LightningModule):
             for be, bl in zip(self.ema.buffers(), self.nets.buffers()):
                 be.copy_(bl)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by global norm; under FSDP (whose Lightning precision plugin refuses norm clipping)
+        through the sharded root's ``clip_grad_norm_``, which reduces the norm across ranks."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.model
+        if isinstance(root, FullyShardedDataParallel):
+            if self.cfg.train.grad_clip:
+                root.clip_grad_norm_(self.cfg.train.grad_clip)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        g = self.step_generator(10_007 + batch_idx)
-        context, cmask = self.context(self.ema, batch)
-        loss = self.ema["generator"].loss(batch["tokens"], context, cmask, generator=g)
+        loss = self._ema_loss(self.ema, batch, batch_idx)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True,
                  batch_size=batch["tokens"].shape[0])
         return loss
 
     def configure_optimizers(self):
         t = self.cfg.train
-        decay = [p for n, p in self.nets.named_parameters() if p.ndim >= 2 and "pos" not in n]
-        no_decay = [p for n, p in self.nets.named_parameters() if p.ndim < 2 or "pos" in n]
+        named = [(_clean(n), p) for n, p in self.nets.named_parameters()]
+        decay = [p for n, p in named if n in self._decayed]
+        no_decay = [p for n, p in named if n not in self._decayed]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=t.lr, betas=(t.beta1, t.beta2),

@@ -109,3 +109,28 @@ def test_local_launcher_starts_the_longest_runs_first(tmp_path):
     assert [r.size for r in ordered[:4]] == ["s"] * 4
     assert ordered[0].token == "continuous"  # the diffusion batch multiplier makes it costlier
     assert sorted(r.key for r in ordered) == sorted(r.key for r in runs)
+
+
+def test_paper_preset_fits_80gb_per_gpu_and_shards_the_largest_sizes(tmp_path, capsys):
+    """Every size of the paper ladder under 80 GB per GPU (72 GB budget); 3.1B and 10.5B use FSDP,
+    their sharded state (20 B/param / GPUs) counted; the global batch stays 2048 for every size."""
+    assert main(["--preset", "paper", "--dry-run", "--json", "--variants",
+                 "continuous-random,discrete-raster", f"results_dir={tmp_path / 'r'}"]) == 0
+    rows = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["size"] for r in rows[::2]] == ["166M", "369M", "665M", "1.1B", "3.1B", "10.5B"]
+    for row in rows:
+        assert row["gpu_memory_gb"] * 1e9 <= estimate.PAPER_BUDGET_BYTES < 80e9, row
+        assert row["batch_size"] == 2048
+        assert row["strategy"] == ("fsdp" if row["size"] in ("3.1B", "10.5B") else "ddp")
+        if row["strategy"] == "fsdp":   # unsharded, the state alone would not fit
+            assert 20 * row["params"] > 80e9 or row["size"] == "3.1B"
+            assert row["gpu_memory_gb"] * 1e9 > 20 * row["params"] / row["gpus"]
+    assert {r["accumulate_grad_batches"] for r in rows if r["size"] == "10.5B"} == {8}
+
+
+def test_memory_divides_the_batch_by_accumulation():
+    cfg = C.load(["model.ladder=paper", "model.size=166M", "model.token=discrete", "train.batch_size=64",
+                  "data.resolution=256", "tokenizer.downsample=16", "train.devices=8",
+                  "train.accumulate_grad_batches=4"])
+    L, W, D, H = 256, 768, 12, 12
+    assert estimate.gpu_memory_bytes(cfg, 0) == pytest.approx(D * 2 * L * W * (34 + 5 * H * L / W))
