@@ -22,7 +22,8 @@ def build_dataset(data: DictConfig, split: str):
     """The dataset named by ``data.name`` for ``split`` (train | val | test | compositional)."""
     size = data.get(SPLIT_SIZES.get(split, "val_size"))
     if data.name == "shapes":
-        return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed)
+        return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed,
+                           layout=data.layout, cells=data.cells)
     from harness.data import real
 
     return real.build(data, split, size)
@@ -39,8 +40,10 @@ def caption_vocabulary(data: DictConfig) -> list[str]:
 
 def data_key(data: DictConfig) -> str:
     """Hash of the fields that determine the data's content."""
-    return config_hash({k: data[k] for k in ("name", "path", "resolution", "seed", "train_size",
-                                             "val_size")})
+    key = {k: data[k] for k in ("name", "path", "resolution", "seed", "train_size", "val_size")}
+    if data.name == "shapes" and data.layout != "free":  # free-layout keys stay as they were
+        key.update(layout=data.layout, cells=data.cells)
+    return config_hash(key)
 
 
 def rendered(data: DictConfig, split: str, root: str | Path) -> tuple[torch.Tensor, list[str]]:

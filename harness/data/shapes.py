@@ -71,6 +71,13 @@ HELD_OUT_FRACTION = 0.2
 _MIN_SIZE, _MAX_SIZE = 0.1, 0.2  # half-extent: >= 6.4 px across at 32x32
 _MAX_SIZE_CROWDED = 0.16  # for 3-4 objects
 _GAP = 0.07  # free space between bounding boxes, so blurry objects do not merge
+LAYOUTS: tuple[str, ...] = ("free", "grid")
+# "grid" layout: each object centred (small jitter) in its own cell of a cells x cells grid and as
+# large as the cell allows; neighbouring cells keep >= _GRID_GAP of background between objects.
+# With cells = resolution / tokenizer downsample an object is one token: a world a small model
+# learns to draw in minutes, used by the default CPU study.
+_GRID_SIZE = (0.72, 0.84)  # half-extent as a fraction of the cell's half-width
+_GRID_GAP = 0.05
 _EDGE = 0.02  # free space to the image border
 _SUPERSAMPLE = 4
 
@@ -288,19 +295,19 @@ def _background(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[f
     return color, gradient
 
 
-def _separated(a: ShapeObject, b: ShapeObject) -> bool:
+def _separated(a: ShapeObject, b: ShapeObject, gap: float = _GAP) -> bool:
     ax0, ay0, ax1, ay1 = a.box()
     bx0, by0, bx1, by1 = b.box()
-    return ax1 + _GAP <= bx0 or bx1 + _GAP <= ax0 or ay1 + _GAP <= by0 or by1 + _GAP <= ay0
+    return ax1 + gap <= bx0 or bx1 + gap <= ax0 or ay1 + gap <= by0 or by1 + gap <= ay0
 
 
-def _clear_relation(subject: ShapeObject, reference: ShapeObject, rel: str) -> bool:
+def _clear_relation(subject: ShapeObject, reference: ShapeObject, rel: str, gap: float = _GAP) -> bool:
     """``rel`` holds with a margin: boxes apart along its axis, little offset across it."""
     dx, dy = subject.cx - reference.cx, subject.cy - reference.cy
     along, across = (dx, dy) if rel in ("left of", "right of") else (dy, dx)
     sign = -1 if rel in ("left of", "above") else 1
     return (
-        sign * along >= subject.size + reference.size + _GAP
+        sign * along >= subject.size + reference.size + gap
         and abs(across) <= 0.4 * abs(along)
         and relations(subject.box(), reference.box()) == {rel}
     )
@@ -311,19 +318,33 @@ def _place(
     rng: np.random.Generator,
     constraints: list[tuple[int, str, int]] = (),
     tries: int = 400,
+    layout: str = "free",
+    cells: int = 4,
 ) -> list[ShapeObject] | None:
     """Random non-overlapping layout for (shape, colour) specs; ``constraints`` are
-    (subject index, relation, reference index). None if no layout was found in ``tries``."""
+    (subject index, relation, reference index). None if no layout was found in ``tries``.
+    ``layout="grid"``: one object per cell of a ``cells`` x ``cells`` grid (see ``LAYOUTS``)."""
     max_size = _MAX_SIZE if len(specs) <= 2 else _MAX_SIZE_CROWDED
+    half = 0.5 / cells
+    gap = _GRID_GAP if layout == "grid" else _GAP
     for _ in range(tries):
         objs = []
-        for shape, color in specs:
-            size = rng.uniform(_MIN_SIZE, max_size)
-            lo, hi = size + _EDGE, 1 - size - _EDGE
-            objs.append(ShapeObject(shape, color, float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), float(size)))
-        if not all(_separated(a, b) for a, b in itertools.combinations(objs, 2)):
+        if layout == "grid":
+            chosen = rng.choice(cells * cells, size=len(specs), replace=False)
+            for (shape, color), cell in zip(specs, chosen):
+                size = half * rng.uniform(*_GRID_SIZE)
+                jitter = max(0.0, half - size - _GRID_GAP / 2)
+                cx = (2 * (cell % cells) + 1) * half + rng.uniform(-jitter, jitter)
+                cy = (2 * (cell // cells) + 1) * half + rng.uniform(-jitter, jitter)
+                objs.append(ShapeObject(shape, color, float(cx), float(cy), float(size)))
+        else:
+            for shape, color in specs:
+                size = rng.uniform(_MIN_SIZE, max_size)
+                lo, hi = size + _EDGE, 1 - size - _EDGE
+                objs.append(ShapeObject(shape, color, float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), float(size)))
+        if not all(_separated(a, b, gap) for a, b in itertools.combinations(objs, 2)):
             continue
-        if all(_clear_relation(objs[s], objs[r], rel) for s, rel, r in constraints):
+        if all(_clear_relation(objs[s], objs[r], rel, gap) for s, rel, r in constraints):
             return objs
     return None
 
@@ -372,7 +393,8 @@ def _specs_for_tag(tag: str, rng: np.random.Generator, held_out: bool):
     raise ValueError(tag)
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
+                 layout: str = "free", cells: int = 4) -> Scene:
     """A random scene for ``split`` (tag uniform unless given); held-out combinations only in
     "compositional" counting/position/color_attr, never elsewhere."""
     check_choice("split", split, SPLITS)
@@ -381,7 +403,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     want_held_out = split == "compositional" and tag in ("counting", "position", "color_attr")
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
-        objs = _place(specs, rng, constraints)
+        objs = _place(specs, rng, constraints, layout=layout, cells=cells)
         if objs is None:
             continue
         background, gradient = _background(rng)
@@ -391,7 +413,8 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
             return scene
 
 
-def scene_from_metadata(meta: dict, rng: np.random.Generator) -> Scene:
+def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "free",
+                        cells: int = 4) -> Scene:
     """A random scene satisfying a GenEval-schema prompt: each include group's count of its class
     (in its colour if given, else random), positions with margin, and nothing else."""
     specs: list[tuple[str, str]] = []
@@ -415,7 +438,7 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator) -> Scene:
             for s in range(starts[g], starts[g] + int(group["count"])):
                 for r in range(starts[target], starts[target] + int(tg["count"])):
                     constraints.append((s, rel, r))
-    objs = _place(specs, rng, constraints, tries=20_000)
+    objs = _place(specs, rng, constraints, tries=20_000, layout=layout, cells=cells)
     if objs is None:
         raise UserError("include", f"no layout found for {meta.get('prompt', meta['include'])!r}")
     background, gradient = _background(rng)
@@ -472,13 +495,18 @@ def render(scene: Scene, resolution: int) -> np.ndarray:
 class ShapesWorld(torch.utils.data.Dataset):
     """``size`` procedurally generated (image, caption) pairs of one split."""
 
-    def __init__(self, split: str, size: int, resolution: int = 32, seed: int = 0):
+    def __init__(self, split: str, size: int, resolution: int = 32, seed: int = 0,
+                 layout: str = "free", cells: int = 4):
         check_choice("split", split, SPLITS)
+        check_choice("layout", layout, LAYOUTS)
+        if layout == "grid" and not 2 <= cells <= resolution // 6:
+            raise UserError("cells", f"must be in 2..{resolution // 6} at resolution {resolution}, got {cells}")
         if size < 1:
             raise UserError("size", f"must be >= 1, got {size}")
         if resolution < 16:
             raise UserError("resolution", f"must be >= 16 so the smallest shapes stay visible, got {resolution}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, seed
+        self.layout, self.cells = layout, cells
         self._split_id = SPLITS.index(split)
 
     def __len__(self) -> int:
@@ -491,7 +519,8 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     def scene(self, i: int) -> Scene:
         i = self._index(i)
-        return sample_scene(np.random.default_rng([self.seed, self._split_id, i]), self.split)
+        return sample_scene(np.random.default_rng([self.seed, self._split_id, i]), self.split,
+                            layout=self.layout, cells=self.cells)
 
     def image(self, i: int) -> np.ndarray:
         return render(self.scene(i), self.resolution)

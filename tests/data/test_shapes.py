@@ -172,3 +172,54 @@ def test_impossible_layout_is_a_user_error():
     meta = {"tag": "position", "include": [{"class": "circle", "count": 1}, {"class": "circle", "count": 1, "position": ["left of", 1]}]}
     with pytest.raises(UserError, match="no layout"):
         shapes.scene_from_metadata(meta, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def grid_scenes():
+    ds = ShapesWorld("train", 600, seed=0, layout="grid", cells=4)
+    return [ds.scene(i) for i in range(600)]
+
+
+def test_grid_layout_puts_one_object_inside_each_of_its_cells(grid_scenes):
+    """In the grid layout (the CPU study's) every object lies inside its own cell of the 4x4 grid,
+    so with 8x8-pixel tokens at 32x32 an object is exactly one token."""
+    for s in grid_scenes:
+        cells = set()
+        for o in s.objects:
+            col, row = int(o.cx * 4), int(o.cy * 4)
+            x0, y0, x1, y1 = o.box()
+            assert col / 4 <= x0 and x1 <= (col + 1) / 4 and row / 4 <= y0 and y1 <= (row + 1) / 4
+            cells.add((col, row))
+        assert len(cells) == len(s.objects)
+        for a, b in itertools.combinations(s.objects, 2):
+            assert shapes._separated(a, b, shapes._GRID_GAP)
+    assert {s.tag for s in grid_scenes} == set(shapes.TAGS)
+
+
+def test_grid_layout_renders_score_one_on_geneval(tmp_path):
+    from harness.geneval.export import export, score
+    from harness.geneval.prompts import make_prompts, write_jsonl
+
+    prompts = make_prompts(20, 0)
+    by_text = {p["prompt"]: p for p in prompts}
+
+    class Renderer:
+        def generate(self, texts, seed):
+            rng = np.random.default_rng(seed)
+            return np.stack([render(shapes.scene_from_metadata(by_text[t], rng, "grid", 4), 32)
+                             for t in texts])
+
+    out = export(write_jsonl(prompts, tmp_path / "p.jsonl"), Renderer(), tmp_path / "out", 2)
+    assert score(out)["overall"] == 1.0
+
+
+def test_grid_layout_is_part_of_the_data_key_and_validated():
+    from harness import config as C
+    from harness.data.datasets import data_key
+
+    free, grid = C.load([]), C.load(["data.layout=grid"])
+    assert data_key(free.data) != data_key(grid.data)
+    with pytest.raises(UserError, match="data.layout"):
+        C.load(["data.layout=tiles"])
+    with pytest.raises(UserError, match="data.cells"):
+        C.load(["data.layout=grid", "data.cells=9"])
