@@ -68,7 +68,8 @@ def _last_val_loss(run_dir: Path) -> float | None:
 def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> list[dict]:
     """The rows of one run, from its directory (``cfg`` stands in for a run not started yet).
     A seed's row is ``completed`` once that seed is evaluated; before, it shows the run's status
-    (``trained`` for a run whose training is done but this seed is not evaluated)."""
+    (``trained`` for a run whose training is done but this seed is not evaluated). A ``failed`` row
+    has no metrics, not even the val loss logged before the failure."""
     from harness.train import read_status
 
     run_dir = Path(run_dir)
@@ -91,5 +92,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
                "val_loss": val_loss, "status": state, "run_dir": str(run_dir), "seed": seed,
                **{k: None for k in METRICS if k != "val_loss"}}
         row.update({k: v for k, v in (metrics or {}).items() if k in METRICS})
+        if state == "failed":  # its last val loss (before a NaN, say) is no result of the run
+            row.update({k: None for k in METRICS})
         rows.append(row)
     return rows

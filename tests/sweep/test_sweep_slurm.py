@@ -112,3 +112,113 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
             assert value == pytest.approx(straight_curve[step], rel=1e-6), (key, step)
     print("preempted vs uninterrupted:", {k: (a[k], b[k]) for k in ("val_loss", "fid", "geneval_overall")},
           "identical" if all(a[k] == b[k] for k in METRICS) else "within 1e-6")
+
+
+# A real time limit: 1 minute (SLURM's smallest), USR2 5 s before it. slurmctld checks time limits
+# every 30 s (PERIODIC_TIMEOUT) and sends the warning signal at the first check that is at most
+# signal_delay_s + 30 s before the end, so each attempt gets USR2 25-55 s after it starts, always
+# before the limit itself (OverTimeLimit=0, KillWait=5 in scripts/slurm/start_slurm.sh). submitit
+# counts each such USR2 as a time-out (the job ran past min(0.8 x limit, limit - 10 min)), so the
+# sweep allows more requeues than the default 3. Stage 0 is not checkpointable: it gets 10 minutes.
+TIME_LIMIT = {"time_min": 1, "signal_delay_s": 5, "max_requeues": 20, "stage0": {"time_min": 10}}
+# 60-120 s of training on one CPU: longer than an attempt can train before its USR2
+STEPS = 800
+TIME_LIMITED = [f"train.steps={STEPS}", "train.checkpoint_every=20", "train.val_every=200",
+                "train.log_every=10", "train.threads=1"]
+
+
+def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sweeper, tmp_path):
+    import dataclasses
+
+    import mlflow
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.load(REPO / "sweeps" / "smoke.yaml")
+    spec.name = "timelimit"
+    spec.grid = {"token": ["continuous"], "order": ["random"], "size": ["xs"]}
+    spec.launcher.slurm = OmegaConf.merge(spec.launcher.slurm, TIME_LIMIT)
+    sweep_file = tmp_path / "timelimit.yaml"
+    OmegaConf.save(spec, sweep_file)
+    args = ["--file", str(sweep_file), "--progress-every", "10", *TIME_LIMITED]
+
+    start = time.time()
+    sweeper = new_sweeper("results")
+    # the same run, never interrupted, alongside (in-process launcher, its own MLflow store)
+    reference = dataclasses.replace(new_sweeper("reference"), uri=f"sqlite:///{tmp_path}/reference.db")
+    proc = sweeper.start(*args, "--launcher", "slurm")
+    straight = reference.start(*args, "--launcher", "debug")
+    first_id = None
+    try:
+        def started() -> bool:
+            nonlocal first_id
+            run = sweeper.run_dirs().get("continuous-random-xs")
+            if run is not None and (run / store.RUN_ID_FILE).exists():
+                first_id = (run / store.RUN_ID_FILE).read_text().strip()
+            return first_id is not None
+
+        wait_for(started, 900, "the job's MLflow run", proc)
+        out = proc.communicate(timeout=1200)[0]
+        ref_out = straight.communicate(timeout=600)[0]
+    finally:
+        for p in (proc, straight):
+            if p.poll() is None:
+                p.kill()
+    wall = time.time() - start
+    assert proc.returncode == 0, out
+    assert straight.returncode == 0, ref_out
+    run_dir = sweeper.run_dirs()["continuous-random-xs"]
+    other = reference.run_dirs()["continuous-random-xs"]
+    assert other.name == run_dir.name
+
+    # checkpointed, requeued (same job, SLURM's restart count going up) and resumed, each attempt
+    # from the checkpoint its predecessor left; at least once in the middle of training
+    attempts = records.read_attempts(run_dir)
+    events = [a["event"] for a in attempts]
+    print(f"slurm run with a 1-minute time limit: {wall:.0f}s, attempts {events}")
+    assert events[0] == "start" and events[-1] == "completed" and "failed" not in events, events
+    starts = [a for a in attempts if a["event"] == "start"]
+    preempted = [a for a in attempts if a["event"] == "preempted"]
+    assert preempted and {a["job_id"] for a in starts} == {starts[0]["job_id"]}, attempts
+    restarts = [0 if a["restart"] is None else int(a["restart"]) for a in starts]
+    assert restarts[0] == 0 and restarts == sorted(set(restarts)) and restarts[-1] >= 1, restarts
+    # (a USR2 during an attempt's imports requeues it before it logs its start, and its record may
+    # lack the checkpoint step: torch is half-imported in the signal handler)
+    checkpoint = None
+    for a in attempts:
+        if a["event"] == "preempted" and a["checkpoint_step"] is not None:
+            checkpoint = a["checkpoint_step"]
+        elif a["event"] == "start":
+            assert a["resume_step"] == checkpoint, attempts
+    assert any(p["checkpoint_step"] and 0 < p["checkpoint_step"] < STEPS for p in preempted), preempted
+    assert attempts[-1]["time"] - starts[0]["time"] > 60, "the job outlived its time limit"
+
+    # it was SLURM's time limit that stopped it: a 1-minute limit, and submitit saw a time-out
+    job_id = starts[0]["job_id"]
+    limit = subprocess.run(["sacct", "-X", "-n", "-j", job_id, "-o", "Timelimit"], capture_output=True,
+                           text=True)
+    assert limit.stdout.split()[0] in ("00:01:00", "1"), limit.stdout + limit.stderr
+    logs = "".join(p.read_text() for p in records.jobs_dir(run_dir).glob(f"{job_id}*_log.err"))
+    assert logs.count("Caught signal SIGUSR2") >= len(preempted) and "this job is timed-out" in logs, logs[-3000:]
+
+    # one MLflow run throughout, finished, holding every step once
+    assert (run_dir / store.RUN_ID_FILE).read_text().strip() == first_id
+    client = mlflow.MlflowClient(sweeper.uri)
+    exp = client.get_experiment_by_name("timelimit")
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == run_dir.name]
+    assert [r.info.run_id for r in children] == [first_id]
+    assert children[0].info.status == "FINISHED"
+    for key in ("train/loss", "val/loss"):
+        steps = [m.step for m in client.get_metric_history(first_id, key)]
+        assert sorted(steps) == sorted(curve(other, key)), key
+
+    # and ends where the uninterrupted run ends
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, other))
+    for k in METRICS:
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+    for key in ("val/loss", "train/loss"):
+        limited, straight_curve = curve(run_dir, key), curve(other, key)
+        assert sorted(limited) == sorted(straight_curve)
+        for step, value in limited.items():
+            assert value == pytest.approx(straight_curve[step], rel=1e-6), (key, step)
+    print("time-limited vs uninterrupted:", {k: (a[k], b[k]) for k in ("val_loss", "fid", "geneval_overall")},
+          "identical" if all(a[k] == b[k] for k in METRICS) else "within 1e-6")
