@@ -1,7 +1,16 @@
 """``make bench``: what this machine does with the harness, measured in one run.
 
 Writes ``results/bench/<date>.json`` and refreshes ``docs/benchmarks.md``. Every ratio (MFU,
-speed-ups, shares) is measured within the same run, because a shared machine is noisy.
+speed-ups, shares) is measured within the same run, because a shared machine is noisy. Models are
+configured as the default study runs them (``sweeps/cpu.yaml``), at the harness's thread count
+per job (``launcher.local.threads_per_job``).
+
+Sections: the fp32 matmul ceiling; training per variant at a mid and the largest study size;
+sampling (KV cache on/off, also at 64 tokens, random order by step count, the diffusion head's
+share); evaluation (FID feature and GenEval scoring throughput); harness overhead of the smoke
+sweep run serially with stage 0 pre-built (wall time minus the time inside training steps and
+evaluation) and launch-to-first-step; peak RSS of the study's largest run (recorded by each run
+job in ``status.json``); the paper ladder's dry-run estimates (``harness.sweep.estimate``).
 
 Training FLOPs per step are the *executed* FLOPs (MFU counts what the hardware does):
 3 x forward of the text encoder (learned), aligner and transformer for every image, plus
@@ -13,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import time
@@ -22,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness import config as C
-from harness.io import write_json, write_text
+from harness.io import read_json, write_json, write_text
 from harness.models.flops import forward_flops, head_flops_per_token
 from harness.train.module import GeneratorModule, counted_parameters
 
@@ -146,6 +156,131 @@ def time_sampling(cfg: DictConfig, batch: int = 16, repeats: int = 2) -> dict:
     return out
 
 
+def study_config(token: str, order: str, size: str, extra: tuple[str, ...] = (),
+                 preset: str = "cpu") -> DictConfig:
+    """A run's config exactly as the sweep preset builds it."""
+    from harness.sweep import grid, plan
+
+    spec = grid.load_sweep(grid.preset_path(preset))
+    return plan.build_runs(spec, [size], [f"{token}-{order}"], list(extra))[0].cfg
+
+
+def kv_cache_at_64_tokens(token: str) -> dict:
+    """Raster sampling with and without the KV cache at 64 tokens (4x4-pixel patches)."""
+    cfg = study_config(token, "raster", "xl", ("tokenizer.downsample=4", "tokenizer.channels=4"))
+    r = time_sampling(cfg, repeats=1)
+    return {k: r[k] for k in ("images_per_second", "images_per_second_uncached", "kv_cache_speedup")}
+
+
+def time_evaluation(resolution: int = 32, n: int = 512) -> dict:
+    """FID feature extraction images/s (the shapes feature net, untrained weights: same FLOPs) and
+    GenEval scoring images/s (detector + rules, reading the exported PNGs)."""
+    import tempfile
+
+    import numpy as np
+
+    from harness.data.shapes import render, scene_from_metadata
+    from harness.evaluate.features import FeatureNet
+    from harness.geneval.export import export, score
+    from harness.geneval.prompts import make_prompts, write_jsonl
+
+    prompts = make_prompts(max(1, n // 24), 0)
+    by_text = {p["prompt"]: p for p in prompts}
+
+    class Renderer:
+        def generate(self, texts, seed):
+            rng = np.random.default_rng(seed)
+            return np.stack([render(scene_from_metadata(by_text[t], rng, "grid", 4), resolution)
+                             for t in texts])
+
+    with tempfile.TemporaryDirectory() as d:
+        out = export(write_jsonl(prompts, Path(d) / "p.jsonl"), Renderer(), Path(d) / "out", 4)
+        images = len(prompts) * 4
+        t = time.perf_counter()
+        score(out)
+        geneval = images / (time.perf_counter() - t)
+    net = FeatureNet().eval()
+    x = torch.rand(256, 3, resolution, resolution) * 2 - 1
+    with torch.no_grad():
+        net.features(x[:32])
+        t = time.perf_counter()
+        for _ in range(max(1, n // 256)):
+            net.features(x)
+        fid = max(1, n // 256) * 256 / (time.perf_counter() - t)
+    return {"fid_features_images_per_second": fid, "geneval_scoring_images_per_second": geneval,
+            "geneval_images": images}
+
+
+def smoke_overhead(threads: int) -> dict:
+    """The smoke sweep run serially (one job at a time) with stage 0 built beforehand: wall time,
+    the time inside training steps and evaluation, the rest (process start, imports, MLflow,
+    checkpoints, the launcher's polling) and the time from launch to the first training step."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from harness.sweep import grid, jobs, plan
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        spec = OmegaConf.to_container(grid.load_sweep(grid.preset_path("smoke")))
+        spec["launcher"]["local"].update(max_parallel=1, threads_per_job=threads)
+        spec["name"] = "smoke-bench"
+        spec_file = d / "smoke-bench.yaml"
+        spec_file.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
+        overrides = [f"results_dir={d / 'results'}", f"tracking.uri=sqlite:///{d / 'mlflow.db'}"]
+        runs = plan.build_runs(grid.load_sweep(spec_file), list(spec["grid"]["size"]),
+                               grid.VARIANTS, overrides)
+        for task in plan.stage0_tasks(runs):
+            jobs.build_stage0(task.kind, task.cfg, task.token)
+        launch = time.time()
+        subprocess.run([sys.executable, "-m", "harness.sweep", "--file", str(spec_file),
+                        "--size", "all", *overrides], check=True, capture_output=True)
+        wall = time.time() - launch
+        train_s = eval_s = 0.0
+        first = []
+        for run in runs:
+            status = read_json(run.dir / "status.json")
+            train_s += status.get("train_compute_seconds", 0.0)
+            first.append(status.get("first_step", float("nan")))
+            for seed in run.seeds:
+                name = "metrics.json" if seed == run.cfg.eval.seed else f"metrics-seed{seed}.json"
+                eval_s += read_json(run.dir / name)["eval_seconds"]
+    return {"runs": len(runs), "wall_seconds": wall, "train_step_seconds": train_s,
+            "eval_seconds": eval_s, "overhead_seconds": wall - train_s - eval_s,
+            "overhead_share": (wall - train_s - eval_s) / wall,
+            "launch_to_first_step_seconds": min(first) - launch}
+
+
+def largest_run_memory(results: Path = Path("results")) -> dict | None:
+    """Peak RSS recorded by the default study's largest run (None before ``make study``)."""
+    best = None
+    for status_file in (results / "runs").glob("*-xl-*/status.json"):
+        status = read_json(status_file)
+        if "peak_rss_mb" in status and (best is None or status["peak_rss_mb"] > best["peak_rss_mb"]):
+            best = {"run": status_file.parent.name, "peak_rss_mb": status["peak_rss_mb"]}
+    return best
+
+
+def paper_ladder() -> list[dict]:
+    """The paper preset's dry-run estimates per size (continuous/random)."""
+    from harness.sweep import estimate
+
+    rows = []
+    for size in ("166M", "369M", "665M", "1.1B", "3.1B", "10.5B"):
+        cfg = study_config("continuous", "random", size, preset="paper")
+        params, flops = estimate.size_of(cfg)
+        t = cfg.train
+        rows.append({"size": size, "params": params, "train_flops": flops,
+                     "gpus": t.devices * t.num_nodes, "strategy": t.strategy,
+                     "accumulate_grad_batches": t.accumulate_grad_batches,
+                     "gpu_memory_gb": estimate.gpu_memory_bytes(cfg, params) / 1e9,
+                     "gpu_hours": estimate.gpu_hours(flops)})
+    return rows
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -155,44 +290,65 @@ def run(sizes: list[str], threads: int, out_dir: Path, docs: Path, quick: bool =
     result: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": torch.get_num_threads(), "torch": torch.__version__},
+                    "cpus": os.cpu_count(), "torch": torch.__version__},
         "threads": threads,
         "matmul_gflops": matmul_ceiling(threads),
         "training": {}, "sampling": {},
     }
     for size in sizes:
         for token, order in VARIANTS:
-            cfg = C.load([f"model.token={token}", f"model.order={order}", f"model.size={size}"])
+            cfg = study_config(token, order, size)
             key = f"{token}-{order}-{size}"
             tr = time_training(cfg, steps=4 if quick else 12)
             tr["mfu"] = tr["achieved_gflops"] / result["matmul_gflops"]
+            tr["tokens"] = C.num_tokens(cfg)
             result["training"][key] = tr
             if size == sizes[-1]:
                 result["sampling"][key] = time_sampling(cfg, repeats=1 if quick else 2)
             print(key, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in tr.items()}),
                   flush=True)
+    result["kv_cache_64_tokens"] = {t: kv_cache_at_64_tokens(t) for t in ("continuous", "discrete")}
+    result["evaluation"] = time_evaluation()
+    print("evaluation", result["evaluation"], flush=True)
     result["matmul_gflops_after"] = matmul_ceiling(threads)
     result["peak_rss_mb"] = peak_rss_mb()
+    result["overhead"] = smoke_overhead(threads)
+    print("overhead", result["overhead"], flush=True)
+    result["largest_run_memory"] = largest_run_memory()
+    result["paper_ladder"] = paper_ladder()
     stamp = dt.date.today().isoformat()
     write_json(out_dir / f"{stamp}.json", result)
-    write_text(docs, render_markdown(result))
+    write_text(docs, render_markdown(result, _notes(docs)))
     return result
 
 
-def render_markdown(r: dict) -> str:
+def _notes(docs: Path) -> str:
+    """The hand-written part of the benchmarks doc (below NOTES_MARK), kept across refreshes."""
+    if docs.exists() and NOTES_MARK in docs.read_text():
+        return docs.read_text().split(NOTES_MARK, 1)[1]
+    return "\n"
+
+
+NOTES_MARK = "<!-- notes: written by hand, kept by make bench -->"
+
+
+def render_markdown(r: dict, notes: str = "\n") -> str:
+    tokens = next(iter(r["training"].values()))["tokens"] if r["training"] else 0
     lines = ["# Benchmarks", "",
-             f"Measured by `make bench` on {r['date']}: {r['machine']['platform']}, "
-             f"torch {r['machine']['torch']}, {r['threads']} thread(s). Raw numbers: "
-             "`results/bench/<date>.json`.", "",
+             f"Measured by `make bench` on {r['date']}: {r['machine']['platform']} "
+             f"({r['machine']['cpus']} CPUs), torch {r['machine']['torch']}, {r['threads']} "
+             "thread(s) per job as the harness runs them. Raw numbers: "
+             "`results/bench/<date>.json`. Models as the default study configures them "
+             "(`sweeps/cpu.yaml`).", "",
              f"- fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s at the start of the run, "
              f"{r.get('matmul_gflops_after', float('nan')):.1f} at the end.",
              f"- Peak RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB.", "",
-             "## Training (one step: forward, backward, AdamW, EMA; batch 64 x 64 tokens)", "",
+             f"## Training (one step: forward, backward, AdamW, EMA; batch 64 x {tokens} tokens)", "",
              "| run | params | step (s) | tokens/s | GFLOP/s | MFU |", "|---|---|---|---|---|---|"]
     for k, t in r["training"].items():
         lines.append(f"| {k} | {t['params'] / 1e6:.2f}M | {t['step_seconds']:.3f} | "
                      f"{t['tokens_per_second']:.0f} | {t['achieved_gflops']:.1f} | {t['mfu']:.0%} |")
-    lines += ["", "## Sampling (batch 16, the paper's per-variant CFG/temperature)", "",
+    lines += ["", "## Sampling (batch 16, each variant's default CFG/temperature)", "",
               "| run | images/s | uncached images/s | KV speed-up | head share |",
               "|---|---|---|---|---|"]
     for k, s in r["sampling"].items():
@@ -204,14 +360,46 @@ def render_markdown(r: dict) -> str:
         if "images_per_second_by_steps" in s:
             steps = ", ".join(f"{n} steps: {v:.2f}" for n, v in s["images_per_second_by_steps"].items())
             lines.append(f"\n{k} images/s by number of steps — {steps}")
-    lines += ["", "Training FLOPs counted: " + __doc__.split("Training FLOPs per step are")[1].strip()]
-    return "\n".join(lines) + "\n"
+    for token, s in r.get("kv_cache_64_tokens", {}).items():
+        lines.append(f"\nRaster {token} at 64 tokens (xl): {s['images_per_second']:.2f} images/s "
+                     f"cached, {s['images_per_second_uncached']:.2f} uncached, "
+                     f"**{s['kv_cache_speedup']:.1f}x**.")
+    e = r.get("evaluation")
+    if e:
+        lines += ["", "## Evaluation", "",
+                  f"- FID features (shapes feature net, batch 256): "
+                  f"{e['fid_features_images_per_second']:.0f} images/s.",
+                  f"- GenEval scoring (detector + rules, reading PNGs, {e['geneval_images']} images): "
+                  f"{e['geneval_scoring_images_per_second']:.0f} images/s."]
+    o = r.get("overhead")
+    if o:
+        lines += ["", "## Harness overhead (smoke sweep, serial, stage 0 pre-built)", "",
+                  f"- {o['runs']} runs in {o['wall_seconds']:.1f} s wall: {o['train_step_seconds']:.1f} s "
+                  f"inside training steps, {o['eval_seconds']:.1f} s evaluating, "
+                  f"**{o['overhead_seconds']:.1f} s ({o['overhead_share']:.0%}) overhead**.",
+                  f"- Launch to first training step: **{o['launch_to_first_step_seconds']:.1f} s**."]
+    m = r.get("largest_run_memory")
+    lines += ["", "## Memory", "",
+              f"- Largest study run: {m['run']}, peak RSS {m['peak_rss_mb']:.0f} MB (train + evaluate)."
+              if m else "- Largest study run: not measured (run `make study` first)."]
+    if r.get("paper_ladder"):
+        lines += ["", "## Paper ladder (dry-run estimates, continuous/random; formula in "
+                  "`harness/sweep/estimate.py`)", "",
+                  "| size | params | train FLOPs | GPUs | strategy | accumulation | GPU memory (GB) | GPU-hours |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in r["paper_ladder"]:
+            lines.append(f"| {p['size']} | {p['params'] / 1e6:.0f}M | {p['train_flops']:.2e} | {p['gpus']} | "
+                         f"{p['strategy']} | {p['accumulate_grad_batches']} | {p['gpu_memory_gb']:.1f} | "
+                         f"{p['gpu_hours']:.0f} |")
+    lines += ["", "Training FLOPs counted: " + __doc__.split("Training FLOPs per step are")[1].strip(),
+              "", NOTES_MARK]
+    return "\n".join(lines) + notes
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m harness.bench")
     p.add_argument("--sizes", default="m,xl", help="cpu ladder sizes (the last also gets sampling)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="threads per job (the harness's default)")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--docs", default="docs/benchmarks.md")
     p.add_argument("--quick", action="store_true")

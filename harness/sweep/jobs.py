@@ -10,6 +10,7 @@ silently retrying; ``--retry-failed`` runs it again.
 from __future__ import annotations
 
 import os
+import resource
 import traceback
 from pathlib import Path
 
@@ -110,11 +111,17 @@ class RunJob(submitit.helpers.Checkpointable):
         from harness.evaluate import evaluate
         from harness.train import train
 
+        from harness.train import read_status, write_status
+
         train(cfg)
         results = {}
         for seed in self.seeds:
             metrics = records.read_eval(out, seed, cfg.eval.seed)
             results[seed] = metrics if metrics is not None else evaluate(out, seed=seed)
+        # this process's peak resident memory (train + evaluate), for make bench
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        status = read_status(out)
+        write_status(out, status["status"], peak_rss_mb=max(peak_mb, status.get("peak_rss_mb", 0.0)))
         return {"run_dir": str(out), "metrics": results}
 
     def _fail(self, out: Path, error: Exception) -> None:

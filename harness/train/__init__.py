@@ -166,6 +166,23 @@ class StartFrom(Callback):
         dm.sampler.rank, dm.sampler.world = trainer.global_rank, trainer.world_size
 
 
+class StepTimer(Callback):
+    """Time inside training steps (forward, backward, optimizer, EMA) and when the first step of
+    this process ended: ``make bench`` separates compute from harness overhead with them."""
+
+    def __init__(self, out: Path):
+        self.out, self.compute, self.first, self._t0 = out, 0.0, None, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.compute += time.perf_counter() - self._t0
+        if self.first is None and trainer.is_global_zero:
+            self.first = time.time()
+            write_status(self.out, "running", first_step=self.first)
+
+
 def prepare_data(cfg: DictConfig) -> tuple[Path, TokenDataset, TokenDataset]:
     """Stage 0 for this run: the tokenizer and the pre-encoded tokens (and text features)."""
     tok_dir = ensure_tokenizer(cfg, cfg.model.token)
@@ -228,6 +245,7 @@ def train(cfg: DictConfig) -> Path:
     clip = None if cfg.train.strategy == "fsdp" else cfg.train.grad_clip or None
     # submitit owns requeueing on SLURM (it calls the job's checkpoint() on USR2)
     plugins = [SLURMEnvironment(auto_requeue=False)] if "SLURM_JOB_ID" in os.environ else None
+    timer = StepTimer(out)
     trainer = L.Trainer(
         max_steps=cfg.train.steps, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=strategy, plugins=plugins,
@@ -237,7 +255,7 @@ def train(cfg: DictConfig) -> Path:
         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
         enable_progress_bar=bool(os.environ.get("HARNESS_PROGRESS", "")),
         callbacks=[StartFrom(), Validation(cfg.train.val_every),  # validate, then checkpoint
-                   AtomicCheckpoint(ckpt_dir, cfg.train.checkpoint_every)],
+                   AtomicCheckpoint(ckpt_dir, cfg.train.checkpoint_every), timer],
         default_root_dir=str(out), deterministic=False)
     write_status(out, "running", started=time.time())
     try:
@@ -247,5 +265,6 @@ def train(cfg: DictConfig) -> Path:
         raise
     if trainer.global_step < cfg.train.steps:
         raise RuntimeError(f"training stopped at step {trainer.global_step} of {cfg.train.steps}")
-    write_status(out, "trained", step=trainer.global_step)
+    # time inside the steps of the attempt that finished (an interrupted attempt's is lost)
+    write_status(out, "trained", step=trainer.global_step, train_compute_seconds=timer.compute)
     return out

@@ -24,7 +24,11 @@ def test_smoke_training_lowers_validation_loss(smoke, token, order):
     losses = val_losses(run)
     assert set(losses) >= {0, 10, 20, 30, 40}
     assert losses[40] < losses[0], losses
-    assert read_status(run)["status"] == "trained"
+    status = read_status(run)
+    assert status["status"] == "trained"
+    # make bench separates compute from overhead with these
+    assert status["started"] < status["first_step"] < status["updated"]
+    assert 0 < status["train_compute_seconds"] < status["updated"] - status["started"]
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "mlflow_run_id").exists() and not (run / "mlflow_pending").exists()
     info = json.loads((run / "info.json").read_text())
