@@ -170,9 +170,20 @@ def include_groups(scene: Scene) -> list[dict]:
 # ---------------------------------------------------------------- compositional hold-out
 
 
+def _canonical(item):
+    """A set-free form of ``item`` whose repr does not depend on the process's string hashing
+    (a frozenset's repr follows its iteration order, which PYTHONHASHSEED changes)."""
+    if isinstance(item, (set, frozenset)):
+        return tuple(sorted(_canonical(x) for x in item))
+    if isinstance(item, tuple):
+        return tuple(_canonical(x) for x in item)
+    return item
+
+
 def _stable_order(items: list) -> list:
-    """Items sorted by a hash of their repr: a fixed pseudo-random order, same on every machine."""
-    return sorted(items, key=lambda it: hashlib.sha256(repr(it).encode()).hexdigest())
+    """Items sorted by a hash of their canonical repr: a fixed pseudo-random order, the same in
+    every process on every machine."""
+    return sorted(items, key=lambda it: hashlib.sha256(repr(_canonical(it)).encode()).hexdigest())
 
 
 def _pick(candidates: list, n: int, allowed) -> frozenset:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -223,3 +224,19 @@ def test_grid_layout_is_part_of_the_data_key_and_validated():
         C.load(["data.layout=tiles"])
     with pytest.raises(UserError, match="data.cells"):
         C.load(["data.layout=grid", "data.cells=9"])
+
+
+def test_scenes_and_held_out_sets_do_not_depend_on_python_hash_seed():
+    """Every process must draw the same world: a run's data, its evaluation prompts and the
+    held-out split are built in different processes (PYTHONHASHSEED differs between them)."""
+    import subprocess
+    import sys
+
+    code = ("from harness.data.shapes import ShapesWorld, held_out_combinations as h\n"
+            "w = ShapesWorld('train', 300, layout='grid'); c = ShapesWorld('compositional', 100)\n"
+            "print(repr([w.caption(i) for i in range(300)] + [c.caption(i) for i in range(100)]"
+            " + sorted(repr(sorted(map(sorted, v) if k == 'color_pairs' else v)) for k, v in h().items())))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1
