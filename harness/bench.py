@@ -301,7 +301,7 @@ def run(sizes: list[str], threads: int, out_dir: Path, docs: Path, quick: bool =
             key = f"{token}-{order}-{size}"
             tr = time_training(cfg, steps=4 if quick else 12)
             tr["mfu"] = tr["achieved_gflops"] / result["matmul_gflops"]
-            tr["tokens"] = C.num_tokens(cfg)
+            tr["tokens"], tr["batch"] = C.num_tokens(cfg), cfg.train.batch_size
             result["training"][key] = tr
             if size == sizes[-1]:
                 result["sampling"][key] = time_sampling(cfg, repeats=1 if quick else 2)
@@ -334,6 +334,7 @@ NOTES_MARK = "<!-- notes: written by hand, kept by make bench -->"
 
 def render_markdown(r: dict, notes: str = "\n") -> str:
     tokens = next(iter(r["training"].values()))["tokens"] if r["training"] else 0
+    batch = next(iter(r["training"].values())).get("batch", "") if r["training"] else ""
     lines = ["# Benchmarks", "",
              f"Measured by `make bench` on {r['date']}: {r['machine']['platform']} "
              f"({r['machine']['cpus']} CPUs), torch {r['machine']['torch']}, {r['threads']} "
@@ -343,7 +344,7 @@ def render_markdown(r: dict, notes: str = "\n") -> str:
              f"- fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s at the start of the run, "
              f"{r.get('matmul_gflops_after', float('nan')):.1f} at the end.",
              f"- Peak RSS of the benchmark process: {r['peak_rss_mb']:.0f} MB.", "",
-             f"## Training (one step: forward, backward, AdamW, EMA; batch 64 x {tokens} tokens)", "",
+             f"## Training (one step: forward, backward, AdamW, EMA; the study's batch of {batch} x {tokens} tokens)", "",
              "| run | params | step (s) | tokens/s | GFLOP/s | MFU |", "|---|---|---|---|---|---|"]
     for k, t in r["training"].items():
         lines.append(f"| {k} | {t['params'] / 1e6:.2f}M | {t['step_seconds']:.3f} | "
