@@ -7,7 +7,8 @@ A model that reads its caption has loss(true) < loss(shuffled) and loss(null); e
 the image prior is all it learned, and GenEval stays at chance whatever FID says. The same
 validation batch and the same randomness (masks, diffusion noise) serve all three captions.
 Writes ``caption_use.csv`` (run_key, token, order, size, loss_true, loss_shuffled, loss_null,
-gain = loss_shuffled - loss_true).
+context_spread, gain = loss_shuffled - loss_true); ``context_spread`` near 0 means the text path
+collapsed to one context for every caption.
 """
 from __future__ import annotations
 
@@ -44,8 +45,23 @@ def caption_losses(run_dir: Path, n: int = 256, seed: int = 0) -> dict[str, floa
                 "shuffled": sampler.context([captions[i] for i in order]),
                 "null": sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(captions)))}
     generator = sampler.nets["generator"]
-    return {name: generator.loss(tokens, ctx, mask, generator=torch.Generator().manual_seed(seed)).item()
-            for name, (ctx, mask) in contexts.items()}
+    losses = {name: generator.loss(tokens, ctx, mask, generator=torch.Generator().manual_seed(seed)).item()
+              for name, (ctx, mask) in contexts.items()}
+    return {**losses, "context_spread": context_spread(*contexts["true"])}
+
+
+def context_spread(context: torch.Tensor, mask: torch.Tensor) -> float:
+    """How much the text context varies between captions: the standard deviation across captions
+    (per position and channel, over real words) over the overall one. ~0.5 for distinct captions
+    at initialisation; ~0 when the text path has collapsed to one context for every caption."""
+    words = mask.float()[..., None]
+    n = words.sum(0)
+    mean = (context * words).sum(0) / n.clamp(min=1)
+    var = ((context - mean) ** 2 * words).sum(0) / n.clamp(min=1)  # (positions, channels)
+    read = n[:, 0] > 1  # positions that hold a word in at least two captions
+    across = var[read].mean().sqrt()
+    overall = context[mask.bool()].std()
+    return (across / overall).item()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for r in runs.itertuples():
         losses = caption_losses(Path(r.run_dir), args.n)
         rows.append({"run_key": r.run_key, "token": r.token, "order": r.order, "size": r.size,
-                     "params": r.params, **{f"loss_{k}": v for k, v in losses.items()},
+                     "params": r.params,
+                     **{f"loss_{k}": losses[k] for k in ("true", "shuffled", "null")},
+                     "context_spread": losses["context_spread"],
                      "gain": losses["shuffled"] - losses["true"]})
         print(rows[-1], flush=True)
     out = args.out / "caption_use.csv"

@@ -8,6 +8,7 @@ a resumed or requeued job continues the same MLflow run.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,9 +28,16 @@ METRICS_LOG = "metrics.jsonl"
 
 
 def client(uri: str | None = None):
+    """The process's MLflow client for ``uri``: built once (on sqlite, building one opens the
+    database and checks its schema, ~0.1-0.2 s, which a run used to pay at every logging step)."""
+    return _client(uri or tracking_uri(), os.getcwd())
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str, cwd: str):
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=uri or tracking_uri())
+    return mlflow.MlflowClient(tracking_uri=uri)
 
 
 def retry(fn: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from analysis import caption_use
 from harness import config
@@ -16,7 +17,8 @@ def test_a_model_that_reads_captions_loses_more_without_them(smoke, tmp_path):
     run = train(config.load(smoke("model.token=discrete", "model.order=raster", "train.steps=60",
                                   "train.lr=3e-3", "text.dropout_prob=0.3")))
     losses = caption_use.caption_losses(run, n=32)
-    assert set(losses) == {"true", "shuffled", "null"}
+    assert set(losses) == {"true", "shuffled", "null", "context_spread"}
+    assert losses["context_spread"] > 0.1
     assert losses["true"] < losses["shuffled"] and losses["true"] < losses["null"], losses
     table = tmp_path / "runs.csv"
     with open(table, "w", newline="") as f:
@@ -27,3 +29,14 @@ def test_a_model_that_reads_captions_loses_more_without_them(smoke, tmp_path):
     out = caption_use.main(["--runs", str(table), "--out", str(tmp_path / "out"), "--n", "32"])
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 1 and float(rows[0]["gain"]) == pytest.approx(losses["shuffled"] - losses["true"])
+
+
+def test_context_spread_is_zero_for_a_collapsed_text_path_and_ignores_padding():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(64, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    distinct = torch.randn(64, 6, 8, generator=g)
+    assert caption_use.context_spread(distinct, mask) == pytest.approx(1.0, abs=0.1)
+    collapsed = torch.randn(1, 6, 8, generator=g).expand(64, -1, -1).clone()
+    collapsed[:, 4:] = torch.randn(64, 2, 8, generator=g)  # padding may differ: it is not read
+    assert caption_use.context_spread(collapsed, mask) == pytest.approx(0.0, abs=1e-6)
