@@ -78,10 +78,14 @@ class TokenizerConfig:
 
 @dataclass
 class TextConfig:
-    """Text encoder + trainable aligner. ``encoder=learned`` trains one over the caption vocabulary;
-    any other value is a Hugging Face model name or local path, used frozen."""
+    """Text encoder + trainable aligner. ``encoder=learned`` is a word-level transformer over the
+    caption vocabulary, trained jointly (``train_encoder``) or fixed at its seeded initialisation,
+    like a frozen pretrained encoder; any other value is a Hugging Face model name or local path,
+    used frozen. Trained jointly from scratch, the encoder's caption features collapse to a constant
+    within ~50 steps (docs/results/cpu-study/README.md)."""
 
     encoder: str = "learned"
+    train_encoder: bool = True
     max_len: int = 16
     width: int = 128
     encoder_layers: int = 2

@@ -39,6 +39,7 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
     if t.encoder == "learned":
         nets["text"] = build_text_encoder("learned", t.max_len, t.width, t.encoder_layers,
                                           t.heads, vocabulary)
+        nets["text"].requires_grad_(bool(t.train_encoder))
         text_width = t.width
     else:
         text_width = text_feature_width(t.encoder)
@@ -160,7 +161,7 @@ class GeneratorModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        named = [(_clean(n), p) for n, p in self.nets.named_parameters()]
+        named = [(_clean(n), p) for n, p in self.nets.named_parameters() if p.requires_grad]
         decay = [p for n, p in named if n in self._decayed]
         no_decay = [p for n, p in named if n not in self._decayed]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
