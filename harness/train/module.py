@@ -162,11 +162,16 @@ class GeneratorModule(L.LightningModule):
     def configure_optimizers(self):
         t = self.cfg.train
         named = [(_clean(n), p) for n, p in self.nets.named_parameters() if p.requires_grad]
-        decay = [p for n, p in named if n in self._decayed]
-        no_decay = [p for n, p in named if n not in self._decayed]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=t.lr, betas=(t.beta1, t.beta2),
+        groups = []
+        for text_path in (False, True):
+            lr = t.lr * (self.cfg.text.lr_scale if text_path else 1.0)
+            for decayed in (True, False):
+                params = [p for n, p in named if n.startswith(("text.", "aligner.")) == text_path
+                          and (n in self._decayed) == decayed]
+                if params:
+                    groups.append({"params": params, "lr": lr,
+                                   "weight_decay": t.weight_decay if decayed else 0.0})
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2),
                                 fused=self.device.type == "cuda")
 
         def schedule(step: int) -> float:
