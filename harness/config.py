@@ -78,16 +78,22 @@ class TokenizerConfig:
 
 @dataclass
 class TextConfig:
-    """Text encoder + trainable aligner. ``encoder=learned`` trains one over the caption vocabulary;
-    any other value is a Hugging Face model name or local path, used frozen."""
+    """Text encoder + trainable aligner. ``encoder=learned`` is a word-level transformer over the
+    caption vocabulary, trained jointly (``train_encoder``) or fixed at its seeded initialisation,
+    like a frozen pretrained encoder; any other value is a Hugging Face model name or local path,
+    used frozen. Trained jointly from scratch, the encoder's caption features collapse to a constant
+    within ~50 steps, and so does a trainable aligner at the generator's learning rate; ``lr_scale``
+    multiplies the learning rate of the text path (encoder and aligner) (docs/results/cpu-study/README.md)."""
 
     encoder: str = "learned"
+    train_encoder: bool = True
     max_len: int = 16
     width: int = 128
     encoder_layers: int = 2
     aligner_layers: int = 2
     heads: int = 4
     dropout_prob: float = 0.1
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -308,7 +314,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
               "train.log_every", "sample.steps", "sample.diffusion_steps", "eval.fid_samples",
               "eval.geneval_prompts_per_tag", "eval.images_per_prompt", "eval.batch_size")
     _positive(cfg, "text.encoder_layers", "text.aligner_layers", "train.warmup_steps",
-              "train.weight_decay", "train.grad_clip", "sample.top_k", "train.threads",
+              "train.weight_decay", "train.grad_clip", "sample.top_k", "train.threads", "text.lr_scale",
               allow_zero=True)
     t = cfg.train
     split = t.devices * t.num_nodes * t.accumulate_grad_batches

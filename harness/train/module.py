@@ -39,6 +39,7 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
     if t.encoder == "learned":
         nets["text"] = build_text_encoder("learned", t.max_len, t.width, t.encoder_layers,
                                           t.heads, vocabulary)
+        nets["text"].requires_grad_(bool(t.train_encoder))
         text_width = t.width
     else:
         text_width = text_feature_width(t.encoder)
@@ -160,12 +161,17 @@ class GeneratorModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        named = [(_clean(n), p) for n, p in self.nets.named_parameters()]
-        decay = [p for n, p in named if n in self._decayed]
-        no_decay = [p for n, p in named if n not in self._decayed]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=t.lr, betas=(t.beta1, t.beta2),
+        named = [(_clean(n), p) for n, p in self.nets.named_parameters() if p.requires_grad]
+        groups = []
+        for text_path in (False, True):
+            lr = t.lr * (self.cfg.text.lr_scale if text_path else 1.0)
+            for decayed in (True, False):
+                params = [p for n, p in named if n.startswith(("text.", "aligner.")) == text_path
+                          and (n in self._decayed) == decayed]
+                if params:
+                    groups.append({"params": params, "lr": lr,
+                                   "weight_decay": t.weight_decay if decayed else 0.0})
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2),
                                 fused=self.device.type == "cuda")
 
         def schedule(step: int) -> float:
