@@ -78,3 +78,14 @@ def new_sweeper(sweep_stage0, tmp_path):
 def sweeper(new_sweeper) -> Sweeper:
     return new_sweeper("results")
 
+
+def wait_for(predicate, timeout: float, what: str, proc=None, poll: float = 0.05) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` s, or as soon as ``proc`` has ended."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before {what}: {proc.stdout.read()}")
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import mlflow
 import pytest
 
 from harness.sweep import records, table
+from tests.sweep.conftest import wait_for
 
 ARGS = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
         "--launcher", "local", "--progress-every", "5"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def first_checkpoint(sweeper):
@@ -33,7 +24,7 @@ def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper):
     # 1. Ctrl-C once a run has its first checkpoint: the jobs stop, the runs are left resumable
     proc = sweeper.start(*ARGS)
     try:
-        wait_for(lambda: first_checkpoint(sweeper), 600, "a first checkpoint")
+        wait_for(lambda: first_checkpoint(sweeper), 600, "a first checkpoint", poll=0.5)
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=120)[0]

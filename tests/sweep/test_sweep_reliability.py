@@ -17,22 +17,12 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.sweep import records, table
+from tests.sweep.conftest import wait_for
 from harness.tracking import store
 from harness.train import read_status
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in table.GENEVAL_TAGS))
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before {what}: {proc.stdout.read()}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stop(proc) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.sweep import records, table
+from tests.sweep.conftest import wait_for
 from harness.tracking import store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,17 +48,6 @@ def slurm_cluster():
         subprocess.run([str(REPO / "scripts" / "slurm" / "stop_slurm.sh")], capture_output=True, timeout=120)
 
 
-def wait_for(predicate, timeout: float, what: str, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before {what}: {proc.stdout.read()}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def curve(run_dir, key: str) -> dict[int, float]:
     return {r["step"]: r["value"] for r in store.read_metrics(run_dir) if r["key"] == key}
 
@@ -70,7 +60,7 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
             return sweeper.run_dirs().get("continuous-random-xs")
 
         wait_for(lambda: target() is not None and (target() / "checkpoints" / "last.ckpt").exists(),
-                 900, "the first checkpoint", proc)
+                 900, "the first checkpoint", proc, poll=0.2)
         job_id = records.read_job(target())["job_id"]
         signal = subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, text=True)
         assert signal.returncode == 0, signal.stderr
@@ -156,7 +146,7 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
                 first_id = (run / store.RUN_ID_FILE).read_text().strip()
             return first_id is not None
 
-        wait_for(started, 900, "the job's MLflow run", proc)
+        wait_for(started, 900, "the job's MLflow run", proc, poll=0.2)
         out = proc.communicate(timeout=1200)[0]
         ref_out = straight.communicate(timeout=600)[0]
     finally:
