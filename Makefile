@@ -47,3 +47,4 @@ study: setup
 	mkdir -p docs/results/cpu-study
 	cp results/cpu/runs.csv docs/results/cpu-study/runs.csv
 	$(PY) analysis/plot_scaling.py --runs results/cpu/runs.csv --out docs/results/cpu-study
+	$(PY) analysis/caption_use.py --runs results/cpu/runs.csv --out docs/results/cpu-study
