@@ -29,6 +29,12 @@ def test_frozen_encoder_is_not_trained_and_the_text_path_learns_at_its_scale():
     assert lrs["generator"] == {1e-3}
 
 
+def test_lr_scale_zero_freezes_the_text_path():
+    lrs = learning_rates("text.lr_scale=0")
+    assert lrs["text"] == set() and lrs["aligner"] == set()
+    assert lrs["generator"] == {1e-3}
+
+
 def test_default_trains_every_network_at_one_rate():
     assert learning_rates() == {"text": {1e-3}, "aligner": {1e-3}, "generator": {1e-3}}
 
