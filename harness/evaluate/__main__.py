@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="eval seed (default: the run's eval.seed, writing metrics.json; "
                              "others write metrics-seed<S>.json)")
     args = parser.parse_args(argv)
-    from harness.evaluate import evaluate
+    from harness.evaluate.run import evaluate
 
     print(json.dumps(evaluate(args.run_dir, args.seed), indent=2, sort_keys=True))
 

@@ -64,7 +64,11 @@ class Denoiser(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
-        c = self.time(timestep_embedding(t)) + self.cond(z)
+        return self.denoise(x, self.time(timestep_embedding(t)) + self.cond(z))
+
+    def denoise(self, x: Tensor, c: Tensor) -> Tensor:
+        """The network given its condition ``c`` = time embedding + projected ``z`` (a sampler
+        computes both parts once per chain rather than once per step)."""
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, c)
@@ -123,10 +127,11 @@ class DiffLoss(nn.Module):
         n = z.shape[0] // 2 if guided else z.shape[0]
         x = torch.randn((n, self.token_dim), device=z.device, generator=generator, dtype=z.dtype)
         ts, acs = self.respaced(num_steps)
-        for i, (t, ac) in enumerate(zip(ts, acs)):
+        cond = self.net.cond(z)
+        times = self.net.time(timestep_embedding(ts)).to(cond.dtype)
+        for i, ac in enumerate(acs):
             ac_prev = acs[i + 1] if i + 1 < len(acs) else torch.ones_like(ac)
-            tt = t.expand(z.shape[0])
-            eps = self.net(torch.cat([x, x]) if guided else x, tt, z)
+            eps = self.net.denoise(torch.cat([x, x]) if guided else x, times[i] + cond)
             if guided:
                 eps_c, eps_u = eps.chunk(2)
                 w = cfg if not torch.is_tensor(cfg) else cfg.view(-1, 1)

@@ -108,10 +108,10 @@ class RunJob(submitit.helpers.Checkpointable):
             return result
 
     def _work(self, cfg: DictConfig, out: Path) -> dict:
-        from harness.evaluate import evaluate
+        from harness.evaluate.run import evaluate
         from harness.train import train
 
-        from harness.train import read_status, write_status
+        from harness.run_status import read_status, write_status
 
         train(cfg)
         results = {}
@@ -125,7 +125,7 @@ class RunJob(submitit.helpers.Checkpointable):
         return {"run_dir": str(out), "metrics": results}
 
     def _fail(self, out: Path, error: Exception) -> None:
-        from harness.train import write_status
+        from harness.run_status import write_status
 
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         write_status(out, "failed", reason=reason)

@@ -75,7 +75,7 @@ def read_attempts(run_dir: str | Path) -> list[dict]:
 
 
 def eval_path(run_dir: str | Path, seed: int, default_seed: int) -> Path:
-    """Where ``harness.evaluate.evaluate(run_dir, seed)`` leaves its metrics: ``metrics.json`` for
+    """Where ``harness.evaluate.run.evaluate(run_dir, seed)`` leaves its metrics: ``metrics.json`` for
     the run's own ``eval.seed``, ``metrics-seed<s>.json`` for any other (``metrics_path`` there,
     without loading the config again)."""
     name = "metrics.json" if seed == default_seed else f"metrics-seed{seed}.json"

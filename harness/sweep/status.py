@@ -36,7 +36,11 @@ def slurm_queue() -> dict[str, str]:
     empty when SLURM is not installed here."""
     if shutil.which("squeue") is None:
         return {}
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        return {}
     if out.returncode != 0:
         return {}
     return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
@@ -48,7 +52,7 @@ def seeds_left(run: Run) -> list[int]:
 
 def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:
     """The state of one run (``queue`` from :func:`slurm_queue`, read once per poll)."""
-    from harness.train import read_status
+    from harness.run_status import read_status
 
     def state(name: str, detail: str = "") -> RunState:
         return RunState(run.key, run.variant, run.size, name, detail)
@@ -72,7 +76,13 @@ def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:
 
 
 def assess_all(runs: list[Run]) -> list[RunState]:
-    queue = slurm_queue()
+    """Every run's state; SLURM's queue is read only when some run has been submitted there
+    (``squeue`` takes ~9 s to fail where no controller answers: once per progress line)."""
+    on_slurm = False
+    for r in runs:
+        job = records.read_job(r.dir)
+        on_slurm = on_slurm or bool(job and job["launcher"] == "slurm")
+    queue = slurm_queue() if on_slurm else {}
     return [assess(r, queue) for r in runs]
 
 

@@ -70,7 +70,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
     A seed's row is ``completed`` once that seed is evaluated; before, it shows the run's status
     (``trained`` for a run whose training is done but this seed is not evaluated). A ``failed`` row
     has no metrics, not even the val loss logged before the failure."""
-    from harness.train import read_status
+    from harness.run_status import read_status
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").exists():

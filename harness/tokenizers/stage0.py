@@ -16,9 +16,7 @@ import math
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import config_hash, pretrained_source
@@ -35,30 +33,6 @@ def tokenizer_dir(cfg: DictConfig, token: str) -> Path:
         tok = {"pretrained": source, **{k: tok[k] for k in ("downsample", "channels", "codebook_size")}}
     key = config_hash({"data": data_key(cfg.data), "token": token, "tokenizer": tok})
     return Path(cfg.results_dir) / "stage0" / f"tokenizer-{token}-{key}"
-
-
-class TokenizerModule(L.LightningModule):
-    """Reconstruction (MSE) + KL (continuous) or commitment (discrete)."""
-
-    def __init__(self, model: Autoencoder, lr: float, kl_weight: float, steps: int):
-        super().__init__()
-        self.model, self.lr, self.kl_weight, self.steps = model, lr, kl_weight, steps
-
-    def training_step(self, batch, _):
-        x = to_float(batch[0])
-        recon, aux = self.model(x)
-        rec = F.mse_loss(recon, x)
-        loss = rec + (self.kl_weight * aux["kl"] if "kl" in aux else aux["commit"])
-        self.log("tokenizer/recon_mse", rec, prog_bar=True)
-        if "perplexity" in aux:
-            self.log("tokenizer/perplexity", aux["perplexity"], prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.steps,
-                                                    pct_start=0.05)
-        return [opt], [{"scheduler": sched, "interval": "step"}]
 
 
 class Tokenizer:
@@ -113,20 +87,15 @@ def _encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> t
 
 
 def _train(cfg: DictConfig, token: str, out: Path) -> None:
+    from harness.tokenizers.training import fit_autoencoder
+
     t = cfg.tokenizer
     torch.manual_seed(t.seed)
     images, _ = rendered(cfg.data, "train", cfg.results_dir)
     model = build_autoencoder(token, t.channels, t.hidden, t.downsample, cfg.data.resolution,
                               t.layers, t.heads, t.codebook_size, t.commitment)
-    module = TokenizerModule(model, t.lr, t.kl_weight, t.steps)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images),
-                                         batch_size=t.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(t.seed))
     start = time.time()
-    trainer = L.Trainer(max_steps=t.steps, accelerator=cfg.train.accelerator, devices=1,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=False, default_root_dir=str(out))
-    trainer.fit(module, loader)
+    fit_autoencoder(model, images, t, cfg.train.accelerator, out)
     model = model.cpu().eval()
     val_images, _ = rendered(cfg.data, "val", cfg.results_dir)
     meta = {"token": token, "psnr_val": _psnr(model, val_images), "train_seconds": time.time() - start,

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 from harness import config as C
 from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataModule, TokenDataset
-from harness.io import read_json, write_json
+from harness.io import write_json
+from harness.run_status import STATUS_FILE, read_status, write_status  # noqa: F401 (re-exported)
 from harness.models.flops import forward_flops, train_flops
 from harness.tokenizers.stage0 import ensure_tokenizer, load_tokenizer, load_tokens
 from harness.tracking import store, tracking_uri
@@ -29,22 +30,8 @@ from harness.tracking.logger import RunLogger, flatten
 from harness.train.module import GeneratorModule, NonFiniteLoss, counted_parameters
 
 
-STATUS_FILE = "status.json"
-
-
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "runs" / C.run_key(cfg)
-
-
-def read_status(path: str | Path) -> dict:
-    f = Path(path) / STATUS_FILE
-    return read_json(f) if f.exists() else {"status": "queued"}
-
-
-def write_status(path: str | Path, status: str, **extra) -> None:
-    old = read_status(path)
-    old.update(extra, status=status, updated=time.time())
-    write_json(Path(path) / STATUS_FILE, old)
 
 
 def valid_checkpoint(path: Path) -> bool:

@@ -19,7 +19,8 @@ from PIL import Image
 from harness import config
 from harness.data import real
 from harness.errors import UserError
-from harness.evaluate import evaluate, fid
+from harness.evaluate import fid
+from harness.evaluate.run import evaluate
 
 RES = 16
 

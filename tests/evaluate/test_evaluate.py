@@ -15,7 +15,8 @@ from PIL import Image
 from harness import config
 from harness.data.shapes import TAGS, vocabulary
 from harness.errors import UserError
-from harness.evaluate import FIXED_PROMPTS, METRIC_KEYS, evaluate, features, metrics_path
+from harness.evaluate import features
+from harness.evaluate.run import FIXED_PROMPTS, METRIC_KEYS, evaluate, metrics_path
 from harness.evaluate.__main__ import main
 from harness.tracking import store
 

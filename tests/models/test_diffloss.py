@@ -43,8 +43,8 @@ def test_diffusion_head_samples_a_gaussian_mixture(trained_head):
 def test_guided_sampling_uses_one_batched_call_and_shares_noise():
     head = DiffLoss(token_dim=2, cond_dim=4, width=16, depth=1, steps=100)
     calls = []
-    orig = head.net.forward
-    head.net.forward = lambda x, t, z: calls.append(x.shape[0]) or orig(x, t, z)
+    orig = head.net.denoise
+    head.net.denoise = lambda x, c: calls.append(x.shape[0]) or orig(x, c)
     z = torch.randn(10, 4)
     out = head.sample(z, cfg=3.0, num_steps=5, guided=True, generator=torch.Generator().manual_seed(0))
     assert out.shape == (5, 2)

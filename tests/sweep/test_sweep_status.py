@@ -9,7 +9,7 @@ from harness import config as C
 from harness.io import write_json
 from harness.sweep import records, status
 from harness.sweep.plan import Run
-from harness.train import write_status
+from harness.run_status import write_status
 
 
 def make_run(tmp_path, seeds=(0,)) -> Run:
@@ -59,7 +59,7 @@ def test_slurm_jobs_in_the_queue_are_queued_or_running(tmp_path):
 
 
 def test_eval_paths_agree_with_evaluate(tmp_path):
-    from harness.evaluate import metrics_path
+    from harness.evaluate.run import metrics_path
 
     run = make_run(tmp_path)
     C.save(run.cfg, run.dir / "config.yaml")
@@ -75,3 +75,21 @@ def test_progress_line_counts_and_eta():
     line = p.line(states)
     assert line.startswith("[sweep demo] 2/5 done, 1 running, 1 failed, 1 queued; elapsed 2m00s")
     assert line.endswith("ETA 2m00s")   # 2 finished in 2 minutes this session: 2 left, 2 minutes
+
+
+def test_the_slurm_queue_is_read_only_for_runs_submitted_there(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(status, "slurm_queue", lambda: calls.append(1) or {"42": "RUNNING"})
+    local, on_slurm = make_run(tmp_path / "a"), make_run(tmp_path / "b")
+    records.write_job(local.dir, "local", "1234", "s")
+    assert [s.state for s in status.assess_all([local])] == ["pending"] and calls == []
+    records.write_job(on_slurm.dir, "slurm", "42", "s")
+    assert [s.state for s in status.assess_all([local, on_slurm])] == ["pending", "running"]
+    assert calls == [1]
+
+
+def test_the_driver_reads_run_states_without_importing_the_training_stack(tmp_path):
+    code = ("import sys; from harness.sweep import status, table\n"
+            "assert 'lightning' not in sys.modules and 'torch' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning'))[:5]")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,234 @@
+"""Evaluate a trained run: ``evaluate(run_dir)``, or ``python -m harness.evaluate RUN_DIR [--seed S]``.
+
+For a run whose status is "trained" or "completed", computes
+  val_loss            deterministic validation loss of the EMA weights over the whole val set (the
+                      same batches and noise as training's own ``val/loss``)
+  fid kid precision recall (torch-fidelity) and fid_cleanfid (clean-fid), on ``eval.fid_samples``
+                      images generated for the captions of as many real val images (``fid.py``)
+  geneval_<tag>, geneval_overall   shapes GenEval: ``make_prompts(eval.geneval_prompts_per_tag,
+                      seed)`` exported with ``eval.images_per_prompt`` images each, then scored
+and draws ``samples/grid.png`` (the first generated FID images) and ``samples/fixed_prompts.png``
+(:data:`FIXED_PROMPTS`, seed :data:`FIXED_SEED`: the same strip for every run, to compare runs).
+Metrics are logged to the run's ``metrics.jsonl`` and MLflow run (step = training steps, keys
+``eval/<name>``), written atomically to ``metrics.json``, and only then is the run "completed".
+
+Seeds: the run's ``eval.seed`` writes ``metrics.json`` and the folders ``geneval/``,
+``fid/generated/``; any other seed writes ``metrics-seed<s>.json``, ``geneval-seed<s>/``,
+``fid/generated-seed<s>/`` and logs ``eval_seed<s>/<name>``, leaving the status alone.
+Resuming: generated images are kept (FID in whole batches, GenEval by its export's chunks) with a
+manifest of what produced them; a rerun generates only what is missing and recomputes the metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness import config as C
+from harness.data.datasets import caption_vocabulary
+from harness.data.shapes import TAGS
+from harness.data.tokens import TokenDataset
+from harness.errors import UserError
+from harness.evaluate import fid
+from harness.geneval.export import export, grid, score
+from harness.geneval.prompts import make_prompts
+from harness.io import read_json, write_bytes, write_json, write_text
+from harness.sampling import Sampler, pick_device
+from harness.tokenizers.stage0 import load_tokenizer, load_tokens
+from harness.tracking import store
+from harness.train import prepare_data, read_status, resume_checkpoint, validation_loss, write_status
+from harness.train.module import GeneratorModule
+
+METRIC_KEYS: tuple[str, ...] = (
+    "val_loss", "fid", "fid_cleanfid", "kid", "precision", "recall", "geneval_overall",
+    *(f"geneval_{tag}" for tag in TAGS), "eval_seconds",
+)
+# One image per prompt, in GenEval's wording, covering the six tags; identical for every run.
+FIXED_PROMPTS: tuple[str, ...] = (
+    "a photo of a circle",
+    "a photo of a red square",
+    "a photo of a blue triangle",
+    "a photo of a circle and a triangle",
+    "a photo of three squares",
+    "a photo of a circle left of a square",
+    "a photo of a triangle above a circle",
+    "a photo of a green circle and a yellow square",
+)
+FIXED_SEED = 0
+GRID_IMAGES, GRID_COLUMNS = 64, 8
+EVALUABLE = ("trained", "completed")
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The sampling seed of one use ("fid", "geneval") of an eval seed. Uses add a chunk number to
+    it, so streams and neighbouring eval seeds never share noise."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:4], "big")
+
+
+def check_run(run_dir: Path) -> dict:
+    """The run's status, or a UserError when it is not a trained run directory."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError("run_dir", f"{run_dir} is not a run directory (no config.yaml)")
+    status = read_status(run_dir)
+    if status["status"] not in EVALUABLE:
+        raise UserError("run_dir", f"{run_dir} has status {status['status']!r}; "
+                        f"only a trained run can be evaluated (status {' or '.join(EVALUABLE)})")
+    return status
+
+
+def run_validation_loss(run_dir: Path, cfg: DictConfig) -> float:
+    """``harness.train.validation_loss`` of the checkpoint's EMA networks over the run's val set,
+    batched as in training, so it equals the run's last logged ``val/loss``."""
+    tok_dir = read_json(run_dir / "stage0.json")["tokenizer"]
+    tok = load_tokenizer(tok_dir)
+    if cfg.text.encoder == "learned":
+        val_set = TokenDataset(*load_tokens(tok_dir, "val"))
+    else:  # cached features of the frozen text encoder come with the stage-0 data
+        val_set = prepare_data(cfg)[2]
+    ckpt = resume_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise UserError("run_dir", f"{run_dir}/checkpoints holds no readable checkpoint")
+    module = GeneratorModule(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
+    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    module.to(pick_device()).eval()
+    loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False)
+    return validation_loss(module, loader)
+
+
+def _fresh_folder(folder: Path, manifest: dict) -> None:
+    """Keep ``folder`` for resuming only if it was made by the same ``manifest``; else empty it."""
+    path = folder / "manifest.json"
+    if path.exists() and read_json(path) != manifest:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, manifest)
+
+
+def generate_images(sampler, captions: list[str], folder: Path, seed: int, batch_size: int) -> Path:
+    """One image per caption as ``folder/<index>.png``; batch b uses seed ``seed + b``, and batches
+    whose files all exist are skipped."""
+    n = len(captions)
+    with tqdm(total=n, desc="FID samples", unit="img", file=sys.stderr) as bar:
+        for b, start in enumerate(range(0, n, batch_size)):
+            stop = min(start + batch_size, n)
+            if not all((folder / fid.image_name(i)).exists() for i in range(start, stop)):
+                images = sampler.generate(captions[start:stop], seed=seed + b, batch_size=batch_size)
+                fid.write_pngs(images, folder, start)
+            bar.update(stop - start)
+    return folder
+
+
+class _Progress:
+    """A sampler whose ``generate`` also advances a progress bar (the GenEval export has none)."""
+
+    def __init__(self, sampler, bar: tqdm):
+        self.sampler, self.bar = sampler, bar
+
+    def generate(self, prompts: list[str], seed: int) -> np.ndarray:
+        images = self.sampler.generate(prompts, seed=seed)
+        self.bar.update(len(prompts))
+        return images
+
+
+def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dict) -> dict[str, float]:
+    """Shapes GenEval in ``folder``: prompts.jsonl, the export (resumed), scores.json."""
+    e = cfg.eval
+    prompts = make_prompts(e.geneval_prompts_per_tag, seed)
+    text = "".join(json.dumps(p) + "\n" for p in prompts)
+    _fresh_folder(folder, {**manifest, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                           "images_per_prompt": e.images_per_prompt, "batch_size": e.batch_size})
+    path = write_text(folder / "prompts.jsonl", text)
+    total = len(prompts) * e.images_per_prompt
+    with tqdm(total=total, desc="GenEval samples", unit="img", file=sys.stderr) as bar:
+        export(path, _Progress(sampler, bar), folder, e.images_per_prompt, stream_seed(seed, "geneval"),
+               e.batch_size)
+    summary = score(folder)
+    return {"geneval_overall": summary["overall"], **{f"geneval_{t}": summary[t] for t in TAGS}}
+
+
+def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
+    """uint8 images (N, H, W, 3) in rows of ``columns``, ``pad`` black pixels apart."""
+    rows = [grid(images[i:i + columns], pad) for i in range(0, len(images), columns)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    out = [rows[0]]
+    for r in rows[1:]:
+        out += [np.zeros((pad, width, 3), np.uint8), r]
+    return np.concatenate(out)
+
+
+def write_samples(sampler, run_dir: Path, generated: Path) -> list[Path]:
+    """``samples/grid.png`` (first generated FID images) and ``samples/fixed_prompts.png``."""
+    from PIL import Image
+
+    files = sorted(generated.glob("*.png"))[:GRID_IMAGES]
+    first = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    strip = sampler.generate(list(FIXED_PROMPTS), seed=FIXED_SEED, batch_size=len(FIXED_PROMPTS))
+    out = run_dir / "samples"
+    paths = [out / "grid.png", out / "fixed_prompts.png"]
+    write_bytes(paths[0], fid.png_bytes(image_grid(first, GRID_COLUMNS)))
+    write_bytes(paths[1], fid.png_bytes(grid(strip)))
+    return paths
+
+
+def _log(run_dir: Path, cfg: DictConfig, metrics: dict, step: int, prefix: str) -> None:
+    """Numeric metrics to metrics.jsonl and MLflow, skipping (key, step) pairs already logged."""
+    seen = {(r["key"], r["step"]) for r in store.read_metrics(run_dir)}
+    fresh = {prefix + k: float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and (prefix + k, step) not in seen}
+    if fresh:
+        store.send_metrics(run_dir, store.append_metrics(run_dir, fresh, step), cfg.tracking.uri)
+
+
+def metrics_path(run_dir: str | Path, seed: int | None = None) -> Path:
+    """Where ``evaluate(run_dir, seed)`` writes its metrics (for callers checking what exists)."""
+    run_dir = Path(run_dir)
+    if seed is None or seed == C.load_saved(run_dir / "config.yaml").eval.seed:
+        return run_dir / "metrics.json"
+    return run_dir / f"metrics-seed{seed}.json"
+
+
+def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
+    """Evaluate a trained run (see the module docstring); returns the metrics written."""
+    start = time.time()
+    run_dir = Path(run_dir)
+    status = check_run(run_dir)
+    cfg = C.load_saved(run_dir / "config.yaml")
+    seed = cfg.eval.seed if seed is None else int(seed)
+    default = seed == cfg.eval.seed
+    suffix = "" if default else f"-seed{seed}"
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    space = fid.feature_space(cfg)  # first: a missing Inception file fails before any work
+    reference = fid.ensure_reference(cfg, space)
+    step = int(status.get("step", cfg.train.steps))
+    sampler = Sampler.from_run(run_dir)
+    metrics: dict = {"val_loss": run_validation_loss(run_dir, cfg)}
+    manifest = {"seed": seed, "step": step, "sample": OmegaConf.to_container(cfg.sample)}
+    generated = run_dir / "fid" / f"generated{suffix}"
+    captions = reference.captions()
+    _fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
+                              "batch_size": cfg.eval.batch_size})
+    generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size)
+    metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
+    metrics.update(run_geneval(sampler, cfg, run_dir / f"geneval{suffix}", seed, manifest))
+    images = write_samples(sampler, run_dir, generated) if default else []
+    metrics.update(eval_seconds=time.time() - start, fid_samples=len(captions), fid_features=space.name,
+                   geneval_images=cfg.eval.geneval_prompts_per_tag * len(TAGS) * cfg.eval.images_per_prompt)
+    _log(run_dir, cfg, metrics, step, "eval/" if default else f"eval_seed{seed}/")
+    metrics.update(seed=seed, step=step)
+    for path in images:
+        store.log_artifact(run_dir, path, "samples", cfg.tracking.uri)
+    out = write_json(metrics_path(run_dir, seed), metrics)
+    store.log_artifact(run_dir, out, "eval", cfg.tracking.uri)
+    if default:
+        write_status(run_dir, "completed", evaluated=time.time())
+    return metrics
