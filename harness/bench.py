@@ -13,7 +13,8 @@ evaluation) and launch-to-first-step; peak RSS of the study's largest run (recor
 job in ``status.json``); the paper ladder's dry-run estimates (``harness.sweep.estimate``).
 
 Training FLOPs per step are the *executed* FLOPs (MFU counts what the hardware does):
-3 x forward of the text encoder (learned), aligner and transformer for every image, plus
+3 x forward of the transformer for every image, of the text encoder (learned) and aligner when
+they train, 1 x forward when frozen (``text.train_encoder=false``, ``text.lr_scale=0``), plus
 3 x the token head for every token that carries loss — for the continuous head times the
 diffusion batch multiplier (each loss token is noised ``diffusion_batch_mul`` times).
 """
@@ -33,7 +34,7 @@ from omegaconf import DictConfig
 
 from harness import config as C
 from harness.io import read_json, write_json, write_text
-from harness.models.flops import forward_flops, head_flops_per_token
+from harness.models.flops import aligner_flops, forward_flops, head_flops_per_token
 from harness.train.module import GeneratorModule, counted_parameters
 
 VARIANTS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"),
@@ -59,11 +60,15 @@ def step_flops(cfg: DictConfig, module: GeneratorModule, token_dim: int, codeboo
     """Executed FLOPs of one training step (see the module docstring)."""
     m, L, B = cfg.model, C.num_tokens(cfg), cfg.train.batch_size
     fwd_head = L * head_flops_per_token(cfg, token_dim, codebook)
-    fwd_rest = forward_flops(cfg, token_dim, codebook) - fwd_head
+    t = cfg.text
+    # a frozen text path runs forward only (1x), a trained one forward and backward (3x)
+    aligner = aligner_flops(cfg) * (3 if t.lr_scale > 0 else 1) / 3
+    fwd_rest = forward_flops(cfg, token_dim, codebook) - fwd_head - aligner_flops(cfg) + aligner
     text = 0.0
     if "text" in module.nets:
-        t = cfg.text
+        trained = t.train_encoder and t.lr_scale > 0
         text = t.encoder_layers * 2 * t.max_len * (12 * t.width ** 2) + 4 * t.max_len ** 2 * t.width
+        text *= 1 if trained else 1 / 3
     loss_tokens = L if m.order == "raster" else L * 0.867  # mean of the truncated-normal mask ratio
     mul = m.diffusion_batch_mul if m.token == "continuous" else 1
     per_token_head = head_flops_per_token(cfg, token_dim, codebook)

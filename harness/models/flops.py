@@ -28,6 +28,13 @@ def head_flops_per_token(cfg: DictConfig, token_dim: int, codebook_size: int) ->
                   + 256 * wh + wh * wh + wh * token_dim)
 
 
+def aligner_flops(cfg: DictConfig, text_width: int | None = None) -> float:
+    """FLOPs of the text aligner over one caption."""
+    m, t = cfg.model, cfg.text
+    T, W, r, E = t.max_len, m.width, m.mlp_ratio, text_width or t.width
+    return t.aligner_layers * (2 * T * (4 * W * W + 2 * r * W * W) + 4 * T * T * W) + 2 * T * E * W
+
+
 def forward_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
                   text_width: int | None = None) -> float:
     """FLOPs of one forward pass over one image (and its caption)."""
@@ -35,9 +42,7 @@ def forward_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
     L, T, W, r = num_tokens(cfg), t.max_len, m.width, m.mlp_ratio
     block = (2 * L * (4 * W * W + 2 * W * W + 2 * r * W * W) + 2 * T * 2 * W * W
              + 4 * L * L * W + 4 * L * T * W)
-    E = text_width or t.width
-    aligner = (t.aligner_layers * (2 * T * (4 * W * W + 2 * r * W * W) + 4 * T * T * W)
-               + 2 * T * E * W)
+    aligner = aligner_flops(cfg, text_width)
     embed = 2 * L * W * (token_dim if m.token == "continuous" else 0)
     return m.depth * block + aligner + embed + L * head_flops_per_token(cfg, token_dim, codebook_size)
 
