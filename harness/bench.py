@@ -60,19 +60,19 @@ def step_flops(cfg: DictConfig, module: GeneratorModule, token_dim: int, codeboo
     """Executed FLOPs of one training step (see the module docstring)."""
     m, L, B = cfg.model, C.num_tokens(cfg), cfg.train.batch_size
     fwd_head = L * head_flops_per_token(cfg, token_dim, codebook)
+    fwd_aligner = aligner_flops(cfg)
+    fwd_transformer = forward_flops(cfg, token_dim, codebook) - fwd_head - fwd_aligner
     t = cfg.text
-    # a frozen text path runs forward only (1x), a trained one forward and backward (3x)
-    aligner = aligner_flops(cfg) * (3 if t.lr_scale > 0 else 1) / 3
-    fwd_rest = forward_flops(cfg, token_dim, codebook) - fwd_head - aligner_flops(cfg) + aligner
-    text = 0.0
+    fwd_encoder = 0.0
     if "text" in module.nets:
-        trained = t.train_encoder and t.lr_scale > 0
-        text = t.encoder_layers * 2 * t.max_len * (12 * t.width ** 2) + 4 * t.max_len ** 2 * t.width
-        text *= 1 if trained else 1 / 3
+        fwd_encoder = t.encoder_layers * 2 * t.max_len * (12 * t.width ** 2) + 4 * t.max_len ** 2 * t.width
+    # a frozen text path runs forward only (1x), a trained one forward and backward (3x)
+    text = (3 if t.lr_scale > 0 else 1) * fwd_aligner
+    text += (3 if t.train_encoder and t.lr_scale > 0 else 1) * fwd_encoder
     loss_tokens = L if m.order == "raster" else L * 0.867  # mean of the truncated-normal mask ratio
     mul = m.diffusion_batch_mul if m.token == "continuous" else 1
     per_token_head = head_flops_per_token(cfg, token_dim, codebook)
-    return B * (3 * (fwd_rest + text) + 3 * per_token_head * loss_tokens * mul)
+    return B * (3 * fwd_transformer + text + 3 * per_token_head * loss_tokens * mul)
 
 
 def time_training(cfg: DictConfig, steps: int = 12, warmup: int = 3) -> dict:

@@ -45,8 +45,9 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
         text_width = text_feature_width(t.encoder)
     nets["aligner"] = TextAligner(text_width, m.width, t.aligner_layers, m.heads, t.max_len)
     if t.lr_scale == 0:  # a frozen text path: no gradients to compute for it
-        for net in nets.values():
-            net.requires_grad_(False)
+        for key in ("text", "aligner"):
+            if key in nets:
+                nets[key].requires_grad_(False)
     nets["generator"] = Generator(
         m.token, m.order, num_tokens(cfg), m.depth, m.width, m.heads, m.mlp_ratio,
         token_dim=token_dim, codebook_size=codebook_size, head_width=m.head_width,
