@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from harness import config as C
 from harness.io import read_json, write_json, write_text
-from harness.models.flops import aligner_flops, forward_flops, head_flops_per_token
+from harness.models.flops import aligner_flops, forward_flops, head_flops_per_token, text_encoder_flops
 from harness.train.module import GeneratorModule, counted_parameters
 
 VARIANTS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"),
@@ -63,9 +63,7 @@ def step_flops(cfg: DictConfig, module: GeneratorModule, token_dim: int, codeboo
     fwd_aligner = aligner_flops(cfg)
     fwd_transformer = forward_flops(cfg, token_dim, codebook) - fwd_head - fwd_aligner
     t = cfg.text
-    fwd_encoder = 0.0
-    if "text" in module.nets:
-        fwd_encoder = t.encoder_layers * 2 * t.max_len * (12 * t.width ** 2) + 4 * t.max_len ** 2 * t.width
+    fwd_encoder = text_encoder_flops(cfg) if "text" in module.nets else 0.0
     # a frozen text path runs forward only (1x), a trained one forward and backward (3x)
     text = (3 if t.lr_scale > 0 else 1) * fwd_aligner
     text += (3 if t.train_encoder and t.lr_scale > 0 else 1) * fwd_encoder

@@ -28,7 +28,7 @@ def test_random_order_sampling_reports_images_per_second_by_steps():
 
 def test_executed_flops_count_a_frozen_text_path_forward_only():
     from harness.data.shapes import vocabulary
-    from harness.models.flops import aligner_flops
+    from harness.models.flops import aligner_flops, text_encoder_flops
     from harness.train.module import GeneratorModule
 
     def flops(*extra):
@@ -38,7 +38,5 @@ def test_executed_flops_count_a_frozen_text_path_forward_only():
 
     cfg, trained = flops()
     _, frozen = flops("text.lr_scale=0")
-    t = cfg.text
-    encoder = t.encoder_layers * 2 * t.max_len * 12 * t.width ** 2 + 4 * t.max_len ** 2 * t.width
-    saved = cfg.train.batch_size * 2 * (aligner_flops(cfg) + encoder)
+    saved = cfg.train.batch_size * 2 * (aligner_flops(cfg) + text_encoder_flops(cfg))
     assert trained - frozen == pytest.approx(saved)

@@ -35,6 +35,12 @@ def aligner_flops(cfg: DictConfig, text_width: int | None = None) -> float:
     return t.aligner_layers * (2 * T * (4 * W * W + 2 * r * W * W) + 4 * T * T * W) + 2 * T * E * W
 
 
+def text_encoder_flops(cfg: DictConfig) -> float:
+    """FLOPs of the learned word-level text encoder over one caption."""
+    t = cfg.text
+    return t.encoder_layers * 2 * t.max_len * (12 * t.width ** 2) + 4 * t.max_len ** 2 * t.width
+
+
 def forward_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
                   text_width: int | None = None) -> float:
     """FLOPs of one forward pass over one image (and its caption)."""
