@@ -34,7 +34,8 @@ from omegaconf import DictConfig
 
 from harness import config as C
 from harness.io import read_json, write_json, write_text
-from harness.models.flops import aligner_flops, forward_flops, head_flops_per_token, text_encoder_flops
+from harness.models.flops import (aligner_flops, forward_flops, head_flops_per_token,
+                                  text_encoder_flops)
 from harness.train.module import GeneratorModule, counted_parameters
 
 VARIANTS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"),
