@@ -26,7 +26,7 @@ from analysis import figures, hypotheses  # noqa: E402
 from analysis.fitting import (  # noqa: E402
     FIT_COLUMNS, correlations, extrapolate, fit_table, observations, split_by_status, winners)
 from analysis.report import ReportInputs, write_report  # noqa: E402
-from harness.errors import UserError, check_choice, cli_main  # noqa: E402
+from harness.errors import UserError, check_choice, cli_main, one_line  # noqa: E402
 from harness.io import write_text  # noqa: E402
 from harness.tracking import tracking_uri  # noqa: E402
 
@@ -79,7 +79,7 @@ def read_runs_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError("--runs", f"cannot read {path} as CSV: {str(e).splitlines()[0]}")
+        raise UserError("--runs", f"cannot read {path} as CSV: {one_line(e)}")
 
 
 def read_runs_mlflow(experiment: str) -> tuple[pd.DataFrame, str | None]:
@@ -92,15 +92,13 @@ def read_runs_mlflow(experiment: str) -> tuple[pd.DataFrame, str | None]:
     try:
         known = MlflowClient(uri).get_experiment_by_name(experiment) is not None
     except Exception as e:  # the store is outside this program: report it in one line
-        raise UserError("--experiment", f"cannot read {uri}: {type(e).__name__}: "
-                        + (str(e).splitlines() or [""])[0][:200])
+        raise UserError("--experiment", f"cannot read {uri}: {one_line(e, typed=True, limit=200)}")
     if not known:
         raise UserError("--experiment", f"no experiment named {experiment!r} in {uri}")
     try:
         found = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
     except Exception as e:
-        raise UserError("--experiment", f"cannot search {uri}: {type(e).__name__}: "
-                        + (str(e).splitlines() or [""])[0][:200])
+        raise UserError("--experiment", f"cannot search {uri}: {one_line(e, typed=True, limit=200)}")
     parent_col = "tags.mlflow.parentRunId"
     parent_id = None
     if parent_col in found.columns and found[parent_col].notna().any():
@@ -167,8 +165,7 @@ def log_to_mlflow(out: Path, run_id: str | None) -> str:
         MlflowClient(tracking_uri()).log_artifacts(run_id, str(out), artifact_path="analysis")
         return f"mlflow: logged {out} to run {run_id} under analysis/"
     except Exception as e:  # tracking is a convenience; the files on disk are the result
-        return f"mlflow: could not log to run {run_id}: {type(e).__name__}: " + \
-            (str(e).splitlines() or [""])[0][:200]
+        return f"mlflow: could not log to run {run_id}: {one_line(e, typed=True, limit=200)}"
 
 
 def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path, str, str | None]:

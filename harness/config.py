@@ -17,7 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.errors import UserError, check_choice
+from harness.errors import UserError, check_choice, one_line
 from harness.models.sizes import LADDERS, size_spec
 
 TOKENS = ("discrete", "continuous")
@@ -215,7 +215,7 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
-        msg = str(e).splitlines()[0]
+        msg = one_line(e)
         if "Key" in msg and "not in" in msg:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             node = OmegaConf.select(base, parent) if parent else base
@@ -237,7 +237,7 @@ def load(overrides: list[str] | None = None, files: list[str | Path] | None = No
         try:
             loaded = OmegaConf.load(path)
         except Exception as e:
-            raise UserError(str(path), f"malformed YAML: {str(e).splitlines()[0]}") from None
+            raise UserError(str(path), f"malformed YAML: {one_line(e)}") from None
         cfg = _merge(cfg, loaded, str(path))
     for item in overrides or []:
         if "=" not in item:

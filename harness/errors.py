@@ -20,6 +20,17 @@ class UserError(Exception):
         super().__init__(text)
 
 
+def one_line(error: BaseException, typed: bool = False, limit: int | None = None) -> str:
+    """Any exception as one line: the first non-blank line of its message, or its type's name when
+    it has none (``TimeoutError()``, many ``OSError``s); ``typed`` puts the type's name first.
+    Every handler that reports an exception in a line (warnings, status reasons, pending marks)
+    goes through here, so an odd exception never raises inside the handler itself."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    name = type(error).__name__
+    text = (f"{name}: {lines[0]}" if typed else lines[0]) if lines else name
+    return text[:limit] if limit else text
+
+
 def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
     choices = list(choices)
     if value not in choices:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.errors import UserError, cli_main
+from harness.errors import UserError, cli_main, one_line
 from harness.tracking import store
 
 
@@ -34,7 +34,7 @@ def sync_all(results_dir: str | Path, uri: str | None = None, only_pending: bool
         try:
             sent[run_dir.name] = store.sync_run(run_dir, uri or _run_uri(run_dir))
         except Exception as e:
-            failed.append(f"{run_dir.name}: {str(e).splitlines()[0]}")
+            failed.append(f"{run_dir.name}: {one_line(e)}")
     if failed:
         raise RuntimeError("MLflow sync failed for " + "; ".join(failed))
     return sent

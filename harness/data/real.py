@@ -42,7 +42,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from harness.errors import UserError
+from harness.errors import UserError, one_line
 from harness.text.encoders import words
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             try:
                 load_image(entry.read(), resolution)
             except Exception as e:  # any decode failure makes the sample bad, whatever its kind
-                bad.append((entry.name, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+                bad.append((entry.name, one_line(e, typed=True, limit=120)))
                 continue
             self.entries.append(entry)
         self.skipped = len(bad)
@@ -219,7 +219,7 @@ def index_shard(path: str, mtime: float, size: int) -> tuple[list[Entry], list[t
                 if ext == "txt":
                     captions[key] = tf.extractfile(m).read().decode("utf-8", "replace").strip()
     except (tarfile.TarError, EOFError, OSError) as e:  # a truncated shard keeps its readable head
-        bad.append((path, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"))
+        bad.append((path, one_line(e, typed=True, limit=120)))
     entries = []
     for key, by_ext in members.items():
         image = next((by_ext[x] for x in IMAGE_EXTS if x in by_ext), None)

@@ -38,6 +38,7 @@ from harness.data.shapes import TAGS
 from harness.data.tokens import TokenDataset
 from harness.errors import UserError
 from harness.evaluate import fid
+from harness.faults import fault
 from harness.geneval.export import export, grid, score
 from harness.geneval.prompts import make_prompts
 from harness.io import read_json, write_bytes, write_json, write_text
@@ -185,7 +186,7 @@ def _log(run_dir: Path, cfg: DictConfig, metrics: dict, step: int, prefix: str) 
     fresh = {prefix + k: float(v) for k, v in metrics.items()
              if isinstance(v, (int, float)) and (prefix + k, step) not in seen}
     if fresh:
-        store.send_metrics(run_dir, store.append_metrics(run_dir, fresh, step), cfg.tracking.uri)
+        store.log_metrics(run_dir, fresh, step, cfg.tracking.uri)
 
 
 def metrics_path(run_dir: str | Path, seed: int | None = None) -> Path:
@@ -218,6 +219,7 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     _fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
                               "batch_size": cfg.eval.batch_size})
     generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size)
+    fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
     metrics.update(run_geneval(sampler, cfg, run_dir / f"geneval{suffix}", seed, manifest))
     images = write_samples(sampler, run_dir, generated) if default else []
@@ -225,10 +227,11 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
                    geneval_images=cfg.eval.geneval_prompts_per_tag * len(TAGS) * cfg.eval.images_per_prompt)
     _log(run_dir, cfg, metrics, step, "eval/" if default else f"eval_seed{seed}/")
     metrics.update(seed=seed, step=step)
-    for path in images:
-        store.log_artifact(run_dir, path, "samples", cfg.tracking.uri)
-    out = write_json(metrics_path(run_dir, seed), metrics)
-    store.log_artifact(run_dir, out, "eval", cfg.tracking.uri)
+    out = metrics_path(run_dir, seed)
+    # listed before metrics.json exists, so a stop right after writing it still leaves it to sync
+    store.log_artifacts(run_dir, {**{p: "samples" for p in images}, out: "eval"}, cfg.tracking.uri)
+    write_json(out, metrics)
     if default:
         write_status(run_dir, "completed", evaluated=time.time())
+    store.catch_up(run_dir, cfg.tracking.uri)  # metrics.json, and what a stopped attempt left behind
     return metrics

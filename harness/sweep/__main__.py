@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.errors import UserError, check_choice, cli_main
+from harness.errors import UserError, check_choice, cli_main, one_line
 from harness.sweep import grid
 
 
@@ -116,7 +116,7 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
                                           "seeds": ",".join(map(str, spec.seeds)), "launcher": launcher,
                                           "overrides": " ".join(args.overrides)})
     except Exception as e:  # MLflow is a mirror: the sweep goes on, python -m harness.sync later
-        print(f"warning: MLflow at {uri} unavailable ({str(e).splitlines()[0][:200]}); runs log to "
+        print(f"warning: MLflow at {uri} unavailable ({one_line(e, limit=200)}); runs log to "
               "their directories; send it later with python -m harness.sync", file=sys.stderr)
         parent_id = None
     for r in runs:
@@ -151,7 +151,7 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
         try:
             parent.finish_parent(parent_id, uri, status.counts(states), table_path)
         except Exception as e:
-            print(f"warning: MLflow parent run not updated ({str(e).splitlines()[0][:200]})", file=sys.stderr)
+            print(f"warning: MLflow parent run not updated ({one_line(e, limit=200)})", file=sys.stderr)
     print(status.report(states))
     print(f"table: {table_path}")
     return 0 if all(s.state == "completed" for s in states) else 1

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness import config as C
-from harness.errors import UserError, check_choice
+from harness.errors import UserError, check_choice, one_line
 from harness.models.sizes import LADDERS
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
@@ -105,12 +105,12 @@ def load_sweep(path: str | Path) -> DictConfig:
     try:
         raw = OmegaConf.load(path)
     except Exception as e:
-        raise UserError(str(path), f"malformed YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(str(path), f"malformed YAML: {one_line(e)}") from None
     try:
         spec = OmegaConf.merge(OmegaConf.structured(SweepSpec), raw)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "sweep"
-        raise UserError(f"{path.name}: {key}", str(e).splitlines()[0]) from None
+        raise UserError(f"{path.name}: {key}", one_line(e)) from None
     validate(spec, path.name)
     return spec
 

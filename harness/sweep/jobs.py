@@ -18,6 +18,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from harness import config as C
+from harness.errors import one_line
 from harness.sweep import records, table
 
 
@@ -103,6 +104,9 @@ class RunJob(submitit.helpers.Checkpointable):
                     self._fail(out, e)
                 raise
             records.log_attempt(out, "completed")
+            from harness.tracking import store
+
+            store.catch_up(out, cfg.tracking.uri)  # what a stopped attempt left unmirrored
             _terminate_mlflow_run(out, cfg.tracking.uri, "FINISHED")
             table.upsert(self.table_path, table.run_rows(out, self.sweep, self.seeds))
             return result
@@ -113,7 +117,9 @@ class RunJob(submitit.helpers.Checkpointable):
 
         from harness.run_status import read_status, write_status
 
-        train(cfg)
+        if read_status(out)["status"] not in ("trained", "completed"):
+            train(cfg)  # or resume
+            records.log_attempt(out, "trained", step=read_status(out).get("step"))
         results = {}
         for seed in self.seeds:
             metrics = records.read_eval(out, seed, cfg.eval.seed)
@@ -121,13 +127,16 @@ class RunJob(submitit.helpers.Checkpointable):
         # this process's peak resident memory (train + evaluate), for make bench
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         status = read_status(out)
-        write_status(out, status["status"], peak_rss_mb=max(peak_mb, status.get("peak_rss_mb", 0.0)))
+        # evaluated but stopped before the status was set: the metrics file is the commit point
+        done = records.read_eval(out, cfg.eval.seed, cfg.eval.seed) is not None
+        write_status(out, "completed" if done else status["status"],
+                     peak_rss_mb=max(peak_mb, status.get("peak_rss_mb", 0.0)))
         return {"run_dir": str(out), "metrics": results}
 
     def _fail(self, out: Path, error: Exception) -> None:
         from harness.run_status import write_status
 
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        reason = one_line(error, typed=True)
         write_status(out, "failed", reason=reason)
         records.log_attempt(out, "failed", reason=reason, traceback=traceback.format_exc())
         _terminate_mlflow_run(out, self.cfg["tracking"]["uri"], "FAILED")
@@ -140,6 +149,15 @@ class RunJob(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+def run_job_from(cfg: dict, seeds: list[int], sweep: str, table_path: str,
+                 env: dict[str, str] | None = None) -> None:
+    """``RunJob`` built from plain data and run here, after ``env`` is added to the environment:
+    the entry of a job forked from a process that imported the harness once (tests/forked.py)."""
+    os.environ.update(env or {})
+    _set_threads(cfg["train"]["threads"] or 1)
+    RunJob(OmegaConf.create(cfg), seeds, sweep, table_path)()
+
+
 def _terminate_mlflow_run(run_dir: Path, uri: str | None, state: str) -> None:
     """Close the run's MLflow run (best effort: the run dir stays the source of truth)."""
     from harness.tracking import store
@@ -150,7 +168,7 @@ def _terminate_mlflow_run(run_dir: Path, uri: str | None, state: str) -> None:
     try:
         store.retry(lambda: store.client(uri).set_terminated(id_file.read_text().strip(), state))
     except Exception as e:
-        store.mark_pending(run_dir, f"run status not set: {str(e).splitlines()[0]}")
+        store.mark_pending(run_dir, f"run status not set: {one_line(e)}")
 
 
 def _checkpoint_step(run_dir: str | Path) -> int | None:

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import one_line
 from harness.models.flops import train_flops
 from harness.sweep import records, status
 from harness.sweep.jobs import RunJob, Stage0Job
@@ -66,7 +67,8 @@ def _check_stage0(jobs: list, tasks: list[Stage0Task],
         try:
             result(job)
         except Exception as e:
-            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            lines = str(e).strip().splitlines()  # a remote traceback: its last line is the error
+            last = lines[-1] if lines else type(e).__name__
             raise Stage0Failed(f"stage 0 ({task.kind} {task.token}) failed: {last}; "
                                f"logs in {Path(job.paths.folder)}") from None
 
@@ -103,7 +105,7 @@ def run_debug(sweep: Sweep) -> None:
     for run in sweep.todo:
         result = ex.submit(_Returned(sweep.job(run))).result()
         if isinstance(result, Exception):
-            sweep.log(f"run {run.key} failed: {type(result).__name__}: {result}".splitlines()[0])
+            sweep.log(f"run {run.key} failed: {one_line(result, typed=True)}")
         sweep.show(tracker)
 
 

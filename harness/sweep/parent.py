@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.io import write_text
+from harness.io import file_lock, write_text
 from harness.tracking import store
 
 PARENT_FILE = "parent_run_id"
@@ -24,9 +24,15 @@ PARENT_FILE = "parent_run_id"
 
 def ensure_parent(sweep: str, sweep_dir: Path, uri: str, results_dir: Path,
                   params: dict[str, str]) -> str:
-    """The parent run's id, created (with the experiment) on the sweep's first launch."""
+    """The parent run's id, created (with the experiment) on the sweep's first launch. Under a
+    lock: two drivers of one sweep started together share one parent."""
+    with file_lock(Path(sweep_dir) / "parent.lock"):
+        return _ensure_parent(sweep, Path(sweep_dir) / PARENT_FILE, uri, results_dir, params)
+
+
+def _ensure_parent(sweep: str, id_file: Path, uri: str, results_dir: Path,
+                   params: dict[str, str]) -> str:
     c = store.client(uri)
-    id_file = Path(sweep_dir) / PARENT_FILE
     if id_file.exists():
         run_id = id_file.read_text().strip()
         try:

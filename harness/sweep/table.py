@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from harness.faults import fault
 from harness.io import atomic_write, file_lock, read_json
 from harness.sweep import records
 
@@ -39,13 +40,19 @@ def _write(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    def write(f) -> None:
+        f.write(buf.getvalue())
+        fault("table.writing", path)  # the new table in the temp file, the old one in place
+
+    atomic_write(path, write)
 
 
 def upsert(path: str | Path, rows: list[dict]) -> None:
     """Insert or replace rows by (run_key, seed), keeping the others; safe under concurrency."""
     path = Path(path)
     with file_lock(path.with_suffix(".lock")):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # of a writer killed mid-write
+            stale.unlink(missing_ok=True)
         table = {(r["run_key"], str(r["seed"])): r for r in read(path)}
         for r in rows:
             table[(r["run_key"], str(r["seed"]))] = {k: "" if r.get(k) is None else str(r[k]) for k in COLUMNS}

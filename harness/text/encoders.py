@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from harness.errors import UserError
+from harness.errors import UserError, one_line
 from harness.models.transformer import Block, init_weights, padding_mask
 
 PAD, UNK = "<pad>", "<unk>"
@@ -99,7 +99,7 @@ class HFTextEncoder(nn.Module):
             else:
                 model = AutoModel.from_pretrained(name_or_path, local_files_only=local)
         except OSError as e:
-            raise UserError("text.encoder", f"cannot load {name_or_path!r}: {str(e).splitlines()[0]}",
+            raise UserError("text.encoder", f"cannot load {name_or_path!r}: {one_line(e)}",
                             ["learned", "a Hugging Face model name or local path"]) from None
         self.model = model.eval().requires_grad_(False)
         self.max_len = max_len

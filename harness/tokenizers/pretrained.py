@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from harness.config import pretrained_source
-from harness.errors import UserError
+from harness.errors import UserError, one_line
 
 FIELD = "tokenizer.pretrained_<token>"
 CLASSES = ("AutoencoderKL", "VQModel")
@@ -154,7 +154,7 @@ def load_pretrained(source: str) -> PretrainedKL | PretrainedVQ:
             raise UserError(FIELD, f"{source} is a {cls!r}, not a supported tokenizer", CLASSES)
         model = getattr(diffusers, cls).from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(FIELD, f"cannot load {source!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(FIELD, f"cannot load {source!r}: {one_line(e)}") from None
     return PretrainedKL(model) if cls == "AutoencoderKL" else PretrainedVQ(model)
 
 

@@ -25,7 +25,8 @@ class RunLogger(Logger):
     """Metrics go to ``<run_dir>/metrics.jsonl`` (always) and to the run's MLflow run (best
     effort). A (key, step) already logged, e.g. before a crash and resume, is not logged again.
     After MLflow fails once the logger stops trying (each try costs retries and timeouts) and
-    leaves the run marked pending for ``python -m harness.sync``."""
+    leaves the run marked pending for ``python -m harness.sync``. A resumed run first sends MLflow
+    what the stopped attempt wrote locally but did not mirror (``store.catch_up``)."""
 
     def __init__(self, run_dir: str | Path, uri: str | None = None):
         super().__init__()
@@ -33,6 +34,8 @@ class RunLogger(Logger):
         self.uri = uri
         self._seen = {(r["key"], r["step"]) for r in store.read_metrics(self.run_dir)}
         self.offline = (self.run_dir / store.PENDING_FILE).exists()
+        if self._seen and not self.offline:
+            self.offline = not store.catch_up(self.run_dir, uri)
 
     @property
     def name(self) -> str:
@@ -49,8 +52,9 @@ class RunLogger(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args, **kwargs) -> None:
-        if isinstance(params, dict) and not self.offline:
-            self.offline = not store.log_params(self.run_dir, flatten(params), self.uri)
+        if isinstance(params, dict):  # kept in params.json even while MLflow is away
+            sent = store.log_params(self.run_dir, flatten(params), self.uri)
+            self.offline = self.offline or not sent
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -59,6 +63,5 @@ class RunLogger(Logger):
         if not fresh:
             return
         self._seen.update((k, step) for k in fresh)
-        rows = store.append_metrics(self.run_dir, fresh, step)
-        if not self.offline:
-            self.offline = not store.send_metrics(self.run_dir, rows, self.uri)
+        sent = store.log_metrics(self.run_dir, fresh, step, self.uri, mirror=not self.offline)
+        self.offline = self.offline or not sent

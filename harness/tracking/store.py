@@ -4,7 +4,8 @@ Every metric is appended to ``<run_dir>/metrics.jsonl`` first, then sent to MLfl
 fails (server down, sqlite locked past the retries), the run goes on and ``mlflow_pending`` is left
 in the run directory; ``sync_run`` (``python -m harness.sync``) later sends whatever MLflow lacks,
 comparing (key, step) so nothing is logged twice. The MLflow run id lives in ``mlflow_run_id`` so
-a resumed or requeued job continues the same MLflow run.
+a resumed or requeued job continues the same MLflow run. Params (``params.json``) and artifacts
+(``mlflow_artifacts.json``) are kept the same way: local first, mirrored after, replayable.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from harness.io import write_text
+from harness.errors import one_line
+from harness.faults import fault
+from harness.io import file_lock, read_json, write_json, write_text
 from harness.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,9 @@ T = TypeVar("T")
 RUN_ID_FILE = "mlflow_run_id"
 PENDING_FILE = "mlflow_pending"
 METRICS_LOG = "metrics.jsonl"
+PARAMS_FILE = "params.json"  # every param logged, the local copy
+ARTIFACTS_FILE = "mlflow_artifacts.json"  # {file in the run dir: artifact folder}
+RETRY_DELAY_S = 0.5  # first back-off of `retry` (tests that inject failures set it to 0)
 
 
 def client(uri: str | None = None):
@@ -37,11 +43,25 @@ def client(uri: str | None = None):
 def _client(uri: str, cwd: str):
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=uri)
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        # the first client of a new sqlite file creates its schema; two processes doing so at once
+        # (two sweeps started together) fail with "table already exists": one at a time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_name(path.name + ".lock")):
+            retry(lambda: c.search_experiments(max_results=1))
+    return c
 
 
-def retry(fn: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the current directory), else None."""
+    return Path(uri[len("sqlite:///"):]).resolve() if uri.startswith("sqlite:///") else None
+
+
+def retry(fn: Callable[[], T], attempts: int = 5, delay: float | None = None) -> T:
     """Call ``fn`` with exponential backoff (sqlite 'database is locked', a restarting server)."""
+    delay = RETRY_DELAY_S if delay is None else delay
     for i in range(attempts):
         try:
             return fn()
@@ -55,9 +75,8 @@ def retry(fn: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
 def default_artifact_root(uri: str) -> Path | None:
     """For a sqlite store, artifacts go to ``mlartifacts/`` beside the database file — not to a
     ``mlruns/`` under whatever directory a job happened to start in (MLflow's default)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
-    return None
+    path = sqlite_path(uri)
+    return path.parent / "mlartifacts" if path is not None else None
 
 
 def experiment_id(c, name: str, artifact_root: Path | None = None) -> str:
@@ -69,7 +88,7 @@ def experiment_id(c, name: str, artifact_root: Path | None = None) -> str:
     location = (root / name).resolve().as_uri() if root else None
     try:
         return c.create_experiment(name, artifact_location=location)
-    except Exception:
+    except Exception:  # created by another process in between
         return c.get_experiment_by_name(name).experiment_id
 
 
@@ -95,11 +114,26 @@ def append_metrics(run_dir: str | Path, metrics: dict[str, float], step: int) ->
     rows = [{"key": k, "value": float(v), "step": int(step), "timestamp": now}
             for k, v in metrics.items()]
     path = Path(run_dir) / METRICS_LOG
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        cut = False
+        if f.tell():  # a line cut by a crash mid-write must not swallow the first new row
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        f.write((("\n" if cut else "") + "".join(json.dumps(r) + "\n" for r in rows)).encode())
         f.flush()
         os.fsync(f.fileno())
     return rows
+
+
+def log_metrics(run_dir: str | Path, metrics: dict[str, float], step: int, uri: str | None = None,
+                mirror: bool = True) -> bool:
+    """Append ``metrics`` at ``step`` to ``metrics.jsonl``, then (``mirror``) send them to MLflow.
+    A stop between the two leaves them local only; :func:`catch_up` sends them when the run goes
+    on. Returns False when MLflow failed (the run is then marked pending)."""
+    rows = append_metrics(run_dir, metrics, step)
+    fault("metrics.appended", run_dir)
+    return send_metrics(run_dir, rows, uri) if mirror else True
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -138,63 +172,80 @@ def send_metrics(run_dir: str | Path, rows: list[dict], uri: str | None = None) 
             retry(lambda chunk=metrics[i: i + 900]: c.log_batch(run_id, metrics=chunk))
         return True
     except Exception as e:
-        log.warning("MLflow unavailable (%s); metrics kept in %s", str(e).splitlines()[0], run_dir)
-        mark_pending(run_dir, str(e).splitlines()[0])
+        log.warning("MLflow unavailable (%s); metrics kept in %s", one_line(e), run_dir)
+        mark_pending(run_dir, one_line(e))
         return False
 
 
 def _on_run(run_dir: str | Path, what: str, action: Callable[[Any, str], None],
             uri: str | None = None) -> bool:
     """Run ``action(client, run_id)`` against the run's MLflow run, with retries; on failure warn,
-    mark the run pending for ``harness.sync`` and return False (the run itself goes on)."""
-    id_file = Path(run_dir) / RUN_ID_FILE
-    if not id_file.exists():
+    mark the run pending for ``harness.sync`` and return False (the run itself goes on). A run
+    already pending is not tried again: its local copy waits for ``harness.sync``."""
+    run_dir = Path(run_dir)
+    id_file = run_dir / RUN_ID_FILE
+    if not id_file.exists() or (run_dir / PENDING_FILE).exists():
         return False
     try:
         action(client(uri), id_file.read_text().strip())
         return True
     except Exception as e:
-        log.warning("MLflow %s not logged (%s)", what, str(e).splitlines()[0])
-        mark_pending(run_dir, str(e).splitlines()[0])
+        log.warning("MLflow %s not logged (%s)", what, one_line(e))
+        mark_pending(run_dir, one_line(e))
         return False
 
 
-def log_params(run_dir: str | Path, params: dict[str, Any], uri: str | None = None) -> bool:
+def _send_params(c, run_id: str, params: dict[str, Any]) -> int:
     from mlflow.entities import Param
 
-    def action(c, run_id: str) -> None:
-        logged = retry(lambda: c.get_run(run_id)).data.params
-        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in logged]
-        for i in range(0, len(new), 90):
-            retry(lambda chunk=new[i: i + 90]: c.log_batch(run_id, params=chunk))
-
-    return _on_run(run_dir, "params", action, uri)
+    logged = retry(lambda: c.get_run(run_id)).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in logged]
+    for i in range(0, len(new), 90):
+        retry(lambda chunk=new[i: i + 90]: c.log_batch(run_id, params=chunk))
+    return len(new)
 
 
-def log_artifact(run_dir: str | Path, path: str | Path, artifact_path: str | None = None,
-                 uri: str | None = None) -> bool:
-    return _on_run(run_dir, f"artifact {path}",
-                   lambda c, run_id: retry(lambda: c.log_artifact(run_id, str(path), artifact_path)),
-                   uri)
+def log_params(run_dir: str | Path, params: dict[str, Any], uri: str | None = None) -> bool:
+    """Keep ``params`` in ``params.json`` (merged with earlier ones), then send MLflow those it
+    lacks (MLflow refuses to change a logged param, so a resumed run sends only new ones)."""
+    path = Path(run_dir) / PARAMS_FILE
+    write_json(path, {**(read_json(path) if path.exists() else {}),
+                      **{k: str(v)[:6000] for k, v in params.items()}})
+    return _on_run(run_dir, "params", lambda c, run_id: _send_params(c, run_id, params), uri)
 
 
-def set_tags(run_dir: str | Path, tags: dict[str, str], uri: str | None = None) -> bool:
-    def action(c, run_id: str) -> None:
-        for k, v in tags.items():
-            retry(lambda k=k, v=v: c.set_tag(run_id, k, str(v)))
+def _send_artifact(c, run_id: str, run_dir: Path, rel: str, folder: str) -> None:
+    retry(lambda: c.log_artifact(run_id, str(run_dir / rel), folder or None))
 
-    return _on_run(run_dir, "tags", action, uri)
+
+def log_artifacts(run_dir: str | Path, paths: dict[str | Path, str], uri: str | None = None) -> bool:
+    """``{file in the run dir: artifact folder}``: recorded in ``mlflow_artifacts.json`` first
+    (list them before the files are written, so a stop in between still leaves the record), then
+    those that exist are uploaded. ``sync_run`` uploads what a failure or a stop left behind."""
+    run_dir = Path(run_dir)
+    rel = {str(Path(p).resolve().relative_to(run_dir.resolve())): folder for p, folder in paths.items()}
+    manifest = run_dir / ARTIFACTS_FILE
+    write_json(manifest, {**(read_json(manifest) if manifest.exists() else {}), **rel})
+
+    def upload(c, run_id: str) -> None:
+        for name, folder in rel.items():
+            if (run_dir / name).exists():
+                _send_artifact(c, run_id, run_dir, name, folder)
+
+    return _on_run(run_dir, "artifacts", upload, uri)
 
 
 def sync_run(run_dir: str | Path, uri: str | None = None) -> int:
-    """Send MLflow every locally logged metric it lacks; returns how many were sent."""
+    """Send MLflow what the run directory holds and it lacks: metrics by (key, step), params by
+    key (``params.json``), artifacts by name (``mlflow_artifacts.json``); nothing twice. Returns
+    how many items were sent; raises when MLflow fails (the run is left marked pending)."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
     id_file = run_dir / RUN_ID_FILE
     if not id_file.exists():
         return 0
     run_id = id_file.read_text().strip()
     c = client(uri)
+    rows = read_metrics(run_dir)
     have: set[tuple[str, int]] = set()
     for key in {r["key"] for r in rows}:
         for m in retry(lambda key=key: c.get_metric_history(run_id, key)):
@@ -208,4 +259,36 @@ def sync_run(run_dir: str | Path, uri: str | None = None) -> int:
     (run_dir / PENDING_FILE).unlink(missing_ok=True)
     if missing and not send_metrics(run_dir, missing, uri):
         raise RuntimeError(f"MLflow still unavailable for {run_dir}")
-    return len(missing)
+    sent = len(missing)
+    try:
+        params = run_dir / PARAMS_FILE
+        sent += _send_params(c, run_id, read_json(params)) if params.exists() else 0
+        manifest = run_dir / ARTIFACTS_FILE
+        for name, folder in (read_json(manifest) if manifest.exists() else {}).items():
+            listed = {Path(a.path).name for a in retry(lambda f=folder: c.list_artifacts(run_id, f or None))}
+            if (run_dir / name).exists() and Path(name).name not in listed:
+                _send_artifact(c, run_id, run_dir, name, folder)
+                sent += 1
+    except Exception as e:
+        mark_pending(run_dir, one_line(e))
+        raise
+    return sent
+
+
+def catch_up(run_dir: str | Path, uri: str | None = None) -> bool:
+    """Before a run goes on (a resume) and before it is completed: send MLflow whatever the run
+    directory holds that it lacks (a stop between a metric's write and its mirror leaves one
+    behind). Skipped for a run already marked pending (``python -m harness.sync`` replays it);
+    on failure the run is marked pending and goes on. Returns whether MLflow is in sync."""
+    run_dir = Path(run_dir)
+    if (run_dir / PENDING_FILE).exists() or not (run_dir / RUN_ID_FILE).exists():
+        return False
+    try:
+        sent = sync_run(run_dir, uri)
+    except Exception as e:
+        log.warning("MLflow not caught up (%s); kept in %s", one_line(e), run_dir)
+        mark_pending(run_dir, one_line(e))
+        return False
+    if sent:
+        log.info("sent MLflow %d item(s) the run directory held and it lacked", sent)
+    return True

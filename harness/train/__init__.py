@@ -19,6 +19,8 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
 from harness import config as C
+from harness.errors import one_line
+from harness.faults import fault
 from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataModule, TokenDataset
 from harness.io import write_json
@@ -42,8 +44,8 @@ def valid_checkpoint(path: Path) -> bool:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return "state_dict" in ckpt and "global_step" in ckpt
     except Exception as e:
-        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:120]}); falling back to an older one")
+        warnings.warn(f"checkpoint {path} is unreadable ({one_line(e, typed=True, limit=160)}); "
+                      "falling back to an older one")
         return False
 
 
@@ -64,12 +66,17 @@ class AtomicCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".last.{os.getpid()}.tmp"
+        if trainer.is_global_zero:  # temp files of attempts killed mid-save
+            for stale in self.directory.glob(".last.*.tmp"):
+                stale.unlink(missing_ok=True)
         trainer.save_checkpoint(tmp)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             last = self.directory / "last.ckpt"
             if last.exists():
                 os.replace(last, self.directory / "prev.ckpt")
+            # the newest checkpoint is only in the temp file, the one before in prev.ckpt
+            fault("checkpoint.rotating", self.directory.parent)
             os.replace(tmp, last)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -218,7 +225,7 @@ def train(cfg: DictConfig) -> Path:
                          {"token": m.token, "order": m.order, "size": m.size, "ladder": m.ladder,
                           "run_key": C.run_key(cfg)}, cfg.tracking.parent_run_id, uri)
     except Exception as e:
-        store.mark_pending(out, f"run not created: {str(e).splitlines()[0]}")
+        store.mark_pending(out, f"run not created: {one_line(e)}")
     logger = RunLogger(out, uri)
     logger.log_hyperparams({**flatten(C.to_container(cfg)), **info})
     # train.batch_size images per optimizer step over all devices: the sampler counts micro-batches,

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -37,9 +37,10 @@ class Sweeper:
 
     results: Path
     uri: str
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. an injected fault (harness.faults)
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONUNBUFFERED": "1"}
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "PYTHONUNBUFFERED": "1", **self.extra_env}
 
     def args(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "harness.sweep", *args, f"results_dir={self.results}"]

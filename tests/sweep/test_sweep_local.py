@@ -4,37 +4,40 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import mlflow
 import pytest
 
+from harness import faults
+from harness.run_status import read_status
 from harness.sweep import records, table
 from tests.sweep.conftest import wait_for
 
-# 200 steps, not the smoke preset's 20: since the driver got fast, a 20-step sweep can finish
-# before the Ctrl-C below lands
 ARGS = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
-        "--launcher", "local", "--progress-every", "5", "train.steps=200"]
-
-
-def first_checkpoint(sweeper):
-    return any((d / "checkpoints" / "last.ckpt").exists() for d in sweeper.run_dirs().values())
+        "--launcher", "local", "--progress-every", "5"]
+# The smoke runs log train/loss at steps 4, 9, 14, 19 and val/loss at 0, 10, 20, checkpointing at
+# 10 and 20: the 5th metric written is train/loss@14, after the first checkpoint. The first job to
+# get there pauses with it written to metrics.jsonl but not yet to MLflow, and Ctrl-C lands then:
+# the window in which a metric used to be lost from MLflow.
+PAUSE = "metrics.appended:pause@5"
 
 
 @pytest.mark.slow
-def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper):
-    # 1. Ctrl-C once a run has its first checkpoint: the jobs stop, the runs are left resumable
+def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper, tmp_path):
+    # 1. Ctrl-C while a job is paused after its first checkpoint: the jobs stop, runs are resumable
+    sweeper.extra_env = {faults.ENV: PAUSE, faults.DIR_ENV: str(tmp_path)}
     proc = sweeper.start(*ARGS)
     try:
-        wait_for(lambda: first_checkpoint(sweeper), 600, "a first checkpoint")
+        wait_for(lambda: (tmp_path / "metrics.appended.fired").exists(), 600, "the paused job", proc)
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
     assert "run the same command again to resume" in out
-    started = {k: d for k, d in sweeper.run_dirs().items() if (d / "checkpoints" / "last.ckpt").exists()}
-    assert started
-    for d in started.values():
+    paused = [Path((tmp_path / "metrics.appended.fired").read_text())]
+    assert read_status(paused[0])["status"] == "running", out
+    for d in sweeper.run_dirs().values():
         assert not records.is_locked(d)
 
     # 2. the same command finishes the sweep; the interrupted run resumed from its checkpoint
@@ -42,15 +45,13 @@ def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper):
     assert done.returncode == 0, done.stdout + done.stderr
     print(f"local smoke sweep (2 runs, resumed): {done.wall:.0f}s")
     assert "[sweep smoke]" in done.stdout and "2 completed" in done.stdout
-    for d in started.values():
-        starts = [a for a in records.read_attempts(d) if a["event"] == "start"]
-        assert len(starts) == 2 and starts[0]["resume_step"] is None
-        assert starts[1]["resume_step"] >= 10
+    starts = [a for a in records.read_attempts(paused[0]) if a["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["resume_step"] is None and starts[1]["resume_step"] == 10
     rows = table.read(sweeper.results / "smoke" / "runs.csv")
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
     for r in rows:
         assert all(r[c] != "" for c in table.COLUMNS), r
-        assert float(r["params"]) > 0 and float(r["train_flops"]) > 0 and r["steps"] == "200"
+        assert float(r["params"]) > 0 and float(r["train_flops"]) > 0 and r["steps"] == "20"
     for d in sweeper.run_dirs().values():
         assert list(records.jobs_dir(d).glob("*_0_log.out")), "per-job logs live in the run dir"
 
@@ -67,7 +68,7 @@ def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper):
                                                                           "random", "raster", "xs"}
         assert {"eval/fid", "eval/geneval_overall", "val/loss", "train/loss"} <= set(child.data.metrics)
         history = client.get_metric_history(child.info.run_id, "train/loss")
-        assert sorted(m.step for m in history) == list(range(4, 200, 5)), "resumed runs log each step once"
+        assert sorted(m.step for m in history) == [4, 9, 14, 19], "resumed runs log each step once"
     assert runs["smoke"].info.status == "FINISHED"
 
     # 3. again: everything is completed, nothing is recomputed

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from harness import faults
 from harness.sweep import records, table
 from tests.sweep.conftest import wait_for
 from harness.tracking import store
@@ -43,6 +43,8 @@ def last_step(run) -> int:
 # ---- kill -9 of the worker of a local sweep job, three times --------------------------------
 
 KEY = "discrete-raster-xs"
+# each attempt is killed at its 8th, 11th, 9th newly written metric (one per step: log_every=1)
+HITS = (8, 11, 9)
 KILL = ["--preset", "smoke", "--size", "xs", "--variants", "discrete-raster", "--launcher", "local",
         "--progress-every", "5", "train.steps=60", "train.checkpoint_every=5", "train.log_every=1",
         "train.val_every=20"]
@@ -56,34 +58,21 @@ def test_kill_9_of_a_sweep_worker_three_times_then_the_sweep_completes_the_run(n
     reference = dataclasses.replace(new_sweeper("reference"), uri=sweeper.uri.replace("mlflow.db", "reference.db"))
     # the same one-run sweep, never interrupted, alongside (its own processes: one thread each)
     straight = reference.start(*KILL)
-    rng = random.Random(0)
     kills = []
     try:
-        for attempt in range(3):
-            proc = sweeper.start(*KILL)
-            try:
-                def worker():
-                    run = sweeper.run_dirs().get(KEY)
-                    starts = [a for a in records.read_attempts(run) if a["event"] == "start"] if run else []
-                    return starts[attempt] if len(starts) > attempt else None
-
-                wait_for(lambda: worker() is not None, 600, f"job start {attempt + 1}", proc)
-                run = sweeper.run_dirs()[KEY]
-                # steps already logged are not logged again: wait for new ones past them
-                target = last_step(run) + rng.randint(6, 14)
-                wait_for(lambda: last_step(run) >= target, 600, f"step {target}", proc)
-                pid = worker()["pid"]
-                assert pid not in (proc.pid, os.getpid())
-                os.kill(pid, signal.SIGKILL)
-                kills.append(last_step(run))
-                out = proc.communicate(timeout=120)[0]
-            finally:
-                stop(proc)
+        for hit in HITS:
+            # the job's worker kills itself (SIGKILL) when it writes its hit-th new metric
+            sweeper.extra_env = {faults.ENV: f"metrics.appended:SIGKILL@{hit}"}
+            out = sweeper.run(*KILL)
+            run = sweeper.run_dirs()[KEY]
+            kills.append(last_step(run))
             # the sweep ends with the run left to do (exit 1), neither failed nor completed
-            assert proc.returncode == 1, out
-            assert read_status(run)["status"] == "running", (attempt, out)
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert read_status(run)["status"] == "running", (hit, out.stdout)
             assert kills[-1] < 60, "killed while training"
             assert not records.is_locked(run)
+            assert records.read_attempts(run)[-1]["pid"] != os.getpid()
+        sweeper.extra_env = {}
         status = sweeper.run(*KILL, "--status", "--json")
         assert [s["state"] for s in json.loads(status.stdout)] == ["pending"], status.stdout
         assert "interrupted" in json.loads(status.stdout)[0]["detail"]
@@ -107,7 +96,7 @@ def test_kill_9_of_a_sweep_worker_three_times_then_the_sweep_completes_the_run(n
     assert len({a["pid"] for a in attempts[:4]}) == 4
     assert [r["status"] for r in table.read(sweeper.results / "smoke" / "runs.csv")] == ["completed"]
 
-    # Tolerance, as in tests/reliability/test_kill_and_disk_full.py: each attempt is a fresh
+    # Tolerance, as in tests/reliability/test_interrupts.py: each attempt is a fresh
     # process, whose CPU kernels may sum in another order than the uninterrupted run's.
     a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(other / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

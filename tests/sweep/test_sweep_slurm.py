@@ -13,18 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from harness import faults
 from harness.sweep import records, table
-from tests.sweep.conftest import wait_for
 from harness.tracking import store
+from tests.sweep.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SELECT = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
           "--progress-every", "10"]
-# longer than the preset, so that the preemption lands mid-training; one thread like a 1-CPU job
-LONGER = ["train.steps=40", "train.threads=1"]
+ONE_THREAD = ["train.threads=1"]  # like a 1-CPU job
 METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in table.GENEVAL_TAGS))
+# The 5th metric a smoke run writes is train/loss@14, after its checkpoint at step 10: the first job
+# to get there pauses, so the signal lands mid-training whatever the machine's load.
+PAUSE_AFTER_CHECKPOINT = "metrics.appended:pause@5"
 
 
 def slurm_up() -> bool:
@@ -52,16 +55,15 @@ def curve(run_dir, key: str) -> dict[int, float]:
     return {r["step"]: r["value"] for r in store.read_metrics(run_dir) if r["key"] == key}
 
 
-def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
+def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper, tmp_path):
     start = time.time()
-    proc = sweeper.start(*SELECT, "--launcher", "slurm", *LONGER)
+    sweeper.extra_env = {faults.ENV: PAUSE_AFTER_CHECKPOINT, faults.DIR_ENV: str(tmp_path)}
+    proc = sweeper.start(*SELECT, "--launcher", "slurm", *ONE_THREAD)
+    fired = tmp_path / "metrics.appended.fired"
     try:
-        def target():
-            return sweeper.run_dirs().get("continuous-random-xs")
-
-        wait_for(lambda: target() is not None and (target() / "checkpoints" / "last.ckpt").exists(),
-                 900, "the first checkpoint", proc, poll=0.2)
-        job_id = records.read_job(target())["job_id"]
+        wait_for(fired.exists, 900, "a job paused after its first checkpoint", proc, poll=0.2)
+        run_dir = Path(fired.read_text())
+        job_id = records.read_job(run_dir)["job_id"]
         signal = subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, text=True)
         assert signal.returncode == 0, signal.stderr
         out = proc.communicate(timeout=900)[0]
@@ -72,12 +74,11 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
     assert proc.returncode == 0, out
     print(f"slurm smoke sweep (2 runs, one preempted): {wall:.0f}s")
     assert "stage 0" in out or "size xs: 2 run(s)" in out
-    run_dir = target()
     events = [a["event"] for a in records.read_attempts(run_dir)]
-    assert events == ["start", "preempted", "start", "completed"], events
+    assert events == ["start", "preempted", "start", "trained", "completed"], events
     first, preempted, resumed = records.read_attempts(run_dir)[:3]
     assert resumed["restart"] == "1" and resumed["job_id"] == first["job_id"]
-    assert 10 <= resumed["resume_step"] < 40, "resumed mid-training from its checkpoint"
+    assert resumed["resume_step"] == 10, "resumed mid-training from its checkpoint"
     assert resumed["resume_step"] == preempted["checkpoint_step"]
     assert list(records.jobs_dir(run_dir).glob("*_log.out")), "the job's log is linked in the run dir"
     rows = table.read(sweeper.results / "smoke" / "runs.csv")
@@ -85,10 +86,11 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
 
     # the same run, never interrupted (in-process, other results dir, same stage 0)
     reference = new_sweeper("reference")
-    straight = reference.run("--preset", "smoke", "--size", "xs", "--variants", "continuous-random",
-                             "--launcher", "debug", *LONGER)
+    variant = "-".join(run_dir.name.split("-")[:2])
+    straight = reference.run("--preset", "smoke", "--size", "xs", "--variants", variant,
+                             "--launcher", "debug", *ONE_THREAD)
     assert straight.returncode == 0, straight.stdout + straight.stderr
-    other = reference.run_dirs()["continuous-random-xs"]
+    other = reference.run_dirs()[f"{variant}-xs"]
     assert other.name == run_dir.name
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, other))
     for k in METRICS:
@@ -96,8 +98,7 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
     for key in ("val/loss", "train/loss"):
         preempted_curve, straight_curve = curve(run_dir, key), curve(other, key)
         assert max(preempted_curve) == max(straight_curve)
-        # a point logged after the checkpoint but before the signal took effect is not replayed
-        # (training resumes after the checkpoint's step); every point that exists is the same
+        assert sorted(preempted_curve) == sorted(straight_curve), key  # each point once, none lost
         for step, value in preempted_curve.items():
             assert value == pytest.approx(straight_curve[step], rel=1e-6), (key, step)
     print("preempted vs uninterrupted:", {k: (a[k], b[k]) for k in ("val_loss", "fid", "geneval_overall")},
@@ -111,10 +112,13 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper):
 # counts each such USR2 as a time-out (the job ran past min(0.8 x limit, limit - 10 min)), so the
 # sweep allows more requeues than the default 3. Stage 0 is not checkpointable: it gets 10 minutes.
 TIME_LIMIT = {"time_min": 1, "signal_delay_s": 5, "max_requeues": 20, "stage0": {"time_min": 10}}
-# 60-120 s of training on one CPU: longer than an attempt can train before its USR2
-STEPS = 800
-TIME_LIMITED = [f"train.steps={STEPS}", "train.checkpoint_every=20", "train.val_every=200",
+# The first attempt pauses after its checkpoint at step 20 (the 4th metric it writes: val@0,
+# loss@9, loss@19, loss@29), so SLURM's time limit always lands mid-training; later attempts pass
+# the point (it fired once) and go on from their checkpoints.
+STEPS = 100
+TIME_LIMITED = [f"train.steps={STEPS}", "train.checkpoint_every=20", "train.val_every=50",
                 "train.log_every=10", "train.threads=1"]
+PAUSE_IN_FIRST_ATTEMPT = "metrics.appended:pause@4"
 
 
 def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sweeper, tmp_path):
@@ -133,6 +137,7 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
 
     start = time.time()
     sweeper = new_sweeper("results")
+    sweeper.extra_env = {faults.ENV: PAUSE_IN_FIRST_ATTEMPT, faults.DIR_ENV: str(tmp_path)}
     # the same run, never interrupted, alongside (in-process launcher, its own MLflow store)
     reference = dataclasses.replace(new_sweeper("reference"), uri=f"sqlite:///{tmp_path}/reference.db")
     proc = sweeper.start(*args, "--launcher", "slurm")
@@ -212,3 +217,20 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
             assert value == pytest.approx(straight_curve[step], rel=1e-6), (key, step)
     print("time-limited vs uninterrupted:", {k: (a[k], b[k]) for k in ("val_loss", "fid", "geneval_overall")},
           "identical" if all(a[k] == b[k] for k in METRICS) else "within 1e-6")
+
+
+def test_two_slurm_drivers_at_once_train_each_run_once(slurm_cluster, sweeper):
+    """Two ``--launcher slurm`` drivers of one sweep started together (test_sweep_concurrent.py
+    has the local one): both submit, the second job of each run waits on its lock, then finds the
+    run done; each run trained once, one table, one parent, one child per config."""
+    from tests.sweep.test_sweep_concurrent import ARGS, check_two_drivers
+
+    procs = [sweeper.start(*ARGS, "--launcher", "slurm", *ONE_THREAD) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=1200)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    check_two_drivers(sweeper, outs)
