@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from harness.errors import UserError, cli_main  # noqa: E402
-from harness.io import write_text  # noqa: E402
+from harness.errors import UserError, cli_main
+from harness.io import write_text
+from harness.run_dir import RunDir
 
 
 @torch.no_grad()
@@ -35,7 +32,7 @@ def caption_losses(run_dir: Path, n: int = 256, seed: int = 0) -> dict[str, floa
     from harness.tokenizers.stage0 import load_tokens
 
     sampler = Sampler.from_run(run_dir, "cpu")
-    tok_dir = json.loads((run_dir / "stage0.json").read_text())["tokenizer"]
+    tok_dir = json.loads(RunDir(run_dir).stage0.read_text())["tokenizer"]
     tokens, captions = load_tokens(tok_dir, "val")
     tokens, captions = tokens[:n], captions[:n]
     if not tokens.is_floating_point():

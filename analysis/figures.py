@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from analysis.fitting import GENEVAL_TAGS, VARIANTS, FitRecord, preferred  # noqa: E402
+from analysis.fitting import FitRecord, preferred  # noqa: E402
+from harness.registry import GENEVAL_TAGS, VARIANT_PAIRS  # noqa: E402
 
 LABELS = {
     "val_loss": "validation loss", "fid": "FID", "geneval_overall": "GenEval overall",
@@ -34,8 +35,8 @@ _CELL_MAX_WIDTH = 1024
 
 def variant_style(token: str, order: str) -> dict[str, object]:
     """Colour, marker and label of a variant, fixed so every figure uses the same legend."""
-    palette = sns.color_palette("colorblind", len(VARIANTS))
-    index = VARIANTS.index((token, order)) if (token, order) in VARIANTS else 0
+    palette = sns.color_palette("colorblind", len(VARIANT_PAIRS))
+    index = VARIANT_PAIRS.index((token, order)) if (token, order) in VARIANT_PAIRS else 0
     return {"color": palette[index], "marker": _MARKERS.get((token, order), "o"),
             "label": f"{token}, {order}"}
 
@@ -80,7 +81,7 @@ def _panel(ax: plt.Axes, obs: pd.DataFrame, records: Sequence[FitRecord], metric
     if sub.empty or not np.isfinite(sub[x]).any():
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
         return
-    for token, order in VARIANTS:
+    for token, order in VARIANT_PAIRS:
         style = variant_style(token, order)
         part = sub[(sub["token"] == token) & (sub["order"] == order) & np.isfinite(sub[x])]
         if part.empty:
@@ -183,7 +184,7 @@ def samples_figure(cells: Mapping[tuple[str, str, str], Path | None], sizes: Seq
             images[key] = _load_cell(Path(path))
         except OSError as e:
             messages.append(f"samples: cannot read {path}: {e}")
-    rows = [v for v in VARIANTS if any(k[:2] == v for k in cells)]
+    rows = [v for v in VARIANT_PAIRS if any(k[:2] == v for k in cells)]
     aspect = max((im.shape[1] / im.shape[0] for im in images.values()), default=4.0)
     cell_w = 3.2 if aspect < 3 else 5.0
     with sns.axes_style("white"):

@@ -19,12 +19,9 @@ per size: the mean of z over that size's seeds.
 
 Uncertainty is a seeded, deterministic bootstrap (see ``bootstrap_fit``). The default resamples
 residuals around the fit (x is a fixed design: sizes are chosen, not sampled) and widens the
-percentile interval by t(n−p)/z. With 4–6 sizes a plain percentile bootstrap undercovers:
-over 200 synthetic power laws (Gaussian noise in log y), the 95% interval for α covered the truth
-86% (5 sizes) and 81% (4 sizes) of the time unwidened, 97% and 95% widened; over 100 offset-form
-datasets of 4 sizes, 68% vs 90%. ``method="cases"`` is the literal alternative: resample
-sizes with replacement and seeds within each drawn size, plain percentile interval (93% for
-5 sizes, 95% for 6; 88% for the offset form with 5 sizes).
+percentile interval by t(n−p)/z, because with 4–6 sizes a plain percentile bootstrap undercovers.
+``method="cases"`` is the literal alternative: resample sizes with replacement and seeds within
+each drawn size, plain percentile interval. The measured coverage of both: docs/fitting.md.
 """
 from __future__ import annotations
 
@@ -40,20 +37,11 @@ import pandas as pd
 from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
 
+from harness.registry import LOWER_IS_BETTER, METRICS, PAPER_PARAMS, VARIANT_PAIRS
+
 DELTA = 1e-3
 """Huber threshold on residuals in z (Hoffmann et al. use 1e-3 on log residuals)."""
 
-LADDER: dict[str, float] = {
-    "166M": 166e6, "369M": 369e6, "665M": 665e6, "1.1B": 1.1e9, "3.1B": 3.1e9, "10.5B": 10.5e9,
-}
-"""The paper's model ladder (parameter counts) at which every params-fit is extrapolated."""
-
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-GENEVAL_METRICS = ("geneval_overall",) + tuple(f"geneval_{t}" for t in GENEVAL_TAGS)
-METRICS = ("val_loss", "fid") + GENEVAL_METRICS
-LOWER_IS_BETTER = {"val_loss": True, "fid": True} | {m: False for m in GENEVAL_METRICS}
-VARIANTS = (("discrete", "raster"), ("discrete", "random"), ("continuous", "raster"),
-            ("continuous", "random"))
 
 _EPS_LOGIT = 1e-3
 
@@ -550,13 +538,13 @@ def fit_table(obs: pd.DataFrame, xs: Sequence[str] = ("params", "train_flops"),
     if obs.empty:
         return records, ["no completed runs with metric values: nothing to fit"]
     present = set(zip(obs["token"], obs["order"]))
-    for token, order in sorted(present - set(VARIANTS)):
+    for token, order in sorted(present - set(VARIANT_PAIRS)):
         messages.append(f"variant {token}/{order} is not one of the study's four "
                         "(discrete|continuous × raster|random); its runs are not fitted")
     first: dict[tuple, tuple[pd.Index, FitRecord]] = {}  # fits against xs[0], for reuse
     for x in xs:
         for metric in [m for m in METRICS if m in set(obs["metric"])]:
-            for token, order in VARIANTS:
+            for token, order in VARIANT_PAIRS:
                 label = f"{metric} {token}/{order} vs {x}"
                 sub = obs[(obs["metric"] == metric) & (obs["token"] == token)
                           & (obs["order"] == order)]
@@ -660,7 +648,7 @@ def preferred(records: Sequence[FitRecord], metric: str, token: str, order: str,
     return None
 
 
-def extrapolate(records: Sequence[FitRecord], ladder: dict[str, float] = LADDER,
+def extrapolate(records: Sequence[FitRecord], ladder: dict[str, float] = PAPER_PARAMS,
                 level: float = 0.95) -> pd.DataFrame:
     """Every params-fit's prediction at the ladder sizes, with its bootstrap interval."""
     rows = []

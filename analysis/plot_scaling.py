@@ -11,24 +11,20 @@ logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits be
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis import figures, hypotheses  # noqa: E402
-from analysis.fitting import (  # noqa: E402
+from analysis import figures, hypotheses
+from analysis.fitting import (
     FIT_COLUMNS, correlations, extrapolate, fit_table, observations, split_by_status, winners)
-from analysis.report import ReportInputs, write_report  # noqa: E402
-from harness.errors import UserError, check_choice, cli_main, one_line  # noqa: E402
-from harness.io import write_text  # noqa: E402
-from harness.tracking import tracking_uri  # noqa: E402
+from analysis.report import ReportInputs, write_report
+from harness.errors import UserError, check_choice, cli_main, one_line
+from harness.io import write_text
+from harness.tracking import tracking_uri
 
 X_CHOICES = ("params", "train_flops")
 GENEVAL_FORMS = ("loglinear", "logit")

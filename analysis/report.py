@@ -11,7 +11,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from analysis.fitting import LOWER_IS_BETTER
+from harness.registry import LOWER_IS_BETTER
 from harness.io import write_text
 
 FITS_COLUMNS = {

@@ -33,13 +33,14 @@ import torch
 from omegaconf import DictConfig
 
 from harness import config as C
+from harness.errors import check_choice, cli_main
 from harness.io import read_json, write_json, write_text
+from harness.registry import LADDERS, VARIANT_PAIRS, VARIANTS
+from harness.run_dir import RunDir
 from harness.models.flops import (aligner_flops, forward_flops, head_flops_per_token,
                                   text_encoder_flops)
 from harness.train.module import GeneratorModule, counted_parameters
 
-VARIANTS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"),
-            ("discrete", "raster")]
 
 
 def matmul_ceiling(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
@@ -242,7 +243,7 @@ def smoke_overhead(threads: int) -> dict:
         spec_file.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
         overrides = [f"results_dir={d / 'results'}", f"tracking.uri=sqlite:///{d / 'mlflow.db'}"]
         runs = plan.build_runs(grid.load_sweep(spec_file), list(spec["grid"]["size"]),
-                               grid.VARIANTS, overrides)
+                               VARIANTS, overrides)
         for task in plan.stage0_tasks(runs):
             jobs.build_stage0(task.kind, task.cfg, task.token)
         launch = time.time()
@@ -252,12 +253,11 @@ def smoke_overhead(threads: int) -> dict:
         train_s = eval_s = 0.0
         first = []
         for run in runs:
-            status = read_json(run.dir / "status.json")
+            status = read_json(RunDir(run.dir).status)
             train_s += status.get("train_compute_seconds", 0.0)
             first.append(status.get("first_step", float("nan")))
             for seed in run.seeds:
-                name = "metrics.json" if seed == run.cfg.eval.seed else f"metrics-seed{seed}.json"
-                eval_s += read_json(run.dir / name)["eval_seconds"]
+                eval_s += read_json(RunDir(run.dir).eval_metrics(seed, run.cfg.eval.seed))["eval_seconds"]
     return {"runs": len(runs), "wall_seconds": wall, "train_step_seconds": train_s,
             "eval_seconds": eval_s, "overhead_seconds": wall - train_s - eval_s,
             "overhead_share": (wall - train_s - eval_s) / wall,
@@ -267,10 +267,12 @@ def smoke_overhead(threads: int) -> dict:
 def largest_run_memory(results: Path = Path("results")) -> dict | None:
     """Peak RSS recorded by the default study's largest run (None before ``make study``)."""
     best = None
-    for status_file in (results / "runs").glob("*-xl-*/status.json"):
-        status = read_json(status_file)
+    for run in RunDir.all_in(results):
+        if "-xl-" not in run.name or not run.status.exists():
+            continue
+        status = read_json(run.status)
         if "peak_rss_mb" in status and (best is None or status["peak_rss_mb"] > best["peak_rss_mb"]):
-            best = {"run": status_file.parent.name, "peak_rss_mb": status["peak_rss_mb"]}
+            best = {"run": run.name, "peak_rss_mb": status["peak_rss_mb"]}
     return best
 
 
@@ -279,7 +281,7 @@ def paper_ladder() -> list[dict]:
     from harness.sweep import estimate
 
     rows = []
-    for size in ("166M", "369M", "665M", "1.1B", "3.1B", "10.5B"):
+    for size in LADDERS["paper"]:
         cfg = study_config("continuous", "random", size, preset="paper")
         params, flops = estimate.size_of(cfg)
         t = cfg.train
@@ -306,7 +308,7 @@ def run(sizes: list[str], threads: int, out_dir: Path, docs: Path, quick: bool =
         "training": {}, "sampling": {},
     }
     for size in sizes:
-        for token, order in VARIANTS:
+        for token, order in VARIANT_PAIRS:
             cfg = study_config(token, order, size)
             key = f"{token}-{order}-{size}"
             tr = time_training(cfg, steps=4 if quick else 12)
@@ -410,15 +412,19 @@ def render_markdown(r: dict, notes: str = "\n") -> str:
     return "\n".join(lines) + notes
 
 
-def main() -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m harness.bench")
     p.add_argument("--sizes", default="m,xl", help="cpu ladder sizes (the last also gets sampling)")
     p.add_argument("--threads", type=int, default=1, help="threads per job (the harness's default)")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--docs", default="docs/benchmarks.md")
     p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    run(a.sizes.split(","), a.threads, Path(a.out), Path(a.docs), a.quick)
+    a = p.parse_args(argv)
+    sizes = a.sizes.split(",")
+    for size in sizes:
+        check_choice("--sizes", size, LADDERS["cpu"])
+    run(sizes, a.threads, Path(a.out), Path(a.docs), a.quick)
 
 
 if __name__ == "__main__":

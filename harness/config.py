@@ -8,21 +8,22 @@ changes its results (tracking, output paths and launcher settings excluded).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError, check_choice, one_line
-from harness.models.sizes import LADDERS, size_spec
+from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, ORDERS, SAMPLING_DEFAULTS,
+                              TOKENS, size_spec)
 
-TOKENS = ("discrete", "continuous")
-ORDERS = ("raster", "random")
 DATASETS = ("shapes", "folder", "webdataset", "coco")
+LAYOUTS = ("free", "grid")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # ``ddp`` runs as ``ddp_find_unused_parameters_true`` (some parameters skip some steps); ``fsdp``
 # shards parameters, gradients and optimizer state (Lightning FSDPStrategy, one unit per block).
@@ -30,29 +31,35 @@ STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "fsdp")
 # The FID reference: ``data`` = the training data's val split, ``coco`` = a seeded MS-COCO draw.
 REFERENCE_SOURCES = ("data", "coco")
 
-# Per-variant sampling defaults from the paper (CFG scale, temperature), design.md §1.
-SAMPLING_DEFAULTS: dict[tuple[str, str], tuple[float, float]] = {
-    ("continuous", "random"): (5.0, 0.975),
-    ("continuous", "raster"): (4.5, 0.975),
-    ("discrete", "random"): (1.6, 1.05),
-    ("discrete", "raster"): (2.5, 0.95),
-}
+
+def knob(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None,
+         lt: float | None = None, le: float | None = None, choices: tuple | None = None) -> Any:
+    """A config field with its one-line ``doc`` and the bounds ``resolve`` checks: ``gt``/``ge``
+    (lower), ``lt``/``le`` (upper), ``choices``. A ``None`` value (derived later) is checked after
+    ``resolve`` has filled it."""
+    meta = {"doc": doc, "gt": gt, "ge": ge, "lt": lt, "le": le, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+POSITIVE = {"gt": 0}
+NON_NEGATIVE = {"ge": 0}
 
 
 @dataclass
 class DataConfig:
     """Image-caption data. ``shapes`` is procedural and needs no files."""
 
-    name: str = "shapes"
-    path: Optional[str] = None
-    resolution: int = 32
-    seed: int = 0
-    layout: str = "free"
-    """shapes only: "free" placement, or "grid": one object per cell of a cells x cells grid."""
-    cells: int = 4
-    train_size: int = 20000
-    val_size: int = 512
-    num_workers: int = 0
+    name: str = knob("shapes", "dataset: procedural shapes, a folder of images + captions.jsonl, "
+                     "WebDataset shards, or MS-COCO", choices=DATASETS)
+    path: Optional[str] = knob(None, "where the dataset lives (all but shapes)")
+    resolution: int = knob(32, "image side in pixels", **POSITIVE)
+    seed: int = knob(0, "seed of the shapes world's scenes and of the train/val split")
+    layout: str = knob("free", "shapes only: free placement, or one object per cell of a grid",
+                       choices=LAYOUTS)
+    cells: int = knob(4, "shapes grid layout: cells per side")
+    train_size: int = knob(20000, "training images", **POSITIVE)
+    val_size: int = knob(512, "validation images", **POSITIVE)
+    num_workers: int = knob(0, "DataLoader worker processes", **NON_NEGATIVE)
 
 
 @dataclass
@@ -60,20 +67,20 @@ class TokenizerConfig:
     """Stage-0 autoencoder shared by both token types; only the bottleneck differs. A
     ``pretrained_<token>`` diffusers model (name or path) replaces training for that token type."""
 
-    downsample: int = 4
-    channels: int = 4
-    codebook_size: int = 256
-    hidden: int = 128
-    layers: int = 2
-    heads: int = 4
-    kl_weight: float = 1.0e-6
-    commitment: float = 0.25
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2.0e-3
-    seed: int = 0
-    pretrained_continuous: Optional[str] = None
-    pretrained_discrete: Optional[str] = None
+    downsample: int = knob(4, "pixels per token side: tokens per side = resolution / downsample", **POSITIVE)
+    channels: int = knob(4, "channels of a continuous token (and of a VQ code vector)", **POSITIVE)
+    codebook_size: int = knob(256, "VQ codebook entries", **POSITIVE)
+    hidden: int = knob(128, "width of the patch transformer", **POSITIVE)
+    layers: int = knob(2, "encoder and decoder depth", **POSITIVE)
+    heads: int = knob(4, "attention heads", **POSITIVE)
+    kl_weight: float = knob(1.0e-6, "KL term weight (continuous)", **NON_NEGATIVE)
+    commitment: float = knob(0.25, "VQ commitment loss weight", **NON_NEGATIVE)
+    steps: int = knob(2000, "training steps", **POSITIVE)
+    batch_size: int = knob(64, "images per step", **POSITIVE)
+    lr: float = knob(2.0e-3, "AdamW learning rate", **POSITIVE)
+    seed: int = knob(0, "initialisation and batch-order seed")
+    pretrained_continuous: Optional[str] = knob(None, "diffusers AutoencoderKL name or path: no training")
+    pretrained_discrete: Optional[str] = knob(None, "diffusers VQModel name or path: no training")
 
 
 @dataclass
@@ -81,78 +88,83 @@ class TextConfig:
     """Text encoder + trainable aligner. ``encoder=learned`` is a word-level transformer over the
     caption vocabulary, trained jointly (``train_encoder``) or fixed at its seeded initialisation,
     like a frozen pretrained encoder; any other value is a Hugging Face model name or local path,
-    used frozen. Trained jointly from scratch, the encoder's caption features collapse to a constant
-    within ~50 steps, and so does a trainable aligner at the generator's learning rate; ``lr_scale``
-    multiplies the learning rate of the text path (encoder and aligner) (docs/results/cpu-study/README.md)."""
+    used frozen (its features are cached in stage 0)."""
 
-    encoder: str = "learned"
-    train_encoder: bool = True
-    max_len: int = 16
-    width: int = 128
-    encoder_layers: int = 2
-    aligner_layers: int = 2
-    heads: int = 4
-    dropout_prob: float = 0.1
-    lr_scale: float = 1.0
+    encoder: str = knob("learned", "learned, or a Hugging Face model name/path (frozen, cached)")
+    train_encoder: bool = knob(True, "learned encoder: train it, or keep its seeded initialisation")
+    max_len: int = knob(16, "caption tokens", **POSITIVE)
+    width: int = knob(128, "learned encoder and aligner width", **POSITIVE)
+    encoder_layers: int = knob(2, "learned encoder depth", **NON_NEGATIVE)
+    aligner_layers: int = knob(2, "aligner depth (transformer blocks on the encoder's features)",
+                               **NON_NEGATIVE)
+    heads: int = knob(4, "attention heads of encoder and aligner", **POSITIVE)
+    dropout_prob: float = knob(0.1, "probability of training on the null caption (for CFG)", ge=0, lt=1)
+    lr_scale: float = knob(1.0, "text path (encoder, aligner) lr over the generator's; 0 freezes it",
+                           **NON_NEGATIVE)
 
 
 @dataclass
 class ModelConfig:
     """The generator: token type x order, a size from a ladder, and the heads."""
 
-    token: str = "continuous"
-    order: str = "random"
-    ladder: str = "cpu"
-    size: str = "s"
-    depth: Optional[int] = None  # None: from the ladder
-    width: Optional[int] = None
-    heads: Optional[int] = None
-    mlp_ratio: float = 4.0
-    head_depth: int = 3
-    head_width: Optional[int] = None  # None: the model width
-    diffusion_steps: int = 1000
-    diffusion_batch_mul: int = 4
-    mask_ratio_min: float = 0.7
-    mask_ratio_std: float = 0.25
+    token: str = knob("continuous", "discrete VQ codes (softmax head) or continuous KL latents "
+                      "(diffusion head)", choices=TOKENS)
+    order: str = knob("random", "raster: causal next token; random: MAR-style masked", choices=ORDERS)
+    ladder: str = knob("cpu", "the size ladder (harness/registry.py)", choices=tuple(LADDERS))
+    size: str = knob("s", "a size of the ladder")
+    depth: Optional[int] = knob(None, "transformer blocks (None: from the ladder)", **POSITIVE)
+    width: Optional[int] = knob(None, "model width (None: from the ladder)", **POSITIVE)
+    heads: Optional[int] = knob(None, "attention heads (None: from the ladder)", **POSITIVE)
+    mlp_ratio: float = knob(4.0, "MLP hidden width over model width", **POSITIVE)
+    head_depth: int = knob(3, "diffusion head residual blocks", **POSITIVE)
+    head_width: Optional[int] = knob(None, "diffusion head width (None: the model width)", **POSITIVE)
+    diffusion_steps: int = knob(1000, "diffusion head training timesteps", **POSITIVE)
+    diffusion_batch_mul: int = knob(4, "(t, noise) draws per token per step in the diffusion loss",
+                                    **POSITIVE)
+    learn_sigma: bool = knob(False, "diffusion head learns its variance (MAR/improved DDPM: eps and "
+                             "an interpolation of log-variances, plus the variational-bound term)")
+    mask_ratio_min: float = knob(0.7, "random order: lowest masking ratio of the truncated normal",
+                                 gt=0, le=1)
+    mask_ratio_std: float = knob(0.25, "random order: spread of the masking ratio", **NON_NEGATIVE)
 
 
 @dataclass
 class TrainConfig:
-    """``batch_size``: images per optimizer step over all devices (each of devices x num_nodes
-    ranks takes 1/world of each of ``accumulate_grad_batches`` micro-batches)."""
+    """Optimisation of the generator, and where and how often it logs, validates and checkpoints."""
 
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1.0e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.02
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 3.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    threads: int = 0
-    accumulate_grad_batches: int = 1
-    val_every: int = 500
-    checkpoint_every: int = 200
-    log_every: int = 25
-    compile: bool = False
+    steps: int = knob(2000, "optimizer steps", **POSITIVE)
+    batch_size: int = knob(64, "images per optimizer step over all devices, split into devices x "
+                           "num_nodes x accumulate_grad_batches micro-batches", **POSITIVE)
+    lr: float = knob(1.0e-3, "peak AdamW learning rate", **POSITIVE)
+    warmup_steps: int = knob(100, "linear warm-up steps, then cosine decay", **NON_NEGATIVE)
+    weight_decay: float = knob(0.02, "AdamW weight decay", **NON_NEGATIVE)
+    beta1: float = knob(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = knob(0.95, "AdamW beta2", ge=0, lt=1)
+    grad_clip: float = knob(3.0, "gradient norm clip (0: none)", **NON_NEGATIVE)
+    ema_decay: float = knob(0.999, "EMA of the weights, used for validation and sampling", ge=0, lt=1)
+    seed: int = knob(0, "initialisation, batch order and training randomness")
+    precision: str = knob("32-true", "Lightning precision (bf16-mixed on GPUs)", choices=PRECISIONS)
+    accelerator: str = knob("auto", "Lightning accelerator (cpu, gpu, auto)")
+    devices: int = knob(1, "devices per node", **POSITIVE)
+    num_nodes: int = knob(1, "nodes", **POSITIVE)
+    strategy: str = knob("auto", "distributed strategy", choices=STRATEGIES)
+    threads: int = knob(0, "torch CPU threads (0: torch's default)", **NON_NEGATIVE)
+    accumulate_grad_batches: int = knob(1, "micro-batches per optimizer step", **POSITIVE)
+    val_every: int = knob(500, "steps between validation losses", **POSITIVE)
+    checkpoint_every: int = knob(200, "steps between checkpoints", **POSITIVE)
+    log_every: int = knob(25, "steps between logged training losses", **POSITIVE)
+    compile: bool = knob(False, "torch.compile the generator")
 
 
 @dataclass
 class SampleConfig:
     """Sampling; ``cfg``/``temperature`` left at -1 take the paper's per-variant defaults."""
 
-    cfg: float = -1.0
-    temperature: float = -1.0
-    steps: int = 16
-    diffusion_steps: int = 50
-    top_k: int = 0
+    cfg: float = knob(-1.0, "classifier-free guidance scale, >= 1 (-1: the paper's for the variant)")
+    temperature: float = knob(-1.0, "sampling temperature, > 0 (-1: the paper's for the variant)")
+    steps: int = knob(16, "random order: parallel decoding steps", **POSITIVE)
+    diffusion_steps: int = knob(50, "diffusion head: respaced reverse steps", **POSITIVE)
+    top_k: int = knob(0, "discrete: sample from the k most likely codes (0: all)", **NON_NEGATIVE)
 
 
 @dataclass
@@ -163,27 +175,31 @@ class ReferenceConfig:
     seeded by ``seed``, one caption each, from ``path`` (a folder holding
     ``annotations/captions_val2014.json`` and ``val2014/``), whatever the run trained on."""
 
-    source: str = "data"
-    path: Optional[str] = None
-    seed: int = 0
+    source: str = knob("data", "data: the val split; coco: a seeded MS-COCO draw", choices=REFERENCE_SOURCES)
+    path: Optional[str] = knob(None, "coco: the COCO folder")
+    seed: int = knob(0, "coco: the draw's seed")
 
 
 @dataclass
 class EvalConfig:
-    fid_samples: int = 1000
-    geneval_prompts_per_tag: int = 20
-    images_per_prompt: int = 4
-    batch_size: int = 128
-    seed: int = 0
-    inception_path: Optional[str] = None
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """What ``python -m harness.evaluate`` generates and scores."""
+
+    fid_samples: int = knob(1000, "images generated for FID (and reference images)", **POSITIVE)
+    geneval_prompts_per_tag: int = knob(20, "GenEval prompts per tag", **POSITIVE)
+    images_per_prompt: int = knob(4, "GenEval images per prompt", **POSITIVE)
+    batch_size: int = knob(128, "sampling and feature batch", **POSITIVE)
+    seed: int = knob(0, "the run's own evaluation seed (metrics.json)")
+    inception_path: Optional[str] = knob(None, "a local Inception weights file (FID on non-shapes data)")
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig, metadata={"doc": "the FID reference set"})
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None
-    experiment: str = "default"
-    parent_run_id: Optional[str] = None
+    """Where the run is mirrored (MLflow); none of it changes the run's results or key."""
+
+    uri: Optional[str] = knob(None, "MLflow tracking URI (None: MLFLOW_TRACKING_URI or results/mlflow.db)")
+    experiment: str = knob("default", "MLflow experiment (a sweep's name)")
+    parent_run_id: Optional[str] = knob(None, "the sweep's MLflow parent run")
 
 
 @dataclass
@@ -196,14 +212,15 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    results_dir: str = "results"
+    results_dir: str = knob("results", "where run directories, stage 0 and sweep tables live")
 
 
 # Fields that do not change a run's results: excluded from its key.
 _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "data.num_workers",
             "eval.batch_size")
-
-_DEFAULT_REFERENCE = asdict(ReferenceConfig())
+# Fields added after runs existed: left out of the key while at these defaults, so the keys (and
+# directories) of earlier runs still hold.
+_KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False}
 
 
 def _schema() -> DictConfig:
@@ -224,6 +241,18 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise UserError(key, f"{msg} (from {source})") from None
 
 
+def read_yaml(path: str | Path, field: str = "config file") -> DictConfig:
+    """A YAML file as a DictConfig; a missing or malformed file is a UserError (``field`` names
+    where the path came from)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(field, f"{path} does not exist")
+    try:
+        return OmegaConf.load(path)
+    except Exception as e:
+        raise UserError(str(path), f"malformed YAML: {one_line(e)}") from None
+
+
 def load(overrides: list[str] | None = None, files: list[str | Path] | None = None,
          base: dict | DictConfig | None = None) -> DictConfig:
     """Build a validated, resolved config from the schema, then ``base``, YAML files, a dotlist."""
@@ -231,14 +260,7 @@ def load(overrides: list[str] | None = None, files: list[str | Path] | None = No
     if base is not None:
         cfg = _merge(cfg, base, "base config")
     for f in files or []:
-        path = Path(f)
-        if not path.is_file():
-            raise UserError("config file", f"{path} does not exist")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as e:
-            raise UserError(str(path), f"malformed YAML: {one_line(e)}") from None
-        cfg = _merge(cfg, loaded, str(path))
+        cfg = _merge(cfg, read_yaml(f), str(f))
     for item in overrides or []:
         if "=" not in item:
             raise UserError(item, "override must look like key=value (e.g. model.token=discrete)")
@@ -250,12 +272,59 @@ def load(overrides: list[str] | None = None, files: list[str | Path] | None = No
     return resolve(cfg)
 
 
-def _positive(cfg: DictConfig, *keys: str, allow_zero: bool = False) -> None:
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        if value is None or value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise UserError(key, f"must be {bound}, got {value}")
+def fields(schema: type = RunConfig, prefix: str = "") -> Iterator[tuple[str, Field]]:
+    """Every leaf field of the schema as (dotted key, dataclass field), in schema order."""
+    for f in dataclasses.fields(schema):
+        key = prefix + f.name
+        if f.default_factory is not MISSING and dataclasses.is_dataclass(f.default_factory):
+            yield from fields(f.default_factory, key + ".")
+        else:
+            yield key, f
+
+
+def _bounds(meta: dict) -> str:
+    """``meta``'s bounds as text: "> 0", ">= 0", "in [0, 1)"."""
+    low = f"[{meta['ge']}" if meta["ge"] is not None else f"({meta['gt']}" if meta["gt"] is not None else ""
+    high = f"{meta['le']}]" if meta["le"] is not None else f"{meta['lt']})" if meta["lt"] is not None else ""
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return (">= " if low[0] == "[" else "> ") + low[1:]
+    return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+
+
+def _check_field(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    if meta.get("choices") is not None:
+        check_choice(key, value, meta["choices"])
+    m = {k: meta.get(k) for k in ("gt", "ge", "lt", "le")}
+    ok = ((m["gt"] is None or value > m["gt"]) and (m["ge"] is None or value >= m["ge"])
+          and (m["lt"] is None or value < m["lt"]) and (m["le"] is None or value <= m["le"]))
+    if not ok:
+        raise UserError(key, f"must be {_bounds(m)}, got {value}")
+
+
+def _check_fields(cfg: DictConfig, group: str = "") -> None:
+    """Every field's choices and bounds (from its ``knob`` metadata), in schema order."""
+    for key, f in fields():
+        if key.startswith(group) and f.metadata:
+            _check_field(key, OmegaConf.select(cfg, key), f.metadata)
+
+
+def describe_fields() -> str:
+    """One line per field: key, default, bounds or choices, doc (``python -m harness.train --help``)."""
+    lines = []
+    for key, f in fields():
+        meta = f.metadata
+        default = "{...}" if f.default is MISSING else f.default
+        rule = ""
+        if meta.get("choices") is not None:
+            rule = f" one of {', '.join(map(str, meta['choices']))};"
+        elif any(meta.get(k) is not None for k in ("gt", "ge", "lt", "le")):
+            rule = f" {_bounds(meta)};"
+        lines.append(f"  {key} = {default}:{rule} {meta.get('doc', '')}")
+    return "\n".join(lines)
 
 
 def _check_reference(ref: DictConfig) -> None:
@@ -268,8 +337,6 @@ def _check_reference(ref: DictConfig) -> None:
     if not ref.path:
         raise UserError("eval.reference.path", f"eval.reference.source={ref.source} needs a COCO folder "
                         "(annotations/captions_val2014.json + val2014/), or eval.reference.source=data")
-    from harness.data.real import COCO_CAPTIONS, COCO_IMAGES
-
     for part in ("", COCO_CAPTIONS, COCO_IMAGES):
         if not (Path(ref.path) / part).exists():
             raise UserError("eval.reference.path", f"{Path(ref.path) / part} does not exist "
@@ -278,75 +345,71 @@ def _check_reference(ref: DictConfig) -> None:
 
 def resolve(cfg: DictConfig) -> DictConfig:
     """Validate choices and ranges, then fill the derived fields (size ladder, sampling defaults)."""
-    m, s = cfg.model, cfg.sample
-    check_choice("model.token", m.token, TOKENS)
-    check_choice("model.order", m.order, ORDERS)
-    check_choice("model.ladder", m.ladder, LADDERS)
-    check_choice("data.name", cfg.data.name, DATASETS)
-    check_choice("data.layout", cfg.data.layout, ("free", "grid"))
-    if cfg.data.layout == "grid" and not 2 <= cfg.data.cells <= cfg.data.resolution // 6:
-        raise UserError("data.cells", f"must be in 2..{cfg.data.resolution // 6} at resolution "
-                        f"{cfg.data.resolution}, got {cfg.data.cells}")
-    check_choice("train.precision", cfg.train.precision, PRECISIONS)
-    check_choice("train.strategy", cfg.train.strategy, STRATEGIES)
-    if cfg.train.strategy == "fsdp" and cfg.train.accelerator not in ("gpu", "cuda"):
-        raise UserError("train.accelerator", f"train.strategy=fsdp runs on GPUs only (Lightning's "
-                        f"FSDPStrategy), got {cfg.train.accelerator!r}", ["gpu", "cuda"])
+    _check_fields(cfg)  # every field's own choices and bounds
+    _check_data(cfg)
+    _fill_model(cfg.model)
+    _check_fields(cfg, "model.")  # the filled sizes
+    _check_train(cfg)
+    _check_divisible(cfg)
     _check_reference(cfg.eval.reference)
-    if cfg.data.name != "shapes" and not cfg.data.path:
-        raise UserError("data.path", f"dataset {cfg.data.name!r} needs a path")
-    brace = cfg.data.name == "webdataset" and "{" in str(cfg.data.path)
-    if cfg.data.path and not brace and not Path(cfg.data.path).exists():
-        raise UserError("data.path", f"{cfg.data.path} does not exist")
+    _fill_sampling(cfg)
+    return cfg
+
+
+def _check_data(cfg: DictConfig) -> None:
+    d = cfg.data
+    if d.layout == "grid" and not 2 <= d.cells <= d.resolution // 6:
+        raise UserError("data.cells", f"must be in 2..{d.resolution // 6} at resolution "
+                        f"{d.resolution}, got {d.cells}")
+    if d.name != "shapes" and not d.path:
+        raise UserError("data.path", f"dataset {d.name!r} needs a path")
+    brace = d.name == "webdataset" and "{" in str(d.path)
+    if d.path and not brace and not Path(d.path).exists():
+        raise UserError("data.path", f"{d.path} does not exist")
+
+
+def _fill_model(m: DictConfig) -> None:
+    """Depth, width and heads from the size ladder unless set; the head's width from the model's."""
     spec = size_spec(m.ladder, m.size)
     m.depth = spec.depth if m.depth is None else m.depth
     m.width = spec.width if m.width is None else m.width
     m.heads = spec.heads if m.heads is None else m.heads
     m.head_width = m.width if m.head_width is None else m.head_width
-    _positive(cfg, "model.depth", "model.width", "model.heads", "model.head_depth",
-              "model.head_width", "model.diffusion_steps", "model.diffusion_batch_mul",
-              "data.resolution", "data.train_size", "data.val_size", "tokenizer.downsample",
-              "tokenizer.channels", "tokenizer.codebook_size", "tokenizer.hidden",
-              "tokenizer.layers", "tokenizer.heads",
-              "tokenizer.steps", "tokenizer.batch_size", "tokenizer.lr", "text.max_len",
-              "text.width", "text.heads", "train.steps", "train.batch_size", "train.lr",
-              "train.devices", "train.num_nodes", "train.accumulate_grad_batches", "train.val_every", "train.checkpoint_every",
-              "train.log_every", "sample.steps", "sample.diffusion_steps", "eval.fid_samples",
-              "eval.geneval_prompts_per_tag", "eval.images_per_prompt", "eval.batch_size")
-    _positive(cfg, "text.encoder_layers", "text.aligner_layers", "train.warmup_steps",
-              "train.weight_decay", "train.grad_clip", "sample.top_k", "train.threads", "text.lr_scale",
-              allow_zero=True)
+
+
+def _check_train(cfg: DictConfig) -> None:
     t = cfg.train
+    if t.strategy == "fsdp" and t.accelerator not in ("gpu", "cuda"):
+        raise UserError("train.accelerator", f"train.strategy=fsdp runs on GPUs only (Lightning's "
+                        f"FSDPStrategy), got {t.accelerator!r}", ["gpu", "cuda"])
     split = t.devices * t.num_nodes * t.accumulate_grad_batches
     if t.batch_size % split:
         raise UserError("train.batch_size", f"{t.batch_size} images per step do not split into "
                         f"devices x num_nodes x accumulate_grad_batches = {split} equal micro-batches")
-    if m.width % m.heads:
-        raise UserError("model.heads", f"width {m.width} is not divisible by heads {m.heads}")
-    if cfg.tokenizer.hidden % cfg.tokenizer.heads:
-        raise UserError("tokenizer.heads",
-                        f"tokenizer.hidden {cfg.tokenizer.hidden} is not divisible by {cfg.tokenizer.heads}")
-    if cfg.text.width % cfg.text.heads:
-        raise UserError("text.heads", f"text.width {cfg.text.width} is not divisible by {cfg.text.heads}")
+
+
+def _check_divisible(cfg: DictConfig) -> None:
+    """Widths that split into heads; a resolution that splits into tokens."""
+    for key, width, heads in (("model.heads", cfg.model.width, cfg.model.heads),
+                              ("tokenizer.heads", cfg.tokenizer.hidden, cfg.tokenizer.heads),
+                              ("text.heads", cfg.text.width, cfg.text.heads)):
+        if width % heads:
+            raise UserError(key, f"width {width} is not divisible by {heads} heads")
     if cfg.data.resolution % cfg.tokenizer.downsample:
-        raise UserError("tokenizer.downsample",
-                        f"resolution {cfg.data.resolution} is not divisible by {cfg.tokenizer.downsample}")
-    if not 0 <= cfg.text.dropout_prob < 1:
-        raise UserError("text.dropout_prob", f"must be in [0, 1), got {cfg.text.dropout_prob}")
-    if not 0 < m.mask_ratio_min <= 1:
-        raise UserError("model.mask_ratio_min", f"must be in (0, 1], got {m.mask_ratio_min}")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise UserError("train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
-    cfg_scale, temperature = SAMPLING_DEFAULTS[(m.token, m.order)]
-    if s.cfg < 0:
-        s.cfg = cfg_scale
-    if s.temperature < 0:
-        s.temperature = temperature
+        raise UserError("tokenizer.downsample", f"resolution {cfg.data.resolution} is not divisible "
+                        f"by {cfg.tokenizer.downsample}")
+
+
+def _fill_sampling(cfg: DictConfig) -> None:
+    """CFG scale and temperature left at -1 take the paper's defaults for the variant."""
+    s = cfg.sample
+    cfg_scale, temperature = SAMPLING_DEFAULTS[(cfg.model.token, cfg.model.order)]
+    s.cfg = cfg_scale if s.cfg < 0 else s.cfg
+    s.temperature = temperature if s.temperature < 0 else s.temperature
     if s.cfg < 1.0:
         raise UserError("sample.cfg", f"must be >= 1 (1 = no guidance), got {s.cfg}")
     if s.temperature <= 0:
         raise UserError("sample.temperature", f"must be > 0, got {s.temperature}")
-    return cfg
 
 
 def pretrained_source(cfg: DictConfig, token: str) -> str | None:
@@ -372,14 +435,13 @@ def config_hash(obj: Any, length: int = 12) -> str:
 def keyed_part(cfg: DictConfig) -> dict:
     """The part of a config that determines a run's results."""
     d = to_container(cfg)
-    for path in _UNKEYED:
+    for path in (*_UNKEYED, *_KEYED_UNLESS_DEFAULT):
         node = d
         *parents, leaf = path.split(".")
         for p in parents:
             node = node[p]
-        node.pop(leaf, None)
-    if d["eval"].get("reference") == _DEFAULT_REFERENCE:  # keys of runs made before it existed hold
-        d["eval"].pop("reference")
+        if path in _UNKEYED or node.get(leaf) == _KEYED_UNLESS_DEFAULT[path]:
+            node.pop(leaf, None)
     return d
 
 

@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 from harness.io import read_json, write_json
-
-STATUS_FILE = "status.json"
+from harness.run_dir import RunDir
 
 
 def read_status(path: str | Path) -> dict:
-    f = Path(path) / STATUS_FILE
+    f = RunDir(path).status
     return read_json(f) if f.exists() else {"status": "queued"}
 
 
 def write_status(path: str | Path, status: str, **extra) -> None:
     old = read_status(path)
     old.update(extra, status=status, updated=time.time())
-    write_json(Path(path) / STATUS_FILE, old)
+    write_json(RunDir(path).status, old)

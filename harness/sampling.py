@@ -18,6 +18,7 @@ from torch import nn
 from harness import config as C
 from harness.data.datasets import caption_vocabulary, to_uint8
 from harness.io import read_json
+from harness.run_dir import RunDir
 from harness.tokenizers.stage0 import Tokenizer, load_tokenizer
 
 
@@ -29,12 +30,12 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def load_ema(run_dir: str | Path, cfg: DictConfig, tok: Tokenizer) -> nn.ModuleDict:
     """The EMA networks of a run's last checkpoint."""
-    from harness.train import resume_checkpoint
     from harness.train.module import build_networks
 
-    ckpt = resume_checkpoint(Path(run_dir) / "checkpoints")
+    run = RunDir(run_dir)
+    ckpt = run.latest_checkpoint()
     if ckpt is None:
-        raise FileNotFoundError(f"no usable checkpoint in {run_dir}/checkpoints")
+        raise FileNotFoundError(f"no usable checkpoint in {run.checkpoints}")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     nets = build_networks(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
     nets.load_state_dict({k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")})
@@ -56,10 +57,10 @@ class Sampler:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Sampler":
-        run_dir = Path(run_dir)
-        cfg = C.load_saved(run_dir / "config.yaml")
-        tok = load_tokenizer(read_json(run_dir / "stage0.json")["tokenizer"])
-        return cls(load_ema(run_dir, cfg, tok), tok, cfg, device)
+        run = RunDir(run_dir)
+        cfg = C.load_saved(run.config)
+        tok = load_tokenizer(read_json(run.stage0)["tokenizer"])
+        return cls(load_ema(run.path, cfg, tok), tok, cfg, device)
 
     @torch.no_grad()
     def context(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
-"""``python -m harness.sync [RESULTS_DIR]``: send MLflow whatever the run directories logged that
-it lacks (a run's ``metrics.jsonl`` is the source of truth; MLflow is a mirror that may have been
-down or locked). Safe to run at any time and repeatedly: nothing is logged twice."""
+"""``python -m harness.sync [RESULTS_DIR]``: send MLflow whatever the run directories hold that it
+lacks: metrics, params and artifacts (a run directory is the source of truth; MLflow is a mirror
+that may have been down or locked). Safe to run at any time and repeatedly: nothing is sent twice."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from harness.errors import UserError, cli_main, one_line
+from harness.run_dir import RunDir
 from harness.tracking import store
 
 
-def _run_uri(run_dir: Path) -> str | None:
+def _run_uri(run: RunDir) -> str | None:
     """The store the run was configured to log to (``tracking.uri`` in its config.yaml)."""
-    path = run_dir / "config.yaml"
+    path = run.config
     if not path.exists():
         return None
     from omegaconf import OmegaConf
@@ -22,19 +23,18 @@ def _run_uri(run_dir: Path) -> str | None:
 
 
 def sync_all(results_dir: str | Path, uri: str | None = None, only_pending: bool = False) -> dict[str, int]:
-    """``run key -> metrics sent`` for every run dir with an MLflow run id (to ``uri``, else the
+    """``run key -> items sent`` for every run dir with an MLflow run id (to ``uri``, else the
     store in the run's config, else the default store); raises if any run could not be synced."""
-    runs = Path(results_dir) / "runs"
     sent, failed = {}, []
-    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
-        if not (run_dir / store.RUN_ID_FILE).exists():
+    for run in RunDir.all_in(results_dir):
+        if not run.mlflow_run_id.exists():
             continue
-        if only_pending and not (run_dir / store.PENDING_FILE).exists():
+        if only_pending and not run.mlflow_pending.exists():
             continue
         try:
-            sent[run_dir.name] = store.sync_run(run_dir, uri or _run_uri(run_dir))
+            sent[run.name] = store.sync_run(run.path, uri or _run_uri(run))
         except Exception as e:
-            failed.append(f"{run_dir.name}: {one_line(e)}")
+            failed.append(f"{run.name}: {one_line(e)}")
     if failed:
         raise RuntimeError("MLflow sync failed for " + "; ".join(failed))
     return sent
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("results_dir", f"{args.results_dir} is not a directory")
     sent = sync_all(args.results_dir, args.uri, args.pending)
     for key, n in sent.items():
-        print(f"{key}: {n} metric(s) sent")
+        print(f"{key}: {n} item(s) sent")
     print(f"{len(sent)} run(s) in sync")
     return 0
 

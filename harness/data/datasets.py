@@ -6,6 +6,7 @@ live in ``harness.data.real``. Add a dataset by adding a branch to ``build_datas
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ from harness.config import config_hash
 from harness.data.shapes import ShapesWorld, vocabulary as shapes_vocabulary
 
 SPLIT_SIZES = {"train": "train_size", "val": "val_size"}
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    """The word-splitting rule of captions: the learned text encoder's tokens, and the words of
+    the vocabularies built for it."""
+    return WORD.findall(text.lower())
 
 
 def build_dataset(data: DictConfig, split: str):

@@ -42,8 +42,9 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from harness.data.datasets import words
 from harness.errors import UserError, one_line
-from harness.text.encoders import words
+from harness.registry import COCO_CAPTIONS, COCO_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ SPLITS = ("train", "val")
 VAL_PERCENT = 2  # hash split: this many percent of names go to val
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 VOCABULARY_SIZE = 20_000
-COCO_CAPTIONS = "annotations/captions_val2014.json"
-COCO_IMAGES = "val2014"
 
 
 @dataclass(frozen=True)

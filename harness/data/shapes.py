@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from harness.errors import UserError, check_choice
+from harness.registry import GENEVAL_TAGS
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -52,7 +53,6 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 140, 25),
 }
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
 MAX_OBJECTS = 4
 
@@ -262,7 +262,7 @@ def _noun(shape: str, color: str | None = None) -> str:
     return ("an " if words[0] in "aeiou" else "a ") + words
 
 
-def describe(tag: str, include: list[dict], rng: np.random.Generator | None = None) -> str:
+def caption_of(tag: str, include: list[dict], rng: np.random.Generator | None = None) -> str:
     """Caption for GenEval include groups; ``rng`` picks a paraphrase, None gives GenEval's wording
     ("a photo of ..."). Position groups are [reference, subject with "position": [rel, 0]]."""
     pick = (lambda options: options[0]) if rng is None else (lambda options: options[rng.integers(len(options))])
@@ -409,8 +409,8 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     """A random scene for ``split`` (tag uniform unless given); held-out combinations only in
     "compositional" counting/position/color_attr, never elsewhere."""
     check_choice("split", split, SPLITS)
-    tag = TAGS[rng.integers(len(TAGS))] if tag is None else tag
-    check_choice("tag", tag, TAGS)
+    tag = GENEVAL_TAGS[rng.integers(len(GENEVAL_TAGS))] if tag is None else tag
+    check_choice("tag", tag, GENEVAL_TAGS)
     want_held_out = split == "compositional" and tag in ("counting", "position", "color_attr")
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
@@ -420,7 +420,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
         background, gradient = _background(rng)
         scene = Scene(objs, background, tag, "", gradient)
         if is_held_out(scene) == want_held_out:
-            scene.caption = describe(tag, include_groups(scene), rng)
+            scene.caption = caption_of(tag, include_groups(scene), rng)
             return scene
 
 

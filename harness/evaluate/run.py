@@ -34,7 +34,6 @@ from tqdm import tqdm
 
 from harness import config as C
 from harness.data.datasets import caption_vocabulary
-from harness.data.shapes import TAGS
 from harness.data.tokens import TokenDataset
 from harness.errors import UserError
 from harness.evaluate import fid
@@ -42,16 +41,15 @@ from harness.faults import fault
 from harness.geneval.export import export, grid, score
 from harness.geneval.prompts import make_prompts
 from harness.io import read_json, write_bytes, write_json, write_text
+from harness.registry import GENEVAL_TAGS
 from harness.sampling import Sampler, pick_device
 from harness.tokenizers.stage0 import load_tokenizer, load_tokens
 from harness.tracking import store
-from harness.train import prepare_data, read_status, resume_checkpoint, validation_loss, write_status
+from harness.run_dir import RunDir
+from harness.run_status import read_status, write_status
+from harness.train.run import prepare_data, validation_loss
 from harness.train.module import GeneratorModule
 
-METRIC_KEYS: tuple[str, ...] = (
-    "val_loss", "fid", "fid_cleanfid", "kid", "precision", "recall", "geneval_overall",
-    *(f"geneval_{tag}" for tag in TAGS), "eval_seconds",
-)
 # One image per prompt, in GenEval's wording, covering the six tags; identical for every run.
 FIXED_PROMPTS: tuple[str, ...] = (
     "a photo of a circle",
@@ -76,7 +74,7 @@ def stream_seed(seed: int, stream: str) -> int:
 
 def check_run(run_dir: Path) -> dict:
     """The run's status, or a UserError when it is not a trained run directory."""
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise UserError("run_dir", f"{run_dir} is not a run directory (no config.yaml)")
     status = read_status(run_dir)
     if status["status"] not in EVALUABLE:
@@ -86,17 +84,18 @@ def check_run(run_dir: Path) -> dict:
 
 
 def run_validation_loss(run_dir: Path, cfg: DictConfig) -> float:
-    """``harness.train.validation_loss`` of the checkpoint's EMA networks over the run's val set,
-    batched as in training, so it equals the run's last logged ``val/loss``."""
-    tok_dir = read_json(run_dir / "stage0.json")["tokenizer"]
+    """``harness.train.run.validation_loss`` of the checkpoint's EMA networks over the run's val
+    set, batched as in training, so it equals the run's last logged ``val/loss``."""
+    run = RunDir(run_dir)
+    tok_dir = read_json(run.stage0)["tokenizer"]
     tok = load_tokenizer(tok_dir)
     if cfg.text.encoder == "learned":
         val_set = TokenDataset(*load_tokens(tok_dir, "val"))
     else:  # cached features of the frozen text encoder come with the stage-0 data
         val_set = prepare_data(cfg)[2]
-    ckpt = resume_checkpoint(run_dir / "checkpoints")
+    ckpt = run.latest_checkpoint()
     if ckpt is None:
-        raise UserError("run_dir", f"{run_dir}/checkpoints holds no readable checkpoint")
+        raise UserError("run_dir", f"{run.checkpoints} holds no readable checkpoint")
     module = GeneratorModule(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
     module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
     module.to(pick_device()).eval()
@@ -152,7 +151,7 @@ def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dic
         export(path, _Progress(sampler, bar), folder, e.images_per_prompt, stream_seed(seed, "geneval"),
                e.batch_size)
     summary = score(folder)
-    return {"geneval_overall": summary["overall"], **{f"geneval_{t}": summary[t] for t in TAGS}}
+    return {"geneval_overall": summary["overall"], **{f"geneval_{t}": summary[t] for t in GENEVAL_TAGS}}
 
 
 def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
@@ -173,7 +172,7 @@ def write_samples(sampler, run_dir: Path, generated: Path) -> list[Path]:
     files = sorted(generated.glob("*.png"))[:GRID_IMAGES]
     first = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     strip = sampler.generate(list(FIXED_PROMPTS), seed=FIXED_SEED, batch_size=len(FIXED_PROMPTS))
-    out = run_dir / "samples"
+    out = RunDir(run_dir).samples
     paths = [out / "grid.png", out / "fixed_prompts.png"]
     write_bytes(paths[0], fid.png_bytes(image_grid(first, GRID_COLUMNS)))
     write_bytes(paths[1], fid.png_bytes(grid(strip)))
@@ -191,21 +190,20 @@ def _log(run_dir: Path, cfg: DictConfig, metrics: dict, step: int, prefix: str) 
 
 def metrics_path(run_dir: str | Path, seed: int | None = None) -> Path:
     """Where ``evaluate(run_dir, seed)`` writes its metrics (for callers checking what exists)."""
-    run_dir = Path(run_dir)
-    if seed is None or seed == C.load_saved(run_dir / "config.yaml").eval.seed:
-        return run_dir / "metrics.json"
-    return run_dir / f"metrics-seed{seed}.json"
+    run = RunDir(run_dir)
+    default = C.load_saved(run.config).eval.seed
+    return run.eval_metrics(default if seed is None else seed, default)
 
 
 def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     """Evaluate a trained run (see the module docstring); returns the metrics written."""
     start = time.time()
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     status = check_run(run_dir)
-    cfg = C.load_saved(run_dir / "config.yaml")
+    cfg = C.load_saved(run.config)
     seed = cfg.eval.seed if seed is None else int(seed)
     default = seed == cfg.eval.seed
-    suffix = "" if default else f"-seed{seed}"
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     space = fid.feature_space(cfg)  # first: a missing Inception file fails before any work
@@ -214,20 +212,20 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     sampler = Sampler.from_run(run_dir)
     metrics: dict = {"val_loss": run_validation_loss(run_dir, cfg)}
     manifest = {"seed": seed, "step": step, "sample": OmegaConf.to_container(cfg.sample)}
-    generated = run_dir / "fid" / f"generated{suffix}"
+    generated = run.fid_generated(seed, cfg.eval.seed)
     captions = reference.captions()
     _fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
                               "batch_size": cfg.eval.batch_size})
     generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size)
     fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
-    metrics.update(run_geneval(sampler, cfg, run_dir / f"geneval{suffix}", seed, manifest))
+    metrics.update(run_geneval(sampler, cfg, run.geneval(seed, cfg.eval.seed), seed, manifest))
     images = write_samples(sampler, run_dir, generated) if default else []
     metrics.update(eval_seconds=time.time() - start, fid_samples=len(captions), fid_features=space.name,
-                   geneval_images=cfg.eval.geneval_prompts_per_tag * len(TAGS) * cfg.eval.images_per_prompt)
+                   geneval_images=cfg.eval.geneval_prompts_per_tag * len(GENEVAL_TAGS) * cfg.eval.images_per_prompt)
     _log(run_dir, cfg, metrics, step, "eval/" if default else f"eval_seed{seed}/")
     metrics.update(seed=seed, step=step)
-    out = metrics_path(run_dir, seed)
+    out = run.eval_metrics(seed, cfg.eval.seed)
     # listed before metrics.json exists, so a stop right after writing it still leaves it to sync
     store.log_artifacts(run_dir, {**{p: "samples" for p in images}, out: "eval"}, cfg.tracking.uri)
     write_json(out, metrics)

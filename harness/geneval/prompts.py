@@ -20,12 +20,12 @@ from harness.data.shapes import (
     RELATIONS,
     SHAPES,
     SPLITS,
-    TAGS,
-    describe,
+    caption_of,
     held_out_combinations,
 )
 from harness.errors import UserError, check_choice
 from harness.io import write_text
+from harness.registry import GENEVAL_TAGS
 
 _SUBJECT_FIRST = {"left of": True, "right of": False, "above": True, "below": False}  # left/top first
 
@@ -77,20 +77,20 @@ def all_includes(tag: str) -> list[dict]:
         meta = {"tag": tag, "include": include}
         if tag == "counting":
             meta["exclude"] = [{"class": include[0]["class"], "count": include[0]["count"] + 1}]
-        meta["prompt"] = describe(tag, include)
+        meta["prompt"] = caption_of(tag, include)
         out.append(meta)
     return out
 
 
 def make_prompts(n_per_tag: int, seed: int = 0, split: str = "compositional") -> list[dict]:
-    """``n_per_tag`` GenEval-schema prompts per tag (tag order as in TAGS) for ``split``:
+    """``n_per_tag`` GenEval-schema prompts per tag (tag order as in GENEVAL_TAGS) for ``split``:
     "compositional" uses only held-out combinations where a tag has them; other splits never do."""
     check_choice("split", split, SPLITS)
     if n_per_tag < 1:
         raise UserError("n_per_tag", f"must be >= 1, got {n_per_tag}")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     prompts = []
-    for tag in TAGS:
+    for tag in GENEVAL_TAGS:
         pool = [m for m in all_includes(tag) if is_held_out_prompt(m) in (None, split == "compositional")]
         order = rng.permutation(len(pool))
         prompts += [pool[order[i % len(pool)]] for i in range(n_per_tag)]
@@ -104,8 +104,8 @@ def validate(meta: object, where: str) -> dict:
     for key in ("tag", "prompt", "include"):
         if key not in meta:
             raise UserError(where, f"missing key {key!r}")
-    if meta["tag"] not in TAGS:
-        raise UserError(f"{where}: tag", f"unknown value {meta['tag']!r}", TAGS)
+    if meta["tag"] not in GENEVAL_TAGS:
+        raise UserError(f"{where}: tag", f"unknown value {meta['tag']!r}", GENEVAL_TAGS)
     if not isinstance(meta["prompt"], str):
         raise UserError(where, "'prompt' must be a string")
     for key in ("include", "exclude"):

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.shapes import TAGS, relations
+from harness.data.shapes import relations
 from harness.errors import UserError
 from harness.geneval.detector import Detection, detect
+from harness.registry import GENEVAL_TAGS
 
 
 def explain(image: np.ndarray, metadata: dict, detections: list[Detection] | None = None) -> list[str]:
@@ -112,7 +113,7 @@ def score_folder(folder: str | os.PathLike) -> list[dict]:
 def summarize(results: list[dict]) -> dict[str, float]:
     """Per-tag accuracy (mean over its images) and "overall" (unweighted mean over tags present)."""
     summary: dict[str, float] = {}
-    for tag in TAGS:
+    for tag in GENEVAL_TAGS:
         hits = [bool(r["correct"]) for r in results if r["tag"] == tag]
         if hits:
             summary[tag] = float(np.mean(hits))

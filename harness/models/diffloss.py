@@ -8,6 +8,12 @@ fewer steps; the predicted clean token is clipped to +-x0_clip (tokens are unit-
 near t=T the prediction divides by sqrt(alpha_bar) ~ 1e-4 and would amplify any error); temperature
 scales the noise of each reverse step; classifier-free guidance combines
 the conditional and unconditional halves' epsilon, both halves sharing one noise draw.
+
+By default each reverse step uses the posterior variance (fixed, "sigma small"). With
+``learn_sigma`` the head is MAR's: as in improved DDPM (Nichol & Dhariwal, 2021) the denoiser also
+outputs a value v per channel that interpolates the step's log-variance between the posterior
+variance (v=-1) and beta_t (v=+1), trained by the variational bound (VB) with the predicted mean
+held fixed, so the epsilon-MSE alone trains the mean.
 """
 from __future__ import annotations
 
@@ -41,9 +47,11 @@ class AdaLNBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """MLP epsilon-predictor: (x_t, t, z) -> eps. AdaLN and output layers start at zero."""
+    """MLP epsilon-predictor: (x_t, t, z) -> eps, or [eps, v] (``out_dim`` = 2 * token_dim) for a
+    learned variance. AdaLN and output layers start at zero."""
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int):
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int,
+                 out_dim: int | None = None):
         super().__init__()
         self.time = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.cond = nn.Linear(cond_dim, width)
@@ -51,7 +59,7 @@ class Denoiser(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.out = nn.Linear(width, token_dim)
+        self.out = nn.Linear(width, out_dim or token_dim)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -85,21 +93,80 @@ def cosine_alphas_cumprod(steps: int, s: float = 0.008) -> Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
+def posterior(ac: Tensor, ac_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The step from cumulative alpha ``ac_prev`` to ``ac``: its beta, and q(x_prev | x_t, x_0)
+    as the coefficients of x_0 and x_t in its mean and its variance."""
+    beta = 1 - ac / ac_prev
+    coef_x0 = beta * ac_prev.sqrt() / (1 - ac)
+    coef_xt = (1 - ac_prev) * (1 - beta).sqrt() / (1 - ac)
+    var = beta * (1 - ac_prev) / (1 - ac)
+    return beta, coef_x0, coef_xt, var
+
+
+def learned_log_variance(v: Tensor, log_beta: Tensor, log_posterior_var: Tensor) -> Tensor:
+    """Improved DDPM's "learned range": v=-1 gives the posterior variance, v=+1 gives beta_t, in
+    between the log-variances mix linearly. v is the raw network output (not clamped, as in MAR)."""
+    frac = (v + 1) / 2
+    return frac * log_beta + (1 - frac) * log_posterior_var
+
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (logvar2 - logvar1 - 1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_normal_cdf(x: Tensor) -> Tensor:
+    """The tanh approximation of the standard normal CDF that improved DDPM (and MAR) use."""
+    return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_nll(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """-log of the mass N(mean, std^2) puts on x's bin, in nats: improved DDPM's decoder term for
+    8-bit data in [-1, 1] (bins 2/255 wide; below -0.999 / above 0.999 the bin runs to -inf / +inf).
+    MAR applies it unchanged to latent tokens, so values beyond +-1 fall in those edge bins."""
+    inv_std = torch.exp(-log_std)
+    upper = _approx_normal_cdf(inv_std * (x - mean + 1 / 255))
+    lower = _approx_normal_cdf(inv_std * (x - mean - 1 / 255))
+    log_mass = torch.where(
+        x < -0.999, upper.clamp(min=1e-12).log(),
+        torch.where(x > 0.999, (1 - lower).clamp(min=1e-12).log(),
+                    (upper - lower).clamp(min=1e-12).log()))
+    return -log_mass
+
+
 class DiffLoss(nn.Module):
-    """The continuous-token head: a diffusion loss in training, a sampler at generation."""
+    """The continuous-token head: a diffusion loss in training, a sampler at generation.
+
+    With ``learn_sigma`` the denoiser outputs [eps, v] (2 * token_dim channels), the loss adds the
+    VB term for v, and the sampler draws each step with the learned variance."""
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int,
-                 steps: int = 1000, batch_mul: int = 4, x0_clip: float = 10.0):
+                 steps: int = 1000, batch_mul: int = 4, x0_clip: float = 10.0,
+                 learn_sigma: bool = False):
         super().__init__()
         self.x0_clip = x0_clip
         self.token_dim = token_dim
         self.steps = steps
         self.batch_mul = batch_mul
-        self.net = Denoiser(token_dim, cond_dim, width, depth)
-        self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(steps).float(), persistent=False)
+        self.learn_sigma = learn_sigma
+        self.net = Denoiser(token_dim, cond_dim, width, depth,
+                            out_dim=2 * token_dim if learn_sigma else token_dim)
+        ac = cosine_alphas_cumprod(steps)
+        self.register_buffer("alphas_cumprod", ac.float(), persistent=False)
+        if learn_sigma:
+            # The training chain's posterior, in float64 then stored as float32 (as MAR does). At
+            # t=0 the posterior variance is 0; its log is "clipped" to that of t=1 (improved DDPM).
+            beta, coef_x0, coef_xt, var = posterior(ac, torch.cat([ac.new_ones(1), ac[:-1]]))
+            if steps > 1:
+                var[0] = var[1]
+            for name, value in (("log_beta", beta.log()), ("post_coef_x0", coef_x0),
+                                ("post_coef_xt", coef_xt), ("post_log_var", var.log())):
+                self.register_buffer(name, value.float(), persistent=False)
 
     def forward(self, target: Tensor, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Mean epsilon-MSE over ``batch_mul`` (t, noise) draws per token. target (N,C), z (N,D)."""
+        """Mean epsilon-MSE over ``batch_mul`` (t, noise) draws per token, plus with
+        ``learn_sigma`` the mean VB term in bits (MAR's loss, unscaled). target (N,C), z (N,D)."""
         target = target.repeat(self.batch_mul, 1)
         z = z.repeat(self.batch_mul, 1)
         n = target.shape[0]
@@ -109,7 +176,27 @@ class DiffLoss(nn.Module):
         ac = self.alphas_cumprod[t][:, None]
         x_t = ac.sqrt() * target + (1 - ac).sqrt() * noise
         eps = self.net(x_t, t, z)
-        return F.mse_loss(eps.float(), noise.float())
+        if not self.learn_sigma:
+            return F.mse_loss(eps.float(), noise.float())
+        eps, v = eps.float().split(self.token_dim, dim=-1)
+        vb = self.vb_bits(target.float(), x_t.float(), t, eps.detach(), v)
+        return F.mse_loss(eps, noise.float()) + vb.mean()
+
+    def vb_bits(self, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor, v: Tensor) -> Tensor:
+        """Per-row VB term in bits per channel: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for
+        t > 0 and the decoder NLL of x0 at t = 0, where p has the mean implied by ``eps`` and the
+        learned variance from ``v``. ``forward`` passes eps detached, so only v learns from it."""
+        def at(buf: Tensor) -> Tensor:
+            return buf[t][:, None]
+        ac = at(self.alphas_cumprod)
+        x0_pred = (x_t - (1 - ac).sqrt() * eps) / ac.sqrt()  # unclipped in training, as in MAR
+        mean = at(self.post_coef_x0) * x0_pred + at(self.post_coef_xt) * x_t
+        true_mean = at(self.post_coef_x0) * x0 + at(self.post_coef_xt) * x_t
+        true_log_var = at(self.post_log_var)
+        log_var = learned_log_variance(v, at(self.log_beta), true_log_var)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var)
+        nll = discretized_gaussian_nll(x0, mean, 0.5 * log_var)
+        return torch.where((t == 0)[:, None], nll, kl).mean(dim=-1) / math.log(2.0)
 
     def respaced(self, num_steps: int) -> tuple[Tensor, Tensor]:
         """Timesteps (descending) of a respaced chain and their cumulative alphas."""
@@ -123,7 +210,9 @@ class DiffLoss(nn.Module):
                num_steps: int = 50, generator: torch.Generator | None = None,
                guided: bool = False) -> Tensor:
         """Draw one token per condition. With ``guided``, ``z`` is [cond; uncond] (2N rows) and
-        the result has N rows; ``cfg`` may be a scalar or an (N,) tensor."""
+        the result has N rows; ``cfg`` may be a scalar or an (N,) tensor. With ``learn_sigma``
+        each step's variance is learned from v on the respaced chain (guided: the conditional
+        half's v, as in MAR, which keeps the conditional rows of its doubled batch)."""
         n = z.shape[0] // 2 if guided else z.shape[0]
         x = torch.randn((n, self.token_dim), device=z.device, generator=generator, dtype=z.dtype)
         ts, acs = self.respaced(num_steps)
@@ -132,17 +221,25 @@ class DiffLoss(nn.Module):
         for i, ac in enumerate(acs):
             ac_prev = acs[i + 1] if i + 1 < len(acs) else torch.ones_like(ac)
             eps = self.net.denoise(torch.cat([x, x]) if guided else x, times[i] + cond)
+            v = None
+            if self.learn_sigma:
+                eps, v = eps.split(self.token_dim, dim=-1)
+                v = v[:n]
             if guided:
                 eps_c, eps_u = eps.chunk(2)
                 w = cfg if not torch.is_tensor(cfg) else cfg.view(-1, 1)
                 eps = eps_u + w * (eps_c - eps_u)
             x0 = ((x - (1 - ac).sqrt() * eps) / ac.sqrt()).clamp(-self.x0_clip, self.x0_clip)
-            beta = 1 - ac / ac_prev
-            mean = (beta * ac_prev.sqrt() / (1 - ac)) * x0 + ((1 - ac_prev) * (1 - beta).sqrt() / (1 - ac)) * x
+            beta, coef_x0, coef_xt, var = posterior(ac, ac_prev)
+            mean = coef_x0 * x0 + coef_xt * x
             if i + 1 < len(acs):
-                var = beta * (1 - ac_prev) / (1 - ac)
+                if v is None:
+                    std = var.sqrt()
+                else:
+                    std = (0.5 * learned_log_variance(v.float(), beta.log(), var.log())).exp()
+                    std = std.to(x.dtype)
                 noise = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
-                x = mean + var.sqrt() * temperature * noise
+                x = mean + std * temperature * noise
             else:
                 x = mean
         return x

@@ -24,8 +24,9 @@ def head_flops_per_token(cfg: DictConfig, token_dim: int, codebook_size: int) ->
         return 2.0 * m.width * codebook_size
     wh = m.head_width
     per_block = 2 * wh * wh + 3 * wh * wh  # MLP + AdaLN
+    out = wh * token_dim * (2 if m.learn_sigma else 1)  # eps (and the variance values)
     return 2.0 * (m.head_depth * per_block + 2 * wh * wh + token_dim * wh + m.width * wh
-                  + 256 * wh + wh * wh + wh * token_dim)
+                  + 256 * wh + wh * wh + out)
 
 
 def aligner_flops(cfg: DictConfig, text_width: int | None = None) -> float:

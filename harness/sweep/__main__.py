@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import UserError, check_choice, cli_main, one_line
+from harness.registry import VARIANTS
 from harness.sweep import grid
 
 
@@ -28,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", help=f"a sweep in sweeps/ ({', '.join(grid.presets())})")
     src.add_argument("--file", help="a sweep YAML file")
     p.add_argument("--size", default="all", help="all, or sizes of the ladder: xs,s")
-    p.add_argument("--variants", help=f"all, or some of: {','.join(grid.VARIANTS)}")
+    p.add_argument("--variants", help=f"all, or some of: {','.join(VARIANTS)}")
     p.add_argument("--launcher", help=f"one of {', '.join(grid.LAUNCHERS)} (default: the sweep's)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     p.add_argument("--status", action="store_true", help="print where each run stands")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = args.launcher or spec.launcher.default
     check_choice("--launcher", launcher, grid.LAUNCHERS)
 
-    from harness.sweep import describe, plan, status
+    from harness.sweep import dry_run, plan, status
 
     threads = _threads(spec, launcher, sizes)
     runs = [r for s in sizes for r in plan.build_runs(spec, [s], variants, args.overrides, threads[s])]
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dry_run:
         gpu = runs[0].cfg.model.ladder == "paper"
-        p = describe.plan(spec.name, launcher, runs, states, plan.stage0_tasks(runs), gpu)
-        _print(p, args.json, describe.render(p))
+        p = dry_run.plan(spec.name, launcher, runs, states, plan.stage0_tasks(runs), gpu)
+        _print(p, args.json, dry_run.render(p))
         return 0
     return launch(spec, path, launcher, runs, states, sweep_dir, args)
 
@@ -93,7 +94,7 @@ def _record(table_path: Path, name: str, runs) -> None:
 
 def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args) -> int:
     """Create the MLflow parent, write the table, run stage 0 and the runs left, report."""
-    from harness.sweep import launch as L
+    from harness.sweep import launch as launchers
     from harness.sweep import parent, plan, status, table
 
     by_key = {s.key: s for s in states}
@@ -123,22 +124,22 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
         r.cfg.tracking.parent_run_id = parent_id
     _record(table_path, spec.name, runs)
     stage0 = [t for t in plan.stage0_tasks(todo) if not t.done]
-    sweep = L.Sweep(spec.name, spec, runs, todo, stage0, table_path, sweep_dir)
+    sweep = launchers.Sweep(spec.name, spec, runs, todo, stage0, table_path, sweep_dir)
     every = args.progress_every or spec.launcher.progress_every_s
     try:
         if not todo:
             pass
         elif launcher == "debug":
-            L.run_debug(sweep)
+            launchers.run_debug(sweep)
         elif launcher == "local":
-            L.run_local(sweep, every)
+            launchers.run_local(sweep, every)
         else:
-            jobs = L.submit_slurm(sweep)
+            jobs = launchers.submit_slurm(sweep)
             if args.no_wait:
                 print(f"submitted; follow with: python -m harness.sweep --file {path} --status")
                 return 0
-            L.wait_slurm(sweep, jobs, every)
-    except L.Stage0Failed as e:
+            launchers.wait_slurm(sweep, jobs, every)
+    except launchers.Stage0Failed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

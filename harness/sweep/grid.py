@@ -16,19 +16,18 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness import config as C
 from harness.errors import UserError, check_choice, one_line
-from harness.models.sizes import LADDERS
+from harness.registry import LADDERS, ORDERS, TOKENS, VARIANTS
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 LAUNCHERS = ("local", "slurm", "debug")
-VARIANTS = tuple(f"{t}-{o}" for t in C.TOKENS for o in C.ORDERS)
 
 
 @dataclass
 class GridSpec:
     """The axes of the study; an empty ``size`` list means every size of the ladder."""
 
-    token: List[str] = field(default_factory=lambda: list(C.TOKENS))
-    order: List[str] = field(default_factory=lambda: list(C.ORDERS))
+    token: List[str] = field(default_factory=lambda: list(TOKENS))
+    order: List[str] = field(default_factory=lambda: list(ORDERS))
     size: List[str] = field(default_factory=list)
 
 
@@ -100,12 +99,7 @@ def preset_path(name: str) -> Path:
 def load_sweep(path: str | Path) -> DictConfig:
     """Read and validate a sweep file; raises ``UserError`` naming the bad field."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError("--file", f"{path} does not exist")
-    try:
-        raw = OmegaConf.load(path)
-    except Exception as e:
-        raise UserError(str(path), f"malformed YAML: {one_line(e)}") from None
+    raw = C.read_yaml(path, "--file")
     try:
         spec = OmegaConf.merge(OmegaConf.structured(SweepSpec), raw)
     except OmegaConfBaseException as e:
@@ -131,13 +125,13 @@ def validate(spec: DictConfig, source: str) -> None:
     """Names, choices and the overrides (checked through ``harness.config.load``)."""
     if not spec.name or "/" in spec.name:
         raise UserError(f"{source}: name", f"must be a non-empty name without '/', got {spec.name!r}")
-    for axis, valid in {"token": C.TOKENS, "order": C.ORDERS}.items():  # (no size: all sizes)
+    for axis, valid in {"token": TOKENS, "order": ORDERS}.items():  # (no size: all sizes)
         if not spec.grid[axis]:
             raise UserError(f"{source}: grid.{axis}", "is empty: the grid has no runs", valid)
     for t in spec.grid.token:
-        check_choice(f"{source}: grid.token", t, C.TOKENS)
+        check_choice(f"{source}: grid.token", t, TOKENS)
     for o in spec.grid.order:
-        check_choice(f"{source}: grid.order", o, C.ORDERS)
+        check_choice(f"{source}: grid.order", o, ORDERS)
     ladder = ladder_of(spec)
     check_choice(f"{source}: overrides.model.ladder", ladder, LADDERS)
     _check_overrides(spec.overrides, f"{source}: overrides", next(iter(LADDERS[ladder])))

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import config as C
 from harness.errors import one_line
+from harness.run_dir import RunDir
 from harness.sweep import records, table
 
 
@@ -75,7 +76,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __init__(self, cfg: DictConfig, seeds: list[int], sweep: str, table_path: str | Path):
         self.cfg = OmegaConf.to_container(cfg)
-        self.run_dir = str(Path(cfg.results_dir) / "runs" / C.run_key(cfg))
+        self.run_dir = str(RunDir.of(cfg).path)
         self.seeds, self.sweep, self.table_path = list(seeds), sweep, str(table_path)
         self.preempted = False
 
@@ -87,7 +88,7 @@ class RunJob(submitit.helpers.Checkpointable):
         env = _job_env()
         rank = env.global_rank if env else 0
         if rank != 0:
-            from harness.train import train
+            from harness.train.run import train
 
             train(cfg)
             return {}
@@ -96,7 +97,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 records.link_logs(out, [env.paths.stdout, env.paths.stderr])
             records.log_attempt(out, "start", job_id=env.job_id if env else None,
                                 restart=os.environ.get("SLURM_RESTART_COUNT"),
-                                resume_step=_checkpoint_step(out))
+                                resume_step=RunDir(out).checkpoint_step())
             try:
                 result = self._work(cfg, out)
             except Exception as e:
@@ -113,7 +114,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def _work(self, cfg: DictConfig, out: Path) -> dict:
         from harness.evaluate.run import evaluate
-        from harness.train import train
+        from harness.train.run import train
 
         from harness.run_status import read_status, write_status
 
@@ -145,7 +146,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time: the training checkpoints itself, so just requeue."""
         self.preempted = True
-        records.log_attempt(self.run_dir, "preempted", checkpoint_step=_checkpoint_step(self.run_dir))
+        records.log_attempt(self.run_dir, "preempted", checkpoint_step=RunDir(self.run_dir).checkpoint_step())
         return super().checkpoint(*args, **kwargs)
 
 
@@ -162,24 +163,10 @@ def _terminate_mlflow_run(run_dir: Path, uri: str | None, state: str) -> None:
     """Close the run's MLflow run (best effort: the run dir stays the source of truth)."""
     from harness.tracking import store
 
-    id_file = run_dir / store.RUN_ID_FILE
+    id_file = RunDir(run_dir).mlflow_run_id
     if not id_file.exists():
         return
     try:
         store.retry(lambda: store.client(uri).set_terminated(id_file.read_text().strip(), state))
     except Exception as e:
         store.mark_pending(run_dir, f"run status not set: {one_line(e)}")
-
-
-def _checkpoint_step(run_dir: str | Path) -> int | None:
-    """The global step of the run's newest readable checkpoint (None without one). Memory-mapped,
-    so it costs little even for a checkpoint of billions of parameters."""
-    import torch
-
-    for name in ("last.ckpt", "prev.ckpt"):
-        path = Path(run_dir) / "checkpoints" / name
-        try:
-            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-        except Exception:
-            continue
-    return None

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import one_line
 from harness.models.flops import train_flops
+from harness.run_dir import RunDir
 from harness.sweep import records, status
 from harness.sweep.jobs import RunJob, Stage0Job
 from harness.sweep.plan import Run, Stage0Task
@@ -163,7 +164,7 @@ def run_local(sweep: Sweep, progress_every_s: float) -> None:
     _check_stage0(run_capped(sweep.stage0, submit_stage0, spec.max_parallel), sweep.stage0)
 
     def submit_run(run: Run):
-        job = _local_executor(records.jobs_dir(run.dir), spec.timeout_min).submit(sweep.job(run))
+        job = _local_executor(RunDir(run.dir).jobs, spec.timeout_min).submit(sweep.job(run))
         records.write_job(run.dir, "local", job.job_id, sweep.name)
         return job
 

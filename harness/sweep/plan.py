@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import config as C
 from harness.errors import UserError
+from harness.run_dir import RunDir
 from harness.tracking import tracking_uri
 
 GRID_KEYS = ("model.token", "model.order", "model.size", "model.ladder")
@@ -30,7 +31,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.key = C.run_key(self.cfg)
-        self.dir = Path(self.cfg.results_dir) / "runs" / self.key
+        self.dir = RunDir.of(self.cfg).path
 
     @property
     def token(self) -> str:

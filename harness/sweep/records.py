@@ -18,34 +18,28 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.io import file_lock, read_json, write_json
-
-JOBS = "jobs"
-
-
-def jobs_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / JOBS
-
+from harness.run_dir import RunDir
 
 def write_job(run_dir: str | Path, launcher: str, job_id: str, sweep: str) -> None:
-    write_json(jobs_dir(run_dir) / "job.json",
+    write_json(RunDir(run_dir).job_record,
                {"launcher": launcher, "job_id": str(job_id), "sweep": sweep, "submitted": time.time()})
 
 
 def read_job(run_dir: str | Path) -> dict | None:
-    path = jobs_dir(run_dir) / "job.json"
+    path = RunDir(run_dir).job_record
     return read_json(path) if path.exists() else None
 
 
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold the run's lock for the duration (waits while another job holds it)."""
-    with file_lock(jobs_dir(run_dir) / "run.lock"):
+    with file_lock(RunDir(run_dir).run_lock):
         yield
 
 
 def is_locked(run_dir: str | Path) -> bool:
     """Whether a job on this machine is working on the run right now."""
-    path = jobs_dir(run_dir) / "run.lock"
+    path = RunDir(run_dir).run_lock
     if not path.exists():
         return False
     with open(path, "a") as f:
@@ -61,36 +55,28 @@ def log_attempt(run_dir: str | Path, event: str, **extra) -> None:
     """Append one event (``start``, ``preempted``, ``failed``, ``completed``) to attempts.jsonl."""
     row = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
            **extra}
-    path = jobs_dir(run_dir) / "attempts.jsonl"
+    path = RunDir(run_dir).attempts
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row, default=str) + "\n")
 
 
 def read_attempts(run_dir: str | Path) -> list[dict]:
-    path = jobs_dir(run_dir) / "attempts.jsonl"
+    path = RunDir(run_dir).attempts
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def eval_path(run_dir: str | Path, seed: int, default_seed: int) -> Path:
-    """Where ``harness.evaluate.run.evaluate(run_dir, seed)`` leaves its metrics: ``metrics.json`` for
-    the run's own ``eval.seed``, ``metrics-seed<s>.json`` for any other (``metrics_path`` there,
-    without loading the config again)."""
-    name = "metrics.json" if seed == default_seed else f"metrics-seed{seed}.json"
-    return Path(run_dir) / name
-
-
 def read_eval(run_dir: str | Path, seed: int, default_seed: int) -> dict | None:
     """The metrics of one evaluation seed, or None while it is not evaluated."""
-    path = eval_path(run_dir, seed, default_seed)
+    path = RunDir(run_dir).eval_metrics(seed, default_seed)
     return read_json(path) if path.exists() else None
 
 
 def link_logs(run_dir: str | Path, paths: list[Path]) -> None:
     """Make a job's logs, written elsewhere (a SLURM array folder), visible in the run dir."""
-    target = jobs_dir(run_dir)
+    target = RunDir(run_dir).jobs
     target.mkdir(parents=True, exist_ok=True)
     for p in paths:
         p = Path(p).resolve()

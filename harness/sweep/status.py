@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
+from harness.run_dir import RunDir
 from harness.sweep import records
 from harness.sweep.plan import Run
 
@@ -47,7 +48,7 @@ def slurm_queue() -> dict[str, str]:
 
 
 def seeds_left(run: Run) -> list[int]:
-    return [s for s in run.seeds if not records.eval_path(run.dir, s, run.cfg.eval.seed).exists()]
+    return [s for s in run.seeds if not RunDir(run.dir).eval_metrics(s, run.cfg.eval.seed).exists()]
 
 
 def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:

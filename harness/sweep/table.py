@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 
 from harness.faults import fault
 from harness.io import atomic_write, file_lock, read_json
+from harness.registry import METRICS
+from harness.run_dir import RunDir
 from harness.sweep import records
 
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in GENEVAL_TAGS))
 COLUMNS = ("run_key", "sweep", "token", "order", "size", "params", "train_flops", "steps",
            *METRICS, "status", "run_dir", "seed")
 TABLE = "runs.csv"
@@ -79,10 +79,11 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
     has no metrics, not even the val loss logged before the failure."""
     from harness.run_status import read_status
 
-    run_dir = Path(run_dir)
-    if (run_dir / "config.yaml").exists():
-        cfg = OmegaConf.load(run_dir / "config.yaml")
-    info = read_json(run_dir / "info.json") if (run_dir / "info.json").exists() else {}
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if run.config.exists():
+        cfg = OmegaConf.load(run.config)
+    info = read_json(run.info) if run.info.exists() else {}
     status = read_status(run_dir)
     val_loss = _last_val_loss(run_dir)
     rows = []

@@ -6,22 +6,16 @@ packaged MiniLM in tests), frozen, by name or local path; its features are cache
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from harness.data.datasets import words
 from harness.errors import UserError, one_line
 from harness.models.transformer import Block, init_weights, padding_mask
 
 PAD, UNK = "<pad>", "<unk>"
-WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(text: str) -> list[str]:
-    """The word-splitting rule of the learned text encoder (and of vocabularies built for it)."""
-    return WORD.findall(text.lower())
 
 
 class WordTokenizer:

@@ -7,6 +7,7 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from harness.run_dir import RunDir
 from harness.tracking import store
 
 
@@ -33,7 +34,7 @@ class RunLogger(Logger):
         self.run_dir = Path(run_dir)
         self.uri = uri
         self._seen = {(r["key"], r["step"]) for r in store.read_metrics(self.run_dir)}
-        self.offline = (self.run_dir / store.PENDING_FILE).exists()
+        self.offline = RunDir(self.run_dir).mlflow_pending.exists()
         if self._seen and not self.offline:
             self.offline = not store.catch_up(self.run_dir, uri)
 

@@ -20,16 +20,12 @@ from typing import Any, Callable, TypeVar
 from harness.errors import one_line
 from harness.faults import fault
 from harness.io import file_lock, read_json, write_json, write_text
+from harness.run_dir import RunDir
 from harness.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RUN_ID_FILE = "mlflow_run_id"
-PENDING_FILE = "mlflow_pending"
-METRICS_LOG = "metrics.jsonl"
-PARAMS_FILE = "params.json"  # every param logged, the local copy
-ARTIFACTS_FILE = "mlflow_artifacts.json"  # {file in the run dir: artifact folder}
 RETRY_DELAY_S = 0.5  # first back-off of `retry` (tests that inject failures set it to 0)
 
 
@@ -96,7 +92,7 @@ def ensure_run(run_dir: str | Path, experiment: str, name: str, tags: dict[str, 
                parent_run_id: str | None = None, uri: str | None = None) -> str:
     """The MLflow run of this run directory, created on first call and reused on resume."""
     run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
+    id_file = RunDir(run_dir).mlflow_run_id
     if id_file.exists():
         return id_file.read_text().strip()
     c = client(uri)
@@ -113,7 +109,7 @@ def append_metrics(run_dir: str | Path, metrics: dict[str, float], step: int) ->
     now = int(time.time() * 1000)
     rows = [{"key": k, "value": float(v), "step": int(step), "timestamp": now}
             for k, v in metrics.items()]
-    path = Path(run_dir) / METRICS_LOG
+    path = RunDir(run_dir).metrics_log
     with open(path, "ab+") as f:
         f.seek(0, os.SEEK_END)
         cut = False
@@ -137,7 +133,7 @@ def log_metrics(run_dir: str | Path, metrics: dict[str, float], step: int, uri: 
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_LOG
+    path = RunDir(run_dir).metrics_log
     if not path.exists():
         return []
     rows = []
@@ -150,7 +146,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def mark_pending(run_dir: str | Path, reason: str) -> None:
-    write_text(Path(run_dir) / PENDING_FILE, reason + "\n")
+    write_text(RunDir(run_dir).mlflow_pending, reason + "\n")
 
 
 def send_metrics(run_dir: str | Path, rows: list[dict], uri: str | None = None) -> bool:
@@ -158,7 +154,7 @@ def send_metrics(run_dir: str | Path, rows: list[dict], uri: str | None = None) 
     from mlflow.entities import Metric
 
     run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
+    id_file = RunDir(run_dir).mlflow_run_id
     if not rows:
         return True
     if not id_file.exists():
@@ -182,12 +178,11 @@ def _on_run(run_dir: str | Path, what: str, action: Callable[[Any, str], None],
     """Run ``action(client, run_id)`` against the run's MLflow run, with retries; on failure warn,
     mark the run pending for ``harness.sync`` and return False (the run itself goes on). A run
     already pending is not tried again: its local copy waits for ``harness.sync``."""
-    run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
-    if not id_file.exists() or (run_dir / PENDING_FILE).exists():
+    run = RunDir(run_dir)
+    if not run.mlflow_run_id.exists() or run.mlflow_pending.exists():
         return False
     try:
-        action(client(uri), id_file.read_text().strip())
+        action(client(uri), run.mlflow_run_id.read_text().strip())
         return True
     except Exception as e:
         log.warning("MLflow %s not logged (%s)", what, one_line(e))
@@ -208,7 +203,7 @@ def _send_params(c, run_id: str, params: dict[str, Any]) -> int:
 def log_params(run_dir: str | Path, params: dict[str, Any], uri: str | None = None) -> bool:
     """Keep ``params`` in ``params.json`` (merged with earlier ones), then send MLflow those it
     lacks (MLflow refuses to change a logged param, so a resumed run sends only new ones)."""
-    path = Path(run_dir) / PARAMS_FILE
+    path = RunDir(run_dir).params
     write_json(path, {**(read_json(path) if path.exists() else {}),
                       **{k: str(v)[:6000] for k, v in params.items()}})
     return _on_run(run_dir, "params", lambda c, run_id: _send_params(c, run_id, params), uri)
@@ -224,7 +219,7 @@ def log_artifacts(run_dir: str | Path, paths: dict[str | Path, str], uri: str | 
     those that exist are uploaded. ``sync_run`` uploads what a failure or a stop left behind."""
     run_dir = Path(run_dir)
     rel = {str(Path(p).resolve().relative_to(run_dir.resolve())): folder for p, folder in paths.items()}
-    manifest = run_dir / ARTIFACTS_FILE
+    manifest = RunDir(run_dir).artifacts
     write_json(manifest, {**(read_json(manifest) if manifest.exists() else {}), **rel})
 
     def upload(c, run_id: str) -> None:
@@ -239,11 +234,11 @@ def sync_run(run_dir: str | Path, uri: str | None = None) -> int:
     """Send MLflow what the run directory holds and it lacks: metrics by (key, step), params by
     key (``params.json``), artifacts by name (``mlflow_artifacts.json``); nothing twice. Returns
     how many items were sent; raises when MLflow fails (the run is left marked pending)."""
-    run_dir = Path(run_dir)
-    id_file = run_dir / RUN_ID_FILE
-    if not id_file.exists():
+    run = RunDir(run_dir)
+    run_dir = run.path
+    if not run.mlflow_run_id.exists():
         return 0
-    run_id = id_file.read_text().strip()
+    run_id = run.mlflow_run_id.read_text().strip()
     c = client(uri)
     rows = read_metrics(run_dir)
     have: set[tuple[str, int]] = set()
@@ -256,15 +251,14 @@ def sync_run(run_dir: str | Path, uri: str | None = None) -> int:
         if k not in have and k not in seen:
             seen.add(k)
             missing.append(r)
-    (run_dir / PENDING_FILE).unlink(missing_ok=True)
+    run.mlflow_pending.unlink(missing_ok=True)
     if missing and not send_metrics(run_dir, missing, uri):
         raise RuntimeError(f"MLflow still unavailable for {run_dir}")
     sent = len(missing)
     try:
-        params = run_dir / PARAMS_FILE
-        sent += _send_params(c, run_id, read_json(params)) if params.exists() else 0
-        manifest = run_dir / ARTIFACTS_FILE
-        for name, folder in (read_json(manifest) if manifest.exists() else {}).items():
+        if run.params.exists():
+            sent += _send_params(c, run_id, read_json(run.params))
+        for name, folder in (read_json(run.artifacts) if run.artifacts.exists() else {}).items():
             listed = {Path(a.path).name for a in retry(lambda f=folder: c.list_artifacts(run_id, f or None))}
             if (run_dir / name).exists() and Path(name).name not in listed:
                 _send_artifact(c, run_id, run_dir, name, folder)
@@ -280,8 +274,8 @@ def catch_up(run_dir: str | Path, uri: str | None = None) -> bool:
     directory holds that it lacks (a stop between a metric's write and its mirror leaves one
     behind). Skipped for a run already marked pending (``python -m harness.sync`` replays it);
     on failure the run is marked pending and goes on. Returns whether MLflow is in sync."""
-    run_dir = Path(run_dir)
-    if (run_dir / PENDING_FILE).exists() or not (run_dir / RUN_ID_FILE).exists():
+    run = RunDir(run_dir)
+    if run.mlflow_pending.exists() or not run.mlflow_run_id.exists():
         return False
     try:
         sent = sync_run(run_dir, uri)

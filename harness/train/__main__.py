@@ -9,12 +9,15 @@ from harness.errors import cli_main
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config fields (key = default: bounds; what):\n"
+                                     + config.describe_fields())
     parser.add_argument("--config", action="append", default=[], help="YAML override file(s)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. model.token=discrete")
     args = parser.parse_args(argv)
     cfg = config.load(args.overrides, args.config)
-    from harness.train import train
+    from harness.train.run import train
 
     print(train(cfg))
 

@@ -52,8 +52,8 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
         m.token, m.order, num_tokens(cfg), m.depth, m.width, m.heads, m.mlp_ratio,
         token_dim=token_dim, codebook_size=codebook_size, head_width=m.head_width,
         head_depth=m.head_depth, diffusion_steps=m.diffusion_steps,
-        diffusion_batch_mul=m.diffusion_batch_mul, mask_ratio_min=m.mask_ratio_min,
-        mask_ratio_std=m.mask_ratio_std)
+        diffusion_batch_mul=m.diffusion_batch_mul, learn_sigma=m.learn_sigma,
+        mask_ratio_min=m.mask_ratio_min, mask_ratio_std=m.mask_ratio_std)
     return nets
 
 
@@ -156,12 +156,6 @@ class GeneratorModule(L.LightningModule):
                 root.clip_grad_norm_(self.cfg.train.grad_clip)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self._ema_loss(self.ema, batch, batch_idx)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True,
-                 batch_size=batch["tokens"].shape[0])
-        return loss
 
     def configure_optimizers(self):
         t = self.cfg.train

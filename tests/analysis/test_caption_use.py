@@ -9,7 +9,7 @@ import torch
 
 from analysis import caption_use
 from harness import config
-from harness.train import train
+from harness.train.run import train
 
 
 def test_a_model_that_reads_captions_loses_more_without_them(smoke, tmp_path):

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.registry import PAPER_PARAMS
 from analysis.fitting import (
-    LADDER, bootstrap_fit, correlations, extrapolate, fit_curve, fit_table, observations,
+    bootstrap_fit, correlations, extrapolate, fit_curve, fit_table, observations,
     split_by_status, winners)
 
 SIZES6 = np.array([166e6, 369e6, 665e6, 1.1e9, 3.1e9, 10.5e9])
@@ -211,7 +212,7 @@ def test_extrapolation_at_the_paper_ladder():
     records, _ = fit_table(obs, n_boot=20)
     table = extrapolate(records)
     power = table[table.form == "power"].set_index("size")
-    assert list(power.index) == list(LADDER)
+    assert list(power.index) == list(PAPER_PARAMS)
     assert power.loc["10.5B", "prediction"] == pytest.approx(30 * 10.5e9 ** -0.1, rel=1e-4)
     assert power.loc["10.5B", "extrapolated"] and not power.loc["369M", "extrapolated"]
     assert (table.ci_low <= table.prediction * (1 + 1e-9)).all()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from analysis import plot_scaling
-from analysis.fitting import GENEVAL_TAGS, VARIANTS
+from harness.registry import GENEVAL_TAGS, VARIANT_PAIRS as VARIANTS
 
 REPO = Path(__file__).resolve().parents[2]
 

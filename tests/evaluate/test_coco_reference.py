@@ -19,6 +19,7 @@ from PIL import Image
 from harness import config
 from harness.data import real
 from harness.errors import UserError
+from harness.registry import COCO_CAPTIONS
 from harness.evaluate import fid
 from harness.evaluate.run import evaluate
 
@@ -42,7 +43,7 @@ def write_coco(root: Path, n: int = 12) -> Path:
         (root / "val2014" / name).write_bytes(png((0, 15 * i, 255 - 15 * i)))
         if i < n:
             annotations += [{"id": 100 * i + j, "image_id": i, "caption": f"photo {i} take {j}"} for j in range(3)]
-    (root / real.COCO_CAPTIONS).write_text(json.dumps({"images": images, "annotations": annotations}))
+    (root / COCO_CAPTIONS).write_text(json.dumps({"images": images, "annotations": annotations}))
     return root
 
 
@@ -97,7 +98,7 @@ def test_reference_fields_are_one_line_user_errors(tmp_path):
 
 @pytest.mark.slow
 def test_a_webdataset_run_is_evaluated_against_a_seeded_coco_draw(tmp_path, monkeypatch, inception):
-    from harness.train import train
+    from harness.train.run import train
 
     coco, shards = write_coco(tmp_path / "coco"), write_shards(tmp_path / "shards")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

@@ -13,12 +13,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from harness import config
-from harness.data.shapes import TAGS, vocabulary
+from harness.data.shapes import vocabulary
 from harness.errors import UserError
 from harness.evaluate import features
-from harness.evaluate.run import FIXED_PROMPTS, METRIC_KEYS, evaluate, metrics_path
+from harness.evaluate.run import FIXED_PROMPTS, evaluate, metrics_path
+from harness.registry import EVAL_METRICS, GENEVAL_TAGS
 from harness.evaluate.__main__ import main
 from harness.tracking import store
+from harness.run_dir import RunDir
 
 TINY_RUN = ["train.steps=20", "data.train_size=256", "data.val_size=32", "tokenizer.steps=30",
             "eval.fid_samples=32", "eval.geneval_prompts_per_tag=2", "eval.images_per_prompt=2",
@@ -31,7 +33,7 @@ TINY_FEATURES = features.FeatureSpec(channels=(16, 32, 64), dim=32, train_images
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """A tiny run, trained and evaluated once; MLflow and results live in a temp folder."""
-    from harness.train import train
+    from harness.train.run import train
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("evaluate")
@@ -50,9 +52,9 @@ def test_metrics_json_has_every_metric_and_the_run_is_completed(evaluated):
     run_dir, metrics, status_before = evaluated
     assert status_before == "trained"
     written = json.loads((run_dir / "metrics.json").read_text())
-    assert set(METRIC_KEYS) <= set(written) and written == json.loads(json.dumps(metrics))
-    assert {f"geneval_{t}" for t in TAGS} <= set(written)
-    assert all(isinstance(written[k], float) and math.isfinite(written[k]) for k in METRIC_KEYS)
+    assert set(EVAL_METRICS) <= set(written) and written == json.loads(json.dumps(metrics))
+    assert {f"geneval_{t}" for t in GENEVAL_TAGS} <= set(written)
+    assert all(isinstance(written[k], float) and math.isfinite(written[k]) for k in EVAL_METRICS)
     assert 0 <= written["precision"] <= 1 and 0 <= written["recall"] <= 1 and written["fid"] > 0
     assert written["fid_samples"] == 32 and written["geneval_images"] == 6 * 2 * 2 and written["step"] == 20
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
@@ -84,7 +86,7 @@ def test_samples_and_geneval_outputs(evaluated):
 def test_metrics_reach_mlflow_at_the_training_step(evaluated):
     run_dir, metrics, _ = evaluated
     c = store.client()
-    run_id = (run_dir / store.RUN_ID_FILE).read_text().strip()
+    run_id = RunDir(run_dir).mlflow_run_id.read_text().strip()
     history = c.get_metric_history(run_id, "eval/fid")
     assert [(m.step, m.value) for m in history] == [(20, metrics["fid"])]
     assert {a.path for a in c.list_artifacts(run_id, "samples")} == {"samples/grid.png", "samples/fixed_prompts.png"}
@@ -102,7 +104,7 @@ def test_rerun_reuses_samples_and_other_seeds_write_their_own_file(evaluated):
     assert metrics_path(run_dir, 1) == run_dir / "metrics-seed1.json"
     assert metrics_path(run_dir) == metrics_path(run_dir, 0) == run_dir / "metrics.json"
     assert json.loads((run_dir / "metrics-seed1.json").read_text())["seed"] == 1
-    assert set(METRIC_KEYS) <= set(other) and other["val_loss"] == metrics["val_loss"]
+    assert set(EVAL_METRICS) <= set(other) and other["val_loss"] == metrics["val_loss"]
     assert other["fid"] != metrics["fid"]  # fresh samples
     assert (run_dir / "geneval-seed1" / "scores.json").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["seed"] == 0

@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from harness.data.shapes import TAGS, is_held_out, scene_from_metadata, vocabulary
+from harness.data.shapes import is_held_out, scene_from_metadata, vocabulary
+from harness.registry import GENEVAL_TAGS as TAGS
 from harness.errors import UserError
 from harness.geneval.prompts import all_includes, is_held_out_prompt, make_prompts, read_jsonl, write_jsonl
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness import config
-from harness.models.sizes import LADDERS, PAPER_PARAMS
+from harness.registry import LADDERS, PAPER_PARAMS
 from harness.train.module import build_networks, counted_parameters
 
 

@@ -14,8 +14,10 @@ import pytest
 
 from harness import config, faults
 from harness.run_status import read_status
+from harness.registry import GENEVAL_TAGS
 from harness.sweep import records, table
 from harness.tracking import store
+from harness.run_dir import RunDir
 from tests.forked import run_job
 
 pytestmark = pytest.mark.slow
@@ -34,7 +36,7 @@ PHASES = {
 }
 SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")
 COMPARED = ("val_loss", "fid", "fid_cleanfid", "kid", "geneval_overall",
-            *(f"geneval_{t}" for t in table.GENEVAL_TAGS))
+            *(f"geneval_{t}" for t in GENEVAL_TAGS))
 
 
 def job(smoke, results, uri: str):
@@ -90,12 +92,12 @@ def test_an_interrupt_at_any_phase_loses_nothing(point, signal, smoke, results_d
     local = [(r["key"], r["step"]) for r in store.read_metrics(run_dir)]
     assert len(local) == len(set(local)), [k for k, n in collections.Counter(local).items() if n > 1]
     client = mlflow.MlflowClient(uri)
-    run_id = (run_dir / store.RUN_ID_FILE).read_text().strip()
+    run_id = RunDir(run_dir).mlflow_run_id.read_text().strip()
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in {k for k, _ in local}:
         mirrored = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert mirrored == sorted(s for k, s in local if k == key), (key, "MLflow vs metrics.jsonl")
-    assert not (run_dir / store.PENDING_FILE).exists()
+    assert not RunDir(run_dir).mlflow_pending.exists()
     listed = {a.path for folder in ("samples", "eval") for a in client.list_artifacts(run_id, folder)}
     assert {"samples/grid.png", "samples/fixed_prompts.png", "eval/metrics.json"} <= listed
 

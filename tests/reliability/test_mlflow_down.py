@@ -5,7 +5,9 @@ import mlflow
 from harness import config
 from harness.sync import main as sync_main
 from harness.tracking import store
-from harness.train import read_status, train
+from harness.train.run import train
+from harness.run_status import read_status
+from harness.run_dir import RunDir
 
 
 def test_training_survives_a_dead_tracking_server_and_sync_replays(smoke, tmp_path, monkeypatch):
@@ -14,7 +16,7 @@ def test_training_survives_a_dead_tracking_server_and_sync_replays(smoke, tmp_pa
     cfg = config.load(smoke("tracking.uri=http://127.0.0.1:9", "train.steps=10", "train.val_every=5"))
     run = train(cfg)
     assert read_status(run)["status"] == "trained"
-    assert (run / store.PENDING_FILE).exists()
+    assert RunDir(run).mlflow_pending.exists()
     local = store.read_metrics(run)
     assert {"train/loss", "val/loss"} <= {r["key"] for r in local}
 
@@ -26,8 +28,8 @@ def test_training_survives_a_dead_tracking_server_and_sync_replays(smoke, tmp_pa
     cfg_file.write_text(cfg_file.read_text().replace("http://127.0.0.1:9", uri))
     assert sync_main([str(run.parent.parent)]) == 0
     client = mlflow.MlflowClient(uri)
-    run_id = (run / store.RUN_ID_FILE).read_text().strip()
+    run_id = RunDir(run).mlflow_run_id.read_text().strip()
     for key in ("train/loss", "val/loss"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == sorted({r["step"] for r in local if r["key"] == key})
-    assert not (run / store.PENDING_FILE).exists()
+    assert not RunDir(run).mlflow_pending.exists()

@@ -12,8 +12,9 @@ from harness.evaluate.run import evaluate
 from harness.io import read_json
 from harness.run_status import read_status
 from harness.sync import main as sync_main
+from harness.run_dir import RunDir
 from harness.tracking import store
-from harness.train import train
+from harness.train.run import train
 
 
 @pytest.mark.parametrize("error", [TimeoutError(), OSError(), ValueError(""), RuntimeError("\n")])
@@ -56,7 +57,7 @@ def test_message_less_mlflow_errors_leave_the_run_complete_and_replayable(what, 
     run = train(cfg)
     evaluate(run)
     assert read_status(run)["status"] == "completed"
-    assert (run / store.PENDING_FILE).read_text().strip() == type(error).__name__
+    assert RunDir(run).mlflow_pending.read_text().strip() == type(error).__name__
     assert any(type(error).__name__ in r.getMessage() for r in caplog.records)
 
     # MLflow works again: the sync sends what it lacks, and nothing twice
@@ -64,13 +65,13 @@ def test_message_less_mlflow_errors_leave_the_run_complete_and_replayable(what, 
     assert sync_main([str(run.parent.parent), "--uri", uri]) == 0
     assert sync_main([str(run.parent.parent), "--uri", uri]) == 0
     client = mlflow.MlflowClient(uri)
-    run_id = (run / store.RUN_ID_FILE).read_text().strip()
+    run_id = RunDir(run).mlflow_run_id.read_text().strip()
     local = store.read_metrics(run)
     for key in {r["key"] for r in local}:
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == sorted(r["step"] for r in local if r["key"] == key), key
     params = client.get_run(run_id).data.params
-    assert params == read_json(run / store.PARAMS_FILE) and "model.size" in params
+    assert params == read_json(RunDir(run).params) and "model.size" in params
     listed = {a.path for folder in ("samples", "eval") for a in client.list_artifacts(run_id, folder)}
     assert listed == {"samples/grid.png", "samples/fixed_prompts.png", "eval/metrics.json"}
-    assert not (run / store.PENDING_FILE).exists()
+    assert not RunDir(run).mlflow_pending.exists()

@@ -11,6 +11,7 @@ import pytest
 
 from harness import faults
 from harness.run_status import read_status
+from harness.run_dir import RunDir
 from harness.sweep import records, table
 from tests.sweep.conftest import wait_for
 
@@ -53,7 +54,7 @@ def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper, tmp_path
         assert all(r[c] != "" for c in table.COLUMNS), r
         assert float(r["params"]) > 0 and float(r["train_flops"]) > 0 and r["steps"] == "20"
     for d in sweeper.run_dirs().values():
-        assert list(records.jobs_dir(d).glob("*_0_log.out")), "per-job logs live in the run dir"
+        assert list(RunDir(d).jobs.glob("*_0_log.out")), "per-job logs live in the run dir"
 
     # MLflow: one experiment, the parent, a finished child per run with its tags and metrics
     client = mlflow.MlflowClient(sweeper.uri)

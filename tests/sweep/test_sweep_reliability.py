@@ -16,13 +16,13 @@ import torch
 from omegaconf import OmegaConf
 
 from harness import faults
+from harness.registry import METRICS
 from harness.sweep import records, table
-from tests.sweep.conftest import wait_for
 from harness.tracking import store
-from harness.train import read_status
+from harness.run_status import read_status
+from harness.run_dir import RunDir
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
-METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in table.GENEVAL_TAGS))
 
 
 def stop(proc) -> None:
@@ -150,7 +150,7 @@ def test_a_failed_run_is_refused_by_evaluate_and_left_out_of_the_table_and_the_a
 
     # MLflow marks it FAILED (the sweep reports it: tests/sweep/test_sweep_failures.py)
     client = mlflow.MlflowClient(sweeper.uri)
-    assert client.get_run((bad / store.RUN_ID_FILE).read_text().strip()).info.status == "FAILED"
+    assert client.get_run(RunDir(bad).mlflow_run_id.read_text().strip()).info.status == "FAILED"
 
     # the results table: a failed row without metrics; the completed one with all of them
     csv = sweeper.results / "faulty" / "runs.csv"

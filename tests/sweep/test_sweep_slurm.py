@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness import faults
+from harness.registry import METRICS
+from harness.run_dir import RunDir
 from harness.sweep import records, table
 from harness.tracking import store
 from tests.sweep.conftest import wait_for
@@ -24,7 +26,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SELECT = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
           "--progress-every", "10"]
 ONE_THREAD = ["train.threads=1"]  # like a 1-CPU job
-METRICS = ("val_loss", "fid", "geneval_overall", *(f"geneval_{t}" for t in table.GENEVAL_TAGS))
 # The 5th metric a smoke run writes is train/loss@14, after its checkpoint at step 10: the first job
 # to get there pauses, so the signal lands mid-training whatever the machine's load.
 PAUSE_AFTER_CHECKPOINT = "metrics.appended:pause@5"
@@ -55,6 +56,20 @@ def curve(run_dir, key: str) -> dict[int, float]:
     return {r["step"]: r["value"] for r in store.read_metrics(run_dir) if r["key"] == key}
 
 
+def same_results(run_dir, other) -> tuple[dict, dict]:
+    """An interrupted run ends where the uninterrupted one does: every metric, and every point of
+    its loss curves, each once (none lost), within 1e-6. Returns both metrics.json."""
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, other))
+    for k in METRICS:
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+    for key in ("val/loss", "train/loss"):
+        interrupted, straight = curve(run_dir, key), curve(other, key)
+        assert sorted(interrupted) == sorted(straight), key
+        for step, value in interrupted.items():
+            assert value == pytest.approx(straight[step], rel=1e-6), (key, step)
+    return a, b
+
+
 def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper, tmp_path):
     start = time.time()
     sweeper.extra_env = {faults.ENV: PAUSE_AFTER_CHECKPOINT, faults.DIR_ENV: str(tmp_path)}
@@ -80,7 +95,7 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper, t
     assert resumed["restart"] == "1" and resumed["job_id"] == first["job_id"]
     assert resumed["resume_step"] == 10, "resumed mid-training from its checkpoint"
     assert resumed["resume_step"] == preempted["checkpoint_step"]
-    assert list(records.jobs_dir(run_dir).glob("*_log.out")), "the job's log is linked in the run dir"
+    assert list(RunDir(run_dir).jobs.glob("*_log.out")), "the job's log is linked in the run dir"
     rows = table.read(sweeper.results / "smoke" / "runs.csv")
     assert [r["status"] for r in rows] == ["completed", "completed"]
 
@@ -92,15 +107,7 @@ def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper, t
     assert straight.returncode == 0, straight.stdout + straight.stderr
     other = reference.run_dirs()[f"{variant}-xs"]
     assert other.name == run_dir.name
-    a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, other))
-    for k in METRICS:
-        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
-    for key in ("val/loss", "train/loss"):
-        preempted_curve, straight_curve = curve(run_dir, key), curve(other, key)
-        assert max(preempted_curve) == max(straight_curve)
-        assert sorted(preempted_curve) == sorted(straight_curve), key  # each point once, none lost
-        for step, value in preempted_curve.items():
-            assert value == pytest.approx(straight_curve[step], rel=1e-6), (key, step)
+    a, b = same_results(run_dir, other)
     print("preempted vs uninterrupted:", {k: (a[k], b[k]) for k in ("val_loss", "fid", "geneval_overall")},
           "identical" if all(a[k] == b[k] for k in METRICS) else "within 1e-6")
 
@@ -147,8 +154,8 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
         def started() -> bool:
             nonlocal first_id
             run = sweeper.run_dirs().get("continuous-random-xs")
-            if run is not None and (run / store.RUN_ID_FILE).exists():
-                first_id = (run / store.RUN_ID_FILE).read_text().strip()
+            if run is not None and RunDir(run).mlflow_run_id.exists():
+                first_id = RunDir(run).mlflow_run_id.read_text().strip()
             return first_id is not None
 
         wait_for(started, 900, "the job's MLflow run", proc, poll=0.2)
@@ -192,11 +199,11 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
     limit = subprocess.run(["sacct", "-X", "-n", "-j", job_id, "-o", "Timelimit"], capture_output=True,
                            text=True)
     assert limit.stdout.split()[0] in ("00:01:00", "1"), limit.stdout + limit.stderr
-    logs = "".join(p.read_text() for p in records.jobs_dir(run_dir).glob(f"{job_id}*_log.err"))
+    logs = "".join(p.read_text() for p in RunDir(run_dir).jobs.glob(f"{job_id}*_log.err"))
     assert logs.count("Caught signal SIGUSR2") >= len(preempted) and "this job is timed-out" in logs, logs[-3000:]
 
     # one MLflow run throughout, finished, holding every step once
-    assert (run_dir / store.RUN_ID_FILE).read_text().strip() == first_id
+    assert RunDir(run_dir).mlflow_run_id.read_text().strip() == first_id
     client = mlflow.MlflowClient(sweeper.uri)
     exp = client.get_experiment_by_name("timelimit")
     children = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == run_dir.name]
@@ -207,14 +214,7 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
         assert sorted(steps) == sorted(curve(other, key)), key
 
     # and ends where the uninterrupted run ends
-    a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, other))
-    for k in METRICS:
-        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
-    for key in ("val/loss", "train/loss"):
-        limited, straight_curve = curve(run_dir, key), curve(other, key)
-        assert sorted(limited) == sorted(straight_curve)
-        for step, value in limited.items():
-            assert value == pytest.approx(straight_curve[step], rel=1e-6), (key, step)
+    a, b = same_results(run_dir, other)
     print("time-limited vs uninterrupted:", {k: (a[k], b[k]) for k in ("val_loss", "fid", "geneval_overall")},
           "identical" if all(a[k] == b[k] for k in METRICS) else "within 1e-6")
 

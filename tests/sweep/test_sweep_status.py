@@ -7,6 +7,7 @@ import time
 
 from harness import config as C
 from harness.io import write_json
+from harness.run_dir import RunDir
 from harness.sweep import records, status
 from harness.sweep.plan import Run
 from harness.run_status import write_status
@@ -64,7 +65,7 @@ def test_eval_paths_agree_with_evaluate(tmp_path):
     run = make_run(tmp_path)
     C.save(run.cfg, run.dir / "config.yaml")
     for seed in (0, 1, 7):
-        assert records.eval_path(run.dir, seed, run.cfg.eval.seed) == metrics_path(run.dir, seed)
+        assert RunDir(run.dir).eval_metrics(seed, run.cfg.eval.seed) == metrics_path(run.dir, seed)
 
 
 def test_progress_line_counts_and_eta():

@@ -7,8 +7,9 @@ import sys
 
 from harness import config as C
 from harness.io import write_json
+from harness.registry import GENEVAL_TAGS
 from harness.sweep import table
-from harness.train import write_status
+from harness.run_status import write_status
 
 
 WRITER = """
@@ -45,7 +46,7 @@ def test_rows_follow_the_run_directory_per_seed(tmp_path):
     write_json(run_dir / "info.json", {"params": 123, "train_flops": 4.5e9})
     write_status(run_dir, "completed", step=20)
     metrics = {"val_loss": 0.5, "fid": 12.0, "geneval_overall": 0.25,
-               **{f"geneval_{t}": 0.1 for t in table.GENEVAL_TAGS}}
+               **{f"geneval_{t}": 0.1 for t in GENEVAL_TAGS}}
     write_json(run_dir / "metrics.json", metrics)                       # eval.seed 0
     rows = table.run_rows(run_dir, "t", [0, 1])
     assert rows[0]["status"] == "completed" and rows[1]["status"] == "trained"   # seed 1 not yet

@@ -7,6 +7,7 @@ import mlflow
 from harness import config as C
 from harness.sync import main
 from harness.tracking import store
+from harness.run_dir import RunDir
 
 
 def test_sync_sends_only_what_mlflow_lacks(tmp_path, capsys):
@@ -23,9 +24,9 @@ def test_sync_sends_only_what_mlflow_lacks(tmp_path, capsys):
 
     # MLFLOW_TRACKING_URI points elsewhere (tests/conftest.py): the run's own tracking.uri wins
     assert main([str(results)]) == 0
-    assert "r1: 7 metric(s) sent" in capsys.readouterr().out
+    assert "r1: 7 item(s) sent" in capsys.readouterr().out
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(10))
-    assert not (run_dir / store.PENDING_FILE).exists()
+    assert not RunDir(run_dir).mlflow_pending.exists()
     assert main([str(results), "--pending"]) == 0 and "0 run(s) in sync" in capsys.readouterr().out
-    assert main([str(results)]) == 0 and "r1: 0 metric(s) sent" in capsys.readouterr().out
+    assert main([str(results)]) == 0 and "r1: 0 item(s) sent" in capsys.readouterr().out

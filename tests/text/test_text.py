@@ -7,7 +7,8 @@ import torch
 from harness import config
 from harness.text.aligner import TextAligner
 from harness.text.encoders import HFTextEncoder, LearnedTextEncoder, WordTokenizer
-from harness.train import read_status, train
+from harness.train.run import train
+from harness.run_status import read_status
 
 
 def minilm_path() -> Path:

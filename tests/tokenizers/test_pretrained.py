@@ -12,7 +12,8 @@ from harness import config
 from harness.errors import UserError
 from harness.tokenizers.pretrained import PretrainedKL, PretrainedVQ, group, load_pretrained, locate
 from harness.tokenizers.stage0 import load_tokenizer, load_tokens, tokenizer_dir
-from harness.train import read_status, train
+from harness.train.run import train
+from harness.run_status import read_status
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -12,7 +12,7 @@ import sys
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-import harness.train as T
+import harness.train.run as T
 from harness import config as C
 
 

@@ -3,22 +3,23 @@ import pytest
 import torch
 
 from harness import config
-from harness.train import read_status, resume_checkpoint, train
+from harness.run_dir import RunDir
+from harness.run_status import read_status
 from harness.train.module import NonFiniteLoss
+from harness.train.run import train
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one_with_a_warning(smoke):
     cfg = config.load(smoke("train.steps=20", "train.checkpoint_every=10"))
-    run = train(cfg)
-    ckpts = run / "checkpoints"
-    assert (ckpts / "prev.ckpt").exists()
-    data = (ckpts / "last.ckpt").read_bytes()
-    (ckpts / "last.ckpt").write_bytes(data[: len(data) // 3])
+    run = RunDir(train(cfg))
+    assert run.prev_checkpoint.exists()
+    data = run.last_checkpoint.read_bytes()
+    run.last_checkpoint.write_bytes(data[: len(data) // 3])
     with pytest.warns(UserWarning, match="last.ckpt"):
-        assert resume_checkpoint(ckpts) == ckpts / "prev.ckpt"
-    (ckpts / "prev.ckpt").write_bytes(b"not a checkpoint")
+        assert run.latest_checkpoint() == run.prev_checkpoint
+    run.prev_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning):
-        assert resume_checkpoint(ckpts) is None
+        assert run.latest_checkpoint() is None
 
 
 def test_checkpoints_load_with_weights_only(smoke):
@@ -42,8 +43,6 @@ def test_nan_loss_fails_the_run_with_step_and_reason(smoke, monkeypatch):
     cfg = config.load(smoke("train.steps=20"))
     with pytest.raises(NonFiniteLoss):
         train(cfg)
-    from harness.train import run_dir
-
-    status = read_status(run_dir(cfg))
+    status = read_status(RunDir.of(cfg).path)
     assert status["status"] == "failed"
     assert "nan" in status["reason"] and status["step"] >= 5

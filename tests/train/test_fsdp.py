@@ -18,7 +18,7 @@ from harness.errors import UserError
 from harness.sampling import load_ema
 from harness.tokenizers.stage0 import load_tokenizer
 from harness.tracking import store
-from harness.train import lightning_strategy
+from harness.train.run import lightning_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["data.train_size=64", "data.val_size=16", "tokenizer.steps=5", "tokenizer.hidden=32",

@@ -6,7 +6,8 @@ import torch
 
 from harness import config
 from harness.tracking import store
-from harness.train import read_status, train
+from harness.train.run import train
+from harness.run_status import read_status
 
 VARIANTS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"),
             ("discrete", "raster")]
@@ -42,7 +43,7 @@ class Crash(RuntimeError):
 
 
 def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_path, monkeypatch):
-    import harness.train as T
+    import harness.train.run as T
 
     overrides = smoke("model.token=continuous", "model.order=random")
     straight = train(config.load(overrides))
@@ -69,3 +70,16 @@ def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_pat
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert val_losses(straight)[20] == val_losses(resumed)[20]
+
+
+def test_a_learned_variance_head_trains_samples_and_is_its_own_run(smoke):
+    from harness.sampling import Sampler
+
+    plain = config.load(smoke("train.steps=20"))
+    cfg = config.load(smoke("train.steps=20", "model.learn_sigma=true", "train.lr=3e-3"))
+    assert config.run_key(cfg) != config.run_key(plain)
+    run = train(cfg)
+    losses = val_losses(run)
+    assert losses[20] < losses[0], losses
+    images = Sampler.from_run(run).generate(["a photo of a red circle"] * 2, seed=0)
+    assert images.shape[0] == 2 and images.dtype.name == "uint8"

@@ -1,0 +1,133 @@
+"""``RunDir``: every path of one run, in one place. A run lives in ``<results_dir>/runs/<run_key>/``
+and that folder holds everything needed to resume, evaluate, report or re-mirror it:
+
+    config.yaml              the resolved config (``harness.config.load_saved`` reads it back)
+    stage0.json, info.json   the tokenizer it trained on; its size and cost (params, FLOPs)
+    status.json              queued / running / trained / completed / failed, and when
+    checkpoints/             last.ckpt, prev.ckpt (the one before, if last is unreadable)
+    metrics.jsonl            every metric logged, in order (MLflow is a mirror of it)
+    params.json, mlflow_artifacts.json, mlflow_run_id, mlflow_pending   the MLflow mirror's state
+    metrics.json             the evaluation of the run's own eval seed; metrics-seed<s>.json others
+    fid/generated[-seed<s>]/, geneval[-seed<s>]/, samples/   what evaluation generated
+    jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
+
+Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
+and the results table use it without importing the training stack.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+RUNS = "runs"
+
+
+class RunDir:
+    """The folder of one run (it need not exist yet)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "RunDir":
+        """The run directory of a resolved config: ``<results_dir>/runs/<run_key(cfg)>``."""
+        from harness.config import run_key
+
+        return cls(Path(cfg.results_dir) / RUNS / run_key(cfg))
+
+    @staticmethod
+    def all_in(results_dir: str | Path) -> list["RunDir"]:
+        """Every run directory under ``results_dir``, by name."""
+        runs = Path(results_dir) / RUNS
+        return [RunDir(p) for p in sorted(runs.iterdir()) if p.is_dir()] if runs.is_dir() else []
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        """The run key."""
+        return self.path.name
+
+    # ---- what the run is --------------------------------------------------------------------
+    config = property(lambda self: self.path / "config.yaml")
+    stage0 = property(lambda self: self.path / "stage0.json")
+    info = property(lambda self: self.path / "info.json")
+    status = property(lambda self: self.path / "status.json")
+
+    # ---- training ---------------------------------------------------------------------------
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_checkpoint = property(lambda self: self.checkpoints / "last.ckpt")
+    prev_checkpoint = property(lambda self: self.checkpoints / "prev.ckpt")
+
+    def latest_checkpoint(self, warn: bool = True) -> Path | None:
+        """The newest checkpoint that loads (weights only) and holds a state dict: last.ckpt, or
+        prev.ckpt when last is missing or unreadable (with a warning); None without one."""
+        for path in (self.last_checkpoint, self.prev_checkpoint):
+            if self._loads(path, warn):
+                return path
+        return None
+
+    def checkpoint_step(self) -> int | None:
+        """The global step of the newest readable checkpoint (memory-mapped: cheap even for
+        billions of parameters); None without one."""
+        import torch
+
+        for path in (self.last_checkpoint, self.prev_checkpoint):
+            try:
+                return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+            except Exception:
+                continue
+        return None
+
+    @staticmethod
+    def _loads(path: Path, warn: bool) -> bool:
+        import torch
+
+        from harness.errors import one_line
+
+        if not path.exists():
+            return False
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return "state_dict" in ckpt and "global_step" in ckpt
+        except Exception as e:
+            if warn:
+                warnings.warn(f"checkpoint {path} is unreadable ({one_line(e, typed=True, limit=160)}); "
+                              "falling back to an older one")
+            return False
+
+    # ---- metrics and their MLflow mirror ----------------------------------------------------
+    metrics_log = property(lambda self: self.path / "metrics.jsonl")
+    params = property(lambda self: self.path / "params.json")
+    artifacts = property(lambda self: self.path / "mlflow_artifacts.json")
+    mlflow_run_id = property(lambda self: self.path / "mlflow_run_id")
+    mlflow_pending = property(lambda self: self.path / "mlflow_pending")
+
+    # ---- evaluation -------------------------------------------------------------------------
+    @staticmethod
+    def _suffix(seed: int, default_seed: int) -> str:
+        return "" if seed == default_seed else f"-seed{seed}"
+
+    def eval_metrics(self, seed: int, default_seed: int) -> Path:
+        """``metrics.json`` for the run's own ``eval.seed``, ``metrics-seed<s>.json`` for others."""
+        return self.path / ("metrics.json" if seed == default_seed else f"metrics-seed{seed}.json")
+
+    def fid_generated(self, seed: int, default_seed: int) -> Path:
+        return self.path / "fid" / f"generated{self._suffix(seed, default_seed)}"
+
+    def geneval(self, seed: int, default_seed: int) -> Path:
+        return self.path / f"geneval{self._suffix(seed, default_seed)}"
+
+    samples = property(lambda self: self.path / "samples")
+
+    # ---- sweep jobs (harness.sweep.records) -------------------------------------------------
+    jobs = property(lambda self: self.path / "jobs")
+    job_record = property(lambda self: self.jobs / "job.json")  # the latest submission
+    run_lock = property(lambda self: self.jobs / "run.lock")  # held by the job working on the run
+    attempts = property(lambda self: self.jobs / "attempts.jsonl")  # one line per start, stop, end
