@@ -21,7 +21,7 @@ $(VENV_STAMP): pyproject.toml
 	touch $(VENV_STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"

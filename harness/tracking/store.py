@@ -258,9 +258,12 @@ def sync_run(run_dir: str | Path, uri: str | None = None) -> int:
     try:
         if run.params.exists():
             sent += _send_params(c, run_id, read_json(run.params))
+        listed: dict[str, set[str]] = {}  # artifact folder -> file names MLflow holds
         for name, folder in (read_json(run.artifacts) if run.artifacts.exists() else {}).items():
-            listed = {Path(a.path).name for a in retry(lambda f=folder: c.list_artifacts(run_id, f or None))}
-            if (run_dir / name).exists() and Path(name).name not in listed:
+            if folder not in listed:
+                listed[folder] = {Path(a.path).name for a in
+                                  retry(lambda f=folder: c.list_artifacts(run_id, f or None))}
+            if (run_dir / name).exists() and Path(name).name not in listed[folder]:
                 _send_artifact(c, run_id, run_dir, name, folder)
                 sent += 1
     except Exception as e:

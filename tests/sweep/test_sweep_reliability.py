@@ -89,7 +89,7 @@ def test_kill_9_of_a_sweep_worker_three_times_then_the_sweep_completes_the_run(n
     assert run.name == other.name
     assert read_status(run)["status"] == "completed"
     attempts = records.read_attempts(run)
-    assert [a["event"] for a in attempts] == ["start"] * 4 + ["completed"]
+    assert [a["event"] for a in attempts] == ["start"] * 4 + ["trained", "completed"]
     resumed = [a["resume_step"] for a in attempts[:4]]
     assert resumed[0] is None and all(r is not None and r % 5 == 0 for r in resumed[1:]), resumed
     assert resumed[1:] == sorted(resumed[1:]) and resumed[1] > 0

@@ -192,7 +192,6 @@ def test_slurm_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, new_sw
         elif a["event"] == "start":
             assert a["resume_step"] == checkpoint, attempts
     assert any(p["checkpoint_step"] and 0 < p["checkpoint_step"] < STEPS for p in preempted), preempted
-    assert attempts[-1]["time"] - starts[0]["time"] > 60, "the job outlived its time limit"
 
     # it was SLURM's time limit that stopped it: a 1-minute limit, and submitit saw a time-out
     job_id = starts[0]["job_id"]
