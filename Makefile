@@ -10,7 +10,7 @@ VARIANTS ?=
 DRY_RUN ?=
 ARGS ?=
 
-.PHONY: setup test test-fast sweep sweep-status mlflow-ui bench study clean-results
+.PHONY: setup test test-fast sweep sweep-status mlflow-ui bench gpu-check study clean-results
 
 setup: $(VENV_STAMP)
 
@@ -20,8 +20,10 @@ $(VENV_STAMP): pyproject.toml
 	$(PIP) install -e '.[test,scale]'
 	touch $(VENV_STAMP)
 
+# Two workers (tests are mostly single-threaded: on 2 cores, and on a busy machine, two get more
+# of the CPU than one); SLURM tests stay together on one worker (xdist_group).
 test: setup
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"
@@ -40,6 +42,11 @@ mlflow-ui: setup
 
 bench: setup
 	$(PY) -m harness.bench
+
+# On one H100/H200-class GPU (about 8 min): bf16 vs fp32, SDPA kernels, compile, MFU, memory vs the
+# estimate, sampling speed; writes the GPU section of docs/benchmarks.md. Exit 2 without a GPU.
+gpu-check: setup
+	$(PY) -m harness.gpu_check $(ARGS)
 
 # The default study end to end, refreshing the committed reference results in docs/results/cpu-study/.
 study: setup

@@ -27,6 +27,7 @@ from harness.registry import GENEVAL_TAGS, VARIANT_PAIRS  # noqa: E402
 LABELS = {
     "val_loss": "validation loss", "fid": "FID", "geneval_overall": "GenEval overall",
     "params": "parameters", "train_flops": "training FLOPs",
+    "trainable_params": "trainable parameters", "executed_flops": "executed training FLOPs",
 } | {f"geneval_{t}": f"GenEval {t.replace('_', ' ')}" for t in GENEVAL_TAGS}
 _MARKERS = {("discrete", "raster"): "s", ("discrete", "random"): "D",
             ("continuous", "raster"): "o", ("continuous", "random"): "^"}

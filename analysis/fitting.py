@@ -413,6 +413,11 @@ def stable_seed(seed: int, *key: object) -> int:
 # From the runs table to fits
 
 
+# The x axes a runs table can carry (harness/sweep/table.py): the paper's conventions, params
+# (generator + aligner) and train_flops (3 x forward x images), and what runs, trainable_params and
+# executed_flops (diffusion batch multiplier counted, a frozen text path forward only).
+X_AXES = ("params", "trainable_params", "train_flops", "executed_flops")
+
 _SEED_COLUMN = r"^(?P<metric>{metrics})[_/.\-](?:seed|s)[_=\-]?(?P<seed>\d+)$"
 
 
@@ -421,7 +426,7 @@ def observations(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     Seeds come either as repeated rows of one (token, order, size) or as columns such as
     ``fid_seed1`` / ``fid/seed=1``; both give rows here. Columns of the result:
-    ``run_key, token, order, size, params, train_flops, seed, metric, value``.
+    ``run_key, token, order, size``, the x axes ``X_AXES``, ``seed, metric, value``.
     """
     messages = []
     pattern = _SEED_COLUMN.format(metrics="|".join(METRICS))
@@ -431,7 +436,7 @@ def observations(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
               and not any(v["metric"] == m for v in per_seed.values())]
     if absent:
         messages.append(f"metric columns absent from the runs table: {', '.join(absent)}")
-    keep = ["run_key", "token", "order", "size", "params", "train_flops", "seed"]
+    keep = ["run_key", "token", "order", "size", *X_AXES, "seed"]
     frame = runs.reindex(columns=keep).copy()
     if "run_key" not in runs.columns:
         frame["run_key"] = [f"row{i}" for i in range(len(runs))]
@@ -447,8 +452,8 @@ def observations(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if not parts:
         return pd.DataFrame(columns=keep + ["metric", "value"]), messages
     obs = pd.concat(parts, ignore_index=True)
-    obs["params"] = pd.to_numeric(obs["params"], errors="coerce")
-    obs["train_flops"] = pd.to_numeric(obs["train_flops"], errors="coerce")
+    for x in X_AXES:
+        obs[x] = pd.to_numeric(obs[x], errors="coerce")
     for metric, group in obs.groupby("metric", sort=False):
         bad = int((~np.isfinite(group["value"])).sum())
         if 0 < bad < len(group):
@@ -524,7 +529,7 @@ def fit_table(obs: pd.DataFrame, xs: Sequence[str] = ("params", "train_flops"),
               n_boot: int = 500, seed: int = 0, method: str = "residual",
               geneval_form: str = "loglinear", fid_offset_gain: float = 0.1,
               delta: float = DELTA) -> tuple[list[FitRecord], list[str]]:
-    """Fit every metric of every variant against each x in ``xs`` (params, train_flops).
+    """Fit every metric of every variant against each x in ``xs`` (of ``X_AXES``).
 
     Whatever cannot be fitted (fewer than 3 sizes, values a form cannot take, a constant metric,
     x missing) is skipped with a message. FID's offset form is fitted with ≥ 4 sizes and kept

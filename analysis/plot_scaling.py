@@ -4,6 +4,13 @@
     python analysis/plot_scaling.py --runs results/cpu/runs.csv --x train_flops
     python -m analysis.plot_scaling --experiment cpu     # read the sweep from MLflow
 
+The main figures' x axis (``--x``) is by default ``params``, the paper's model size (generator +
+text aligner); ``train_flops`` is the paper's compute (3 x forward x images). ``trainable_params``
+and ``executed_flops`` count what runs instead (what the optimizer updates; the diffusion batch
+multiplier and a frozen text path forward only): see ``harness/models/flops.py``. The hypotheses
+and the extrapolation to the paper's sizes use ``params`` fits whatever ``--x`` is, and the
+loss-vs-FLOPs figure ``train_flops``.
+
 Writes into --out (default: the folder ``analysis/`` beside runs.csv): fits.csv,
 extrapolation.csv, correlations.csv, winners.csv, report.md and the figures (PNG + PDF), then
 logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits beside runs.csv.
@@ -20,13 +27,13 @@ import pandas as pd
 
 from analysis import figures, hypotheses
 from analysis.fitting import (
-    FIT_COLUMNS, correlations, extrapolate, fit_table, observations, split_by_status, winners)
+    FIT_COLUMNS, X_AXES, correlations, extrapolate, fit_table, observations, split_by_status,
+    winners)
 from analysis.report import ReportInputs, write_report
 from harness.errors import UserError, check_choice, cli_main, one_line
 from harness.io import write_text
 from harness.tracking import tracking_uri
 
-X_CHOICES = ("params", "train_flops")
 GENEVAL_FORMS = ("loglinear", "logit")
 METHODS = ("residual", "cases")
 REQUIRED = ("token", "order", "params")
@@ -48,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--runs", type=Path, help="runs.csv of a sweep (default: the latest one)")
     src.add_argument("--experiment", help="read the sweep's child runs from this MLflow experiment")
     p.add_argument("--out", type=Path, help="output folder (default: analysis/ beside runs.csv)")
-    p.add_argument("--x", default="params", help=f"x axis of the main figures: {X_CHOICES}")
+    p.add_argument("--x", default="params", help=f"x axis of the main figures: {X_AXES} (params: "
+                   "the paper's model size; trainable_params, executed_flops: what runs)")
     p.add_argument("--geneval-form", default="loglinear", help=f"{GENEVAL_FORMS}")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples per fit")
     p.add_argument("--ci-method", default="residual", help=f"bootstrap method: {METHODS}")
@@ -119,14 +127,14 @@ def check_columns(runs: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in runs.columns]
     if missing:
         raise UserError("runs table", f"missing columns {', '.join(missing)}",
-                        ["run_key", "token", "order", "size", "params", "train_flops",
-                         "<metrics>", "status", "run_dir", "seed"])
+                        ["run_key", "token", "order", "size", *X_AXES, "<metrics>", "status",
+                         "run_dir", "seed"])
     runs = runs.copy()
     if "size" not in runs.columns:
         runs["size"] = runs["params"].astype(str)
     for col in ("token", "order", "size"):
         runs[col] = runs[col].astype(str).str.strip()
-    for col in ("params", "train_flops", "steps", "seed"):  # MLflow params arrive as text
+    for col in (*X_AXES, "steps", "seed"):  # MLflow params arrive as text
         if col in runs.columns:
             runs[col] = pd.to_numeric(runs[col], errors="coerce")
     return runs
@@ -186,7 +194,7 @@ def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path, str, str |
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the analysis; returns the output folder."""
     args = _parser().parse_args(argv)
-    check_choice("--x", args.x, X_CHOICES)
+    check_choice("--x", args.x, X_AXES)
     check_choice("--geneval-form", args.geneval_form, GENEVAL_FORMS)
     check_choice("--ci-method", args.ci_method, METHODS)
     if args.n_boot < 20:
@@ -217,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         xs.append("train_flops")
     elif len(obs):
         note(["no train_flops values: no FLOPs fits, the loss-vs-FLOPs figure is empty"])
+    if args.x not in xs:
+        if len(obs) and not obs[args.x].notna().any():
+            raise UserError("--x", f"the runs table has no {args.x} values (a table written "
+                            "before that column existed?)", [x for x in X_AXES if obs[x].notna().any()])
+        xs.append(args.x)
     records, notes = fit_table(obs, xs, args.n_boot, args.seed, args.ci_method,
                                args.geneval_form)
     note(notes)

@@ -16,7 +16,8 @@ from harness.io import write_text
 
 FITS_COLUMNS = {
     "metric, token, order": "what was fitted: the metric and the variant",
-    "x": "params (model size N) or train_flops",
+    "x": "params (model size N, the paper's: generator + aligner), train_flops (the paper's "
+         "3 x forward x images), or --x: trainable_params, executed_flops (what runs)",
     "form": "offset E+A·x^-α, power A·x^-α, loglinear b0+b1·log10 x (clipped to [0,1]), "
             "logit sigmoid(b0+b1·log10 x)",
     "E, A, alpha (+ _ci_low/_ci_high)": "power-law parameters and 95% bootstrap intervals "
@@ -86,7 +87,7 @@ def _exponents(fits: pd.DataFrame) -> str:
     if fits.empty:
         return "No fits were made (see *Skipped fits* below).\n"
     out = []
-    for x in ("params", "train_flops"):
+    for x in fits["x"].unique():
         part = fits[fits["x"] == x]
         if part.empty:
             continue

@@ -12,11 +12,12 @@ sweep run serially with stage 0 pre-built (wall time minus the time inside train
 evaluation) and launch-to-first-step; peak RSS of the study's largest run (recorded by each run
 job in ``status.json``); the paper ladder's dry-run estimates (``harness.sweep.estimate``).
 
-Training FLOPs per step are the *executed* FLOPs (MFU counts what the hardware does):
-3 x forward of the transformer for every image, of the text encoder (learned) and aligner when
-they train, 1 x forward when frozen (``text.train_encoder=false``, ``text.lr_scale=0``), plus
-3 x the token head for every token that carries loss — for the continuous head times the
-diffusion batch multiplier (each loss token is noised ``diffusion_batch_mul`` times).
+Training FLOPs per step are the *executed* FLOPs (MFU counts what the hardware does;
+``harness.models.flops.executed_step_flops``): 3 x forward of the transformer for every image, of
+the text encoder (learned) and aligner when they train, 1 x forward when frozen
+(``text.train_encoder=false``, ``text.lr_scale=0``), plus 3 x the token head for every token that
+carries loss — for the continuous head times the diffusion batch multiplier (each loss token is
+noised ``diffusion_batch_mul`` times).
 """
 from __future__ import annotations
 
@@ -37,10 +38,8 @@ from harness.errors import check_choice, cli_main
 from harness.io import read_json, write_json, write_text
 from harness.registry import LADDERS, VARIANT_PAIRS, VARIANTS
 from harness.run_dir import RunDir
-from harness.models.flops import (aligner_flops, forward_flops, head_flops_per_token,
-                                  text_encoder_flops)
+from harness.models.flops import executed_step_flops
 from harness.train.module import GeneratorModule, counted_parameters
-
 
 
 def matmul_ceiling(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
@@ -56,23 +55,6 @@ def matmul_ceiling(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
             a @ b
         best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
     return best
-
-
-def step_flops(cfg: DictConfig, module: GeneratorModule, token_dim: int, codebook: int) -> float:
-    """Executed FLOPs of one training step (see the module docstring)."""
-    m, L, B = cfg.model, C.num_tokens(cfg), cfg.train.batch_size
-    fwd_head = L * head_flops_per_token(cfg, token_dim, codebook)
-    fwd_aligner = aligner_flops(cfg)
-    fwd_transformer = forward_flops(cfg, token_dim, codebook) - fwd_head - fwd_aligner
-    t = cfg.text
-    fwd_encoder = text_encoder_flops(cfg) if "text" in module.nets else 0.0
-    # a frozen text path runs forward only (1x), a trained one forward and backward (3x)
-    text = (3 if t.lr_scale > 0 else 1) * fwd_aligner
-    text += (3 if t.train_encoder and t.lr_scale > 0 else 1) * fwd_encoder
-    loss_tokens = L if m.order == "raster" else L * 0.867  # mean of the truncated-normal mask ratio
-    mul = m.diffusion_batch_mul if m.token == "continuous" else 1
-    per_token_head = head_flops_per_token(cfg, token_dim, codebook)
-    return B * (3 * fwd_transformer + text + 3 * per_token_head * loss_tokens * mul)
 
 
 def time_training(cfg: DictConfig, steps: int = 12, warmup: int = 3) -> dict:
@@ -103,7 +85,7 @@ def time_training(cfg: DictConfig, steps: int = 12, warmup: int = 3) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - t)
     sec = sorted(times)[len(times) // 2]
-    flops = step_flops(cfg, module, token_dim, codebook)
+    flops = executed_step_flops(cfg, token_dim, codebook)
     return {"params": counted_parameters(module.nets), "step_seconds": sec,
             "tokens_per_second": B * L / sec, "step_flops": flops, "achieved_gflops": flops / sec / 1e9}
 

@@ -30,6 +30,8 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "fsdp")
 # The FID reference: ``data`` = the training data's val split, ``coco`` = a seeded MS-COCO draw.
 REFERENCE_SOURCES = ("data", "coco")
+# The learning rate after warm-up: ``cosine`` decays to 0.1x at the last step, ``constant`` holds it.
+LR_SCHEDULES = ("cosine", "constant")
 
 
 def knob(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None,
@@ -81,6 +83,9 @@ class TokenizerConfig:
     seed: int = knob(0, "initialisation and batch-order seed")
     pretrained_continuous: Optional[str] = knob(None, "diffusers AutoencoderKL name or path: no training")
     pretrained_discrete: Optional[str] = knob(None, "diffusers VQModel name or path: no training")
+    posterior_sample: bool = knob(False, "continuous: cache the posterior's mean and std and train on "
+                                  "a fresh draw mean + std * noise per image and step (MAR); "
+                                  "false: train on the mean")
 
 
 @dataclass
@@ -136,7 +141,9 @@ class TrainConfig:
     batch_size: int = knob(64, "images per optimizer step over all devices, split into devices x "
                            "num_nodes x accumulate_grad_batches micro-batches", **POSITIVE)
     lr: float = knob(1.0e-3, "peak AdamW learning rate", **POSITIVE)
-    warmup_steps: int = knob(100, "linear warm-up steps, then cosine decay", **NON_NEGATIVE)
+    warmup_steps: int = knob(100, "linear warm-up steps, then train.lr_schedule", **NON_NEGATIVE)
+    lr_schedule: str = knob("cosine", "after warm-up: cosine decay to 0.1x lr at train.steps, or "
+                            "constant (MAR)", choices=LR_SCHEDULES)
     weight_decay: float = knob(0.02, "AdamW weight decay", **NON_NEGATIVE)
     beta1: float = knob(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = knob(0.95, "AdamW beta2", ge=0, lt=1)
@@ -220,7 +227,8 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
             "eval.batch_size")
 # Fields added after runs existed: left out of the key while at these defaults, so the keys (and
 # directories) of earlier runs still hold.
-_KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False}
+_KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
+                         "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine"}
 
 
 def _schema() -> DictConfig:

@@ -25,18 +25,3 @@ def test_random_order_sampling_reports_images_per_second_by_steps():
     assert set(r["images_per_second_by_steps"]) == {4, 8, 16, 32}
     assert 0 < r["diffusion_head_share"] < 1
 
-
-def test_executed_flops_count_a_frozen_text_path_forward_only():
-    from harness.data.shapes import vocabulary
-    from harness.models.flops import aligner_flops, text_encoder_flops
-    from harness.train.module import GeneratorModule
-
-    def flops(*extra):
-        cfg = config.load(SMOKE + ["model.token=discrete", *extra])
-        module = GeneratorModule(cfg, cfg.tokenizer.channels, 16, vocabulary())
-        return cfg, bench.step_flops(cfg, module, cfg.tokenizer.channels, 16)
-
-    cfg, trained = flops()
-    _, frozen = flops("text.lr_scale=0")
-    saved = cfg.train.batch_size * 2 * (aligner_flops(cfg) + text_encoder_flops(cfg))
-    assert trained - frozen == pytest.approx(saved)

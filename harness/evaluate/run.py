@@ -2,7 +2,8 @@
 
 For a run whose status is "trained" or "completed", computes
   val_loss            deterministic validation loss of the EMA weights over the whole val set (the
-                      same batches and noise as training's own ``val/loss``)
+                      same batches and noise as training's own ``val/loss``); with
+                      ``eval.reference.source=coco``, over the COCO draw (tokenized here)
   fid kid precision recall (torch-fidelity) and fid_cleanfid (clean-fid), on ``eval.fid_samples``
                       images generated for the captions of as many real val images (``fid.py``)
   geneval_<tag>, geneval_overall   shapes GenEval: ``make_prompts(eval.geneval_prompts_per_tag,
@@ -83,13 +84,40 @@ def check_run(run_dir: Path) -> dict:
     return status
 
 
-def run_validation_loss(run_dir: Path, cfg: DictConfig) -> float:
+@torch.no_grad()
+def reference_val_set(cfg: DictConfig, tok, reference: fid.Reference) -> TokenDataset:
+    """The FID reference draw as a validation set (``eval.reference.source=coco``: the paper's val
+    loss is on COCO): its images through the run's tokenizer, its captions (through the frozen
+    text encoder, when the run has one)."""
+    from PIL import Image
+
+    from harness.data.datasets import to_float
+
+    paths = [reference.images / fid.image_name(i) for i in range(reference.n)]
+    tokens = []
+    for start in range(0, len(paths), cfg.eval.batch_size):
+        images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths[start:start + cfg.eval.batch_size]])
+        tokens.append(tok.encode(to_float(torch.from_numpy(images))).cpu())
+    captions = reference.captions()
+    text = None
+    if cfg.text.encoder != "learned":
+        from harness.text.cache import encode_captions
+        from harness.text.encoders import HFTextEncoder
+
+        text = encode_captions(HFTextEncoder(cfg.text.encoder, cfg.text.max_len), captions)
+    return TokenDataset(torch.cat(tokens), captions, text)
+
+
+def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference | None = None) -> float:
     """``harness.train.run.validation_loss`` of the checkpoint's EMA networks over the run's val
-    set, batched as in training, so it equals the run's last logged ``val/loss``."""
+    set, batched as in training, so it equals the run's last logged ``val/loss``; with
+    ``eval.reference.source=coco``, over the ``reference`` draw instead."""
     run = RunDir(run_dir)
     tok_dir = read_json(run.stage0)["tokenizer"]
     tok = load_tokenizer(tok_dir)
-    if cfg.text.encoder == "learned":
+    if cfg.eval.reference.source == "coco":
+        val_set = reference_val_set(cfg, tok, reference)
+    elif cfg.text.encoder == "learned":
         val_set = TokenDataset(*load_tokens(tok_dir, "val"))
     else:  # cached features of the frozen text encoder come with the stage-0 data
         val_set = prepare_data(cfg)[2]
@@ -210,7 +238,7 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     reference = fid.ensure_reference(cfg, space)
     step = int(status.get("step", cfg.train.steps))
     sampler = Sampler.from_run(run_dir)
-    metrics: dict = {"val_loss": run_validation_loss(run_dir, cfg)}
+    metrics: dict = {"val_loss": run_validation_loss(run_dir, cfg, reference)}
     manifest = {"seed": seed, "step": step, "sample": OmegaConf.to_container(cfg.sample)}
     generated = run.fid_generated(seed, cfg.eval.seed)
     captions = reference.captions()

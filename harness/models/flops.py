@@ -1,17 +1,30 @@
-"""Analytic FLOPs of a generator forward pass, for the scaling plots and MFU.
+"""Size and cost of a run in two conventions: the paper's, for the scaling axes, and what executes.
 
-Per image (one forward, multiply-adds counted as 2 FLOPs), with L image tokens, T text tokens,
-width W, depth D, MLP ratio r, head width Wh and depth Dh:
+Analytic FLOPs of a generator forward pass per image (one forward, multiply-adds counted as 2
+FLOPs), with L image tokens, T text tokens, width W, depth D, MLP ratio r, head width Wh and depth Dh:
 
 - each image block: linear layers 2·L·(4W² self-attn + 2W² cross q/out + 2rW² MLP)
   + cross-attn k/v over the text 2·T·2W² + attention scores and values 4·L·L·W (self)
   + 4·L·T·W (cross);
 - the aligner: per layer 2·T·(4W² + 2rW²) + 4·T·T·W, plus its input projection 2·T·E·W;
 - the token head per image token: discrete 2·W·V; continuous the MLP denoiser once,
-  2·(Dh·5Wh² + 3Wh² + ...) — the diffusion batch multiplier and sampling steps are not part of
-  "model FLOPs", following the paper's "training FLOPs = model GFLOPs x batch x steps x 3".
+  2·(Dh·5Wh² + 3Wh² + ...).
+
+The paper's convention (``train_flops``, with ``params`` = generator + aligner as counted by
+``harness.train.module.counted_parameters``): "training FLOPs = model GFLOPs x batch x steps x 3",
+the model's forward counting the head once per token and the text aligner as trained — the
+diffusion batch multiplier and sampling steps are not part of "model FLOPs".
+
+What executes (``executed_flops``, with ``trainable_parameters``): 3 x forward of the transformer
+for every image, of the text encoder (learned) and aligner when they train, 1 x forward when
+frozen (``text.train_encoder=false``, ``text.lr_scale=0``), plus 3 x the token head for every token
+that carries loss — all L in raster order, the mean masked fraction in random order — times the
+diffusion batch multiplier for the continuous head (each loss token is noised
+``diffusion_batch_mul`` times). ``make bench`` measures MFU against it.
 """
 from __future__ import annotations
+
+import math
 
 from omegaconf import DictConfig
 
@@ -58,3 +71,44 @@ def train_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
                 text_width: int | None = None) -> float:
     """3 x forward x images seen (the paper's convention)."""
     return 3.0 * forward_flops(cfg, token_dim, codebook_size, text_width) * cfg.train.batch_size * cfg.train.steps
+
+
+def mean_mask_ratio(cfg: DictConfig) -> float:
+    """Random order: the expected masked fraction, the mean of N(1, mask_ratio_std) truncated to
+    [mask_ratio_min, 1] (0.867 at MAR's 0.7 and 0.25)."""
+    m = cfg.model
+    if m.mask_ratio_std == 0 or m.mask_ratio_min >= 1:
+        return 1.0
+    a = (m.mask_ratio_min - 1.0) / m.mask_ratio_std
+    pdf = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    mass = 0.5 * math.erf(-a / math.sqrt(2))  # Phi(0) - Phi(a)
+    return 1.0 + m.mask_ratio_std * (pdf - 1 / math.sqrt(2 * math.pi)) / mass
+
+
+def executed_step_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
+                        text_width: int | None = None) -> float:
+    """FLOPs one optimizer step executes (forward and backward; module docstring)."""
+    m, t = cfg.model, cfg.text
+    L = num_tokens(cfg)
+    head = head_flops_per_token(cfg, token_dim, codebook_size)
+    aligner = aligner_flops(cfg, text_width)
+    transformer = forward_flops(cfg, token_dim, codebook_size, text_width) - L * head - aligner
+    encoder = text_encoder_flops(cfg) if t.encoder == "learned" else 0.0
+    # a frozen text path runs forward only (1x), a trained one forward and backward (3x)
+    text = (3 if t.lr_scale > 0 else 1) * aligner
+    text += (3 if t.train_encoder and t.lr_scale > 0 else 1) * encoder
+    loss_tokens = L * (1.0 if m.order == "raster" else mean_mask_ratio(cfg))
+    mul = m.diffusion_batch_mul if m.token == "continuous" else 1
+    return cfg.train.batch_size * (3 * transformer + text + 3 * head * loss_tokens * mul)
+
+
+def executed_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
+                   text_width: int | None = None) -> float:
+    """FLOPs the whole run executes: ``executed_step_flops`` x steps."""
+    return executed_step_flops(cfg, token_dim, codebook_size, text_width) * cfg.train.steps
+
+
+def trainable_parameters(nets) -> int:
+    """Parameters the optimizer updates (``requires_grad``): the generator, the aligner unless
+    ``text.lr_scale=0``, a learned text encoder that trains."""
+    return sum(p.numel() for p in nets.parameters() if p.requires_grad)

@@ -7,7 +7,8 @@
 - ``random`` order is MAR/BERT-like: bidirectional self-attention over the sequence with a random
   subset replaced by a mask embedding (a fresh order per sample, the masked fraction drawn from a
   truncated normal on [mask_ratio_min, 1]); loss on masked tokens; sampling fills the sequence in
-  a few steps on a cosine schedule.
+  a few steps on a cosine schedule. Validation (``validation_loss``) masks each sample at a fixed
+  ratio instead: a grid over the training distribution, so the loss does not depend on the batch.
 Every layer reads the text through cross-attention. All randomness takes an optional
 ``torch.Generator`` so validation loss and sampling are reproducible.
 """
@@ -22,14 +23,24 @@ from torch import Tensor, nn
 from harness.models.diffloss import DiffLoss
 from harness.models.transformer import Block, KVCache, init_weights, padding_mask
 
+# Validation masks sample j of the val set at the ((j mod VAL_RATIOS) + 1/2) / VAL_RATIOS quantile
+# of the training mask-ratio distribution, with its randomness seeded by VAL_SEED + j.
+VAL_RATIOS = 16
+VAL_SEED = 10_007
+
+
+def truncated_normal_quantile(u: Tensor, low: float, std: float) -> Tensor:
+    """The mask ratio at quantile ``u`` (CPU, in [0, 1]) of N(1, std) truncated to [low, 1]."""
+    normal = torch.distributions.Normal(1.0, std)
+    a, b = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
+    return normal.icdf(a + u * (b - a)).clamp(low, 1.0)
+
 
 def truncated_normal_ratio(n: int, low: float, std: float, generator: torch.Generator | None,
                            device: torch.device) -> Tensor:
     """Mask ratios ~ N(1, std) truncated to [low, 1], by inverse-CDF sampling."""
-    normal = torch.distributions.Normal(1.0, std)
-    a, b = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
     u = torch.rand(n, generator=generator, device=device)
-    return normal.icdf(a + u.cpu() * (b - a)).clamp(low, 1.0).to(device)
+    return truncated_normal_quantile(u.cpu(), low, std).to(device)
 
 
 class Generator(nn.Module):
@@ -108,9 +119,43 @@ class Generator(nn.Module):
             z, target = z[masked], tokens[masked]
         else:
             z, target = z.flatten(0, 1), tokens.flatten(0, 1)
+        return self.head_loss(target, z, generator)
+
+    def head_loss(self, target: Tensor, z: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Mean loss of the head predicting ``target`` tokens (N,) or (N, C) from outputs ``z``."""
         if self.token == "discrete":
             return F.cross_entropy(self.head(z).float(), target)
         return self.diffloss(target, z, generator=generator)
+
+    # ---- validation --------------------------------------------------------------------------
+    def validation_masks(self, first: int, batch: int, device: torch.device
+                         ) -> tuple[Tensor, list[torch.Generator]]:
+        """Masks of val samples ``first .. first + batch - 1``: sample j is masked at its ratio of
+        the fixed grid (``VAL_RATIOS``) in an order drawn from its own generator, seeded by j and
+        returned to draw the rest of the sample's randomness (diffusion) from."""
+        index = torch.arange(first, first + batch)
+        ratios = truncated_normal_quantile((index % VAL_RATIOS + 0.5) / VAL_RATIOS,
+                                           self.mask_ratio_min, self.mask_ratio_std)
+        masks, generators = [], []
+        for j, ratio in zip(index.tolist(), ratios.tolist()):
+            g = torch.Generator(device=device).manual_seed(VAL_SEED + j)
+            order = torch.rand(self.num_tokens, generator=g, device=device).argsort()
+            n_masked = max(1, math.ceil(ratio * self.num_tokens))
+            masks.append(torch.zeros(self.num_tokens, dtype=torch.bool, device=device)
+                         .scatter(0, order[:n_masked], True))
+            generators.append(g)
+        return torch.stack(masks), generators
+
+    def validation_loss(self, tokens: Tensor, context: Tensor, context_mask: Tensor,
+                        first: int) -> Tensor:
+        """Random order's validation loss of val samples ``first ..``: the mean over samples of each
+        one's loss at its fixed mask ratio, with its own randomness (``validation_masks``). A val
+        set's loss is then a fixed quadrature of the training objective over mask ratios, the same
+        however the set is batched (one random ratio per batch made it depend on the batching)."""
+        masked, generators = self.validation_masks(first, tokens.shape[0], tokens.device)
+        z = self.backbone(self.inputs(tokens, masked), context, context_mask)
+        return torch.stack([self.head_loss(tokens[i][m], z[i][m], g)
+                            for i, (m, g) in enumerate(zip(masked, generators))]).mean()
 
     # ---- sampling ----------------------------------------------------------------------------
     def _draw(self, z: Tensor, guided: bool, cfg: float | Tensor, temperature: float,

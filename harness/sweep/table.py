@@ -3,6 +3,12 @@
 Rows are built from the run directories (the source of truth) and upserted under a file lock, then
 the whole file is replaced atomically: jobs that finish at the same moment each add their rows and
 a reader never sees half a file. Analysis reads this table (``status == completed`` rows).
+
+Size and cost come from the run's ``info.json`` in two conventions (``harness.models.flops``): the
+paper's ``params`` (generator + aligner) and ``train_flops`` (3 x forward x images), and what runs:
+``trainable_params`` (what the optimizer updates) and ``executed_flops`` (the diffusion batch
+multiplier counted, a frozen text path forward only). Runs written before the latter two existed
+leave them empty.
 """
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from harness.registry import METRICS
 from harness.run_dir import RunDir
 from harness.sweep import records
 
-COLUMNS = ("run_key", "sweep", "token", "order", "size", "params", "train_flops", "steps",
+# info.json fields copied into every row
+SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
+COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps",
            *METRICS, "status", "run_dir", "seed")
 TABLE = "runs.csv"
 
@@ -95,8 +103,8 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         elif state == "completed":
             state = "trained"
         row = {"run_key": run_dir.name, "sweep": sweep, "token": cfg.model.token,
-               "order": cfg.model.order, "size": cfg.model.size, "params": info.get("params"),
-               "train_flops": info.get("train_flops"), "steps": status.get("step", cfg.train.steps),
+               "order": cfg.model.order, "size": cfg.model.size,
+               **{k: info.get(k) for k in SIZE_AND_COST}, "steps": status.get("step", cfg.train.steps),
                "val_loss": val_loss, "status": state, "run_dir": str(run_dir), "seed": seed,
                **{k: None for k in METRICS if k != "val_loss"}}
         row.update({k: v for k, v in (metrics or {}).items() if k in METRICS})

@@ -105,6 +105,12 @@ class KLAutoencoder(Autoencoder):
         return mean
 
     @torch.no_grad()
+    def encode_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,3,H,W) -> the posterior's mean and std, each (B, L, C) (unscaled)."""
+        mean, logvar = self.encoder_out(x).chunk(2, dim=-1)
+        return mean, (0.5 * logvar.clamp(-30, 20)).exp()
+
+    @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
         return self.decoder(tokens).clamp(-1, 1)
 

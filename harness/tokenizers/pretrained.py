@@ -8,6 +8,7 @@ Hugging Face id. A path may be the model folder itself or a pipeline folder with
   ``(z - shift_factor) * scaling_factor``, grouped ``patch`` x ``patch`` (2x2) into tokens of
   ``patch**2 * latent_channels`` channels, row-major over the grid, channel-major inside a token
   (as MAR). 256px -> 32x32x4 latents -> 256 tokens x 16 channels; ``downsample`` = 8 * 2 = 16.
+  ``encode_moments`` also gives the posterior's std, scaled and grouped the same way.
 - ``PretrainedVQ`` (discrete, the paper's VQGAN): nearest-codebook indices of the quantised
   latent grid, one token per latent position; decoding looks the codes up in the quantiser's
   embedding. ``downsample`` is the VQ model's spatial factor (16 for a 16x16-token VQGAN).
@@ -79,8 +80,15 @@ class PretrainedKL(nn.Module):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """(B,3,H,W) in [-1,1] -> (B, L, channels) scaled, grouped posterior means."""
-        z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean.float()
-        return group((z - self.shift) * self.scaling, self.patch)
+        return self.encode_moments(x)[0]
+
+    @torch.no_grad()
+    def encode_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,3,H,W) in [-1,1] -> the posterior's mean and std as tokens, each (B, L, channels),
+        scaled (the shift moves the mean only) and grouped like ``encode``."""
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        mean = (dist.mean.float() - self.shift) * self.scaling
+        return group(mean, self.patch), group(dist.std.float() * self.scaling, self.patch)
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:

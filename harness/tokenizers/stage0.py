@@ -9,6 +9,12 @@ exists complete or not at all. A file lock lets concurrent jobs wait for one tra
 With ``tokenizer.pretrained_<token>`` set (a diffusers AutoencoderKL / VQModel, see ``pretrained.py``)
 nothing is trained: the directory records the source in ``meta.json`` (scale 1.0, the scaling is
 inside the wrapper) and holds the same pre-encoded token sets; no weights are copied.
+
+With ``tokenizer.posterior_sample`` (continuous tokens) the directory also holds
+``tokens_train_std.pt``, the posterior's std per token and channel at the tokens' scale, so that
+training can draw mean + std * noise afresh each step, as MAR does (``harness.data.tokens``);
+validation keeps the mean. The option enters the directory's hash only when on, so earlier
+stage-0 directories keep their paths.
 """
 from __future__ import annotations
 
@@ -29,8 +35,11 @@ def tokenizer_dir(cfg: DictConfig, token: str) -> Path:
     tok = OmegaConf.to_container(cfg.tokenizer)
     source = pretrained_source(cfg, token)
     tok.pop("pretrained_continuous"), tok.pop("pretrained_discrete")
+    posterior = tok.pop("posterior_sample") and token == "continuous"
     if source:  # training knobs do not change a pretrained tokenizer's tokens
         tok = {"pretrained": source, **{k: tok[k] for k in ("downsample", "channels", "codebook_size")}}
+    if posterior:  # keyed only when on: earlier directories keep their hash
+        tok["posterior_sample"] = True
     key = config_hash({"data": data_key(cfg.data), "token": token, "tokenizer": tok})
     return Path(cfg.results_dir) / "stage0" / f"tokenizer-{token}-{key}"
 
@@ -78,12 +87,17 @@ def _psnr(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> float:
     return torch.cat(values).mean().item()
 
 
-def _encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def _encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256,
+                moments: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Every image's tokens; with ``moments`` (continuous) the posterior's (mean, std)."""
     model.eval()
     device = next(model.parameters()).device
+    encode = model.encode_moments if moments else model.encode
     with torch.no_grad():
-        return torch.cat([model.encode(to_float(images[i: i + batch]).to(device)).cpu()
-                          for i in range(0, len(images), batch)])
+        out = [encode(to_float(images[i: i + batch]).to(device)) for i in range(0, len(images), batch)]
+    if moments:
+        return torch.cat([m.cpu() for m, _ in out]), torch.cat([s.cpu() for _, s in out])
+    return torch.cat([t.cpu() for t in out])
 
 
 def _train(cfg: DictConfig, token: str, out: Path) -> None:
@@ -108,10 +122,16 @@ def _train(cfg: DictConfig, token: str, out: Path) -> None:
 
 def _encode_splits(cfg: DictConfig, token: str, model, meta: dict, out: Path,
                    batch: int = 256) -> None:
-    """Write ``tokens_{train,val}.pt``; sets ``meta["scale"]`` (train std) unless already set."""
+    """Write ``tokens_{train,val}.pt`` (and ``tokens_train_std.pt`` with
+    ``tokenizer.posterior_sample``); sets ``meta["scale"]`` (train std) unless already set."""
+    posterior = token == "continuous" and cfg.tokenizer.posterior_sample
     for split in ("train", "val"):
         split_images, captions = rendered(cfg.data, split, cfg.results_dir)
-        tokens = _encode_all(model, split_images, batch)
+        std = None
+        if posterior and split == "train":  # validation uses the mean: no std for val
+            tokens, std = _encode_all(model, split_images, batch, moments=True)
+        else:
+            tokens = _encode_all(model, split_images, batch)
         if token == "continuous" and split == "train" and "scale" not in meta:
             meta["scale"] = tokens.float().std().item()
         if token == "discrete":
@@ -123,6 +143,10 @@ def _encode_splits(cfg: DictConfig, token: str, model, meta: dict, out: Path,
         tokens = tokens / scale if token == "continuous" else tokens.to(torch.int32)
         if token == "continuous":
             meta[f"token_std_{split}"] = tokens.float().std().item()
+        if std is not None:  # at the tokens' scale; the mean posterior std says how wide draws are
+            std = std / scale
+            meta[f"posterior_std_{split}"] = std.float().mean().item()
+            torch.save(std, out / f"tokens_{split}_std.pt")
         torch.save({"tokens": tokens, "captions": captions}, out / f"tokens_{split}.pt")
     meta.setdefault("scale", 1.0)
 
@@ -173,3 +197,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def load_tokens(path: str | Path, split: str) -> tuple[torch.Tensor, list[str]]:
     blob = torch.load(Path(path) / f"tokens_{split}.pt", weights_only=True)
     return blob["tokens"], blob["captions"]
+
+
+def load_token_std(path: str | Path, split: str = "train") -> torch.Tensor | None:
+    """The posterior std of every cached token (``tokenizer.posterior_sample``), or None when the
+    directory holds means only."""
+    file = Path(path) / f"tokens_{split}_std.pt"
+    return torch.load(file, weights_only=True) if file.exists() else None

@@ -1,12 +1,14 @@
 """The LightningModule of a generator run: text encoder + aligner + generator, EMA, optimiser.
 
 Randomness of a training step (caption dropout, masks, diffusion noise) comes from a generator
-seeded by (seed, global step), so a resumed run replays exactly what an uninterrupted run would
-have done; validation uses a fixed seed per batch so losses are comparable across sizes.
+seeded by (seed, global step, rank, micro-batch), so a resumed run replays exactly what an
+uninterrupted run would have done, and ranks and accumulated micro-batches draw independently;
+validation uses fixed randomness (per sample in random order) so losses are comparable across sizes.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 
 import lightning as L
@@ -57,6 +59,36 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
     return nets
 
 
+def decayed(name: str, param: nn.Parameter) -> bool:
+    """Whether AdamW decays a parameter, as MAR's ``add_weight_decay`` decides (util/misc.py):
+    matrices and embeddings are decayed (learned positions, the mask, start and null tokens
+    included), vectors (biases, norm scales) are not, and nothing of the diffusion head (MAR:
+    "no weight decay on bias, norm layers, and diffloss MLP"). The Fluid paper gives AdamW and its
+    decay rate, not the groups; MAR's code is the reference."""
+    return param.ndim >= 2 and not name.endswith(".bias") and "diffloss" not in name.split(".")
+
+
+def compile_generator(generator: Generator) -> None:
+    """torch.compile, in place, what a training step of ``generator`` spends its time in: each
+    transformer block and the diffusion head's denoiser (module by module, so parameter names,
+    checkpoints and FSDP units stay as they are; the step's randomness is drawn outside them)."""
+    for block in generator.blocks:
+        block.compile()
+    if generator.token == "continuous":  # in random order its rows vary with each step's mask ratio
+        generator.diffloss.net.compile(dynamic=generator.order == "random")
+
+
+def step_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
+    """The seed of micro-batch ``micro`` of optimizer step ``step`` on rank ``rank``: each draws its
+    own caption dropout, masks and diffusion noise. Rank 0's first micro-batch keeps the seed of
+    (seed, step) alone, so a run on one process without accumulation draws what it always did;
+    every other one hashes all four (64 bits: no collision with another step's seed in practice)."""
+    base = seed * 1_000_003 + step
+    if rank == 0 and micro == 0:
+        return base
+    return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}:{micro}".encode()).digest()[:8], "big")
+
+
 def counted_parameters(nets: nn.ModuleDict) -> int:
     """Parameters the scaling study counts: generator + aligner (not the text encoder)."""
     return sum(p.numel() for k in ("aligner", "generator") for p in nets[k].parameters())
@@ -88,19 +120,27 @@ class GeneratorModule(L.LightningModule):
         self.cfg = cfg
         self.nets = build_networks(cfg, token_dim, codebook_size, vocabulary)
         self.ema = EMA(copy.deepcopy(self.nets)).requires_grad_(False)
+        if cfg.train.compile:  # the trained networks only: the EMA (validation, sampling) runs eagerly
+            compile_generator(self.nets["generator"])
         # weight decay by name, decided on the unsharded shapes (FSDP flattens parameters to 1-D)
-        self._decayed = {n for n, p in self.nets.named_parameters() if p.ndim >= 2 and "pos" not in n}
+        self._decayed = {n for n, p in self.nets.named_parameters() if decayed(n, p)}
         self.save_hyperparameters({"config": to_container(cfg)}, logger=False)
 
-    def forward(self, batch: dict, index: int) -> Tensor:
-        """Validation loss of the EMA networks on batch ``index`` of the val set, with that batch's
-        fixed randomness. Under FSDP it is called on the sharded root so parameters are gathered."""
-        return self.ema(self._ema_loss, batch, index)
+    def forward(self, batch: dict, index: int, first: int) -> Tensor:
+        """Validation loss of the EMA networks on batch ``index`` of the val set, which starts at
+        its sample ``first``, with fixed randomness. Under FSDP it is called on the sharded root so
+        parameters are gathered."""
+        return self.ema(self._ema_loss, batch, index, first)
 
-    def _ema_loss(self, ema: nn.ModuleDict, batch: dict, index: int) -> Tensor:
-        g = self.step_generator(10_007 + index)
+    def _ema_loss(self, ema: nn.ModuleDict, batch: dict, index: int, first: int) -> Tensor:
+        """Random order: per-sample mask ratios and randomness (``Generator.validation_loss``);
+        raster: the batch's own seed."""
         context, cmask = self.context(ema, batch)
-        return ema["generator"].loss(batch["tokens"], context, cmask, generator=g)
+        generator = ema["generator"]
+        if generator.order == "random":
+            return generator.validation_loss(batch["tokens"], context, cmask, first)
+        g = self.step_generator(10_007 + index)
+        return generator.loss(batch["tokens"], context, cmask, generator=g)
 
     # ---- text -------------------------------------------------------------------------------
     def text_features(self, nets: nn.ModuleDict, batch: dict) -> tuple[Tensor, Tensor]:
@@ -119,7 +159,11 @@ class GeneratorModule(L.LightningModule):
 
     # ---- steps -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        g = self.step_generator(self.cfg.train.seed * 1_000_003 + self.global_step)
+        # the micro-batch within the step: Lightning steps the optimizer after every
+        # accumulate_grad_batches-th batch_idx (and harness.train.run checkpoints only there, so a
+        # resumed run keeps this phase)
+        micro = batch_idx % self.cfg.train.accumulate_grad_batches
+        g = self.step_generator(step_seed(self.cfg.train.seed, self.global_step, self.global_rank, micro))
         b = batch["tokens"].shape[0]
         drop = torch.rand(b, generator=g, device=self.device) < self.cfg.text.dropout_prob
         context, cmask = self.context(self.nets, batch, drop)
@@ -173,8 +217,11 @@ class GeneratorModule(L.LightningModule):
                                 fused=self.device.type == "cuda")
 
         def schedule(step: int) -> float:
+            """Linear warm-up, then constant (MAR) or cosine decay to 0.1x at ``train.steps``."""
             if step < t.warmup_steps:
                 return (step + 1) / t.warmup_steps
+            if t.lr_schedule == "constant":
+                return 1.0
             progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
             return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

@@ -23,21 +23,45 @@ from harness.data.tokens import TokenDataModule, TokenDataset
 from harness.errors import one_line
 from harness.faults import fault
 from harness.io import write_json
-from harness.models.flops import forward_flops, train_flops
+from harness.models.flops import executed_flops, forward_flops, train_flops, trainable_parameters
 from harness.run_dir import RunDir
 from harness.run_status import read_status, write_status
-from harness.tokenizers.stage0 import ensure_tokenizer, load_tokenizer, load_tokens
+from harness.tokenizers.stage0 import ensure_tokenizer, load_token_std, load_tokenizer, load_tokens
 from harness.tracking import store, tracking_uri
 from harness.tracking.logger import RunLogger, flatten
 from harness.train.module import GeneratorModule, NonFiniteLoss, counted_parameters
 
 
-class AtomicCheckpoint(Callback):
+class OnSteps(Callback):
+    """A callback that acts after the optimizer steps ``every`` steps apart and after the last.
+
+    With gradient accumulation a batch that ends no optimizer step sees the same global step as the
+    one before it: it is skipped, so nothing is checkpointed (or validated) twice, nor between the
+    micro-batches of a step, where a resumed run would restart out of phase with the data."""
+
+    def __init__(self, every: int):
+        self.every, self._step = every, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step != self._step and (step % self.every == 0 or step >= trainer.max_steps):
+            self.on_step(trainer, pl_module)
+        self._step = step
+
+    def on_step(self, trainer, pl_module) -> None:
+        raise NotImplementedError
+
+
+class AtomicCheckpoint(OnSteps):
     """Every ``every`` steps and at the end: last.ckpt -> prev.ckpt, then a new last.ckpt written
     to a temp file and renamed, so a kill at any moment leaves a loadable checkpoint."""
 
     def __init__(self, run: RunDir, every: int):
-        self.run, self.every = run, every
+        super().__init__(every)
+        self.run = run
 
     def save(self, trainer: L.Trainer) -> None:
         folder = self.run.checkpoints
@@ -55,17 +79,12 @@ class AtomicCheckpoint(Callback):
             fault("checkpoint.rotating", self.run.path)
             os.replace(tmp, self.run.last_checkpoint)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every == 0 or step >= trainer.max_steps:
-            self.save(trainer)
+    def on_step(self, trainer, pl_module) -> None:
+        self.save(trainer)
 
 
-class Validation(Callback):
+class Validation(OnSteps):
     """Deterministic validation loss (EMA weights) every ``every`` steps and at the end."""
-
-    def __init__(self, every: int):
-        self.every = every
 
     def run(self, trainer, pl_module: GeneratorModule) -> None:
         # sharded (FSDP) parameters are gathered collectively: then every rank runs the sharded root
@@ -77,13 +96,12 @@ class Validation(Callback):
                 lg.log_metrics({"val/loss": loss}, trainer.global_step)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
         if trainer.global_step == 0:
             self.run(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every == 0 or step >= trainer.max_steps:
-            self.run(trainer, pl_module)
+    def on_step(self, trainer, pl_module) -> None:
+        self.run(trainer, pl_module)
 
 
 def sharded_model(trainer: L.Trainer):
@@ -95,14 +113,14 @@ def sharded_model(trainer: L.Trainer):
 
 @torch.no_grad()
 def validation_loss(module: GeneratorModule, loader, model=None) -> float:
-    """Mean loss of the EMA networks over the validation set, with fixed randomness per batch.
+    """Mean loss of the EMA networks over the validation set (in its order), with fixed randomness.
     ``model``: the FSDP root wrapping ``module``, which gathers the sharded parameters."""
     model = model or module
     total, count = 0.0, 0
     for i, batch in enumerate(loader):
         batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         n = batch["tokens"].shape[0]
-        total += model(batch, i).float().item() * n
+        total += model(batch, i, count).float().item() * n
         count += n
     return total / max(1, count)
 
@@ -164,16 +182,23 @@ def prepare_data(cfg: DictConfig) -> tuple[Path, TokenDataset, TokenDataset]:
     sets = []
     for split in ("train", "val"):
         tokens, captions = load_tokens(tok_dir, split)
-        sets.append(TokenDataset(tokens, captions, text.get(split)))
+        # tokenizer.posterior_sample: training draws from the cached posterior; validation, the mean
+        std = load_token_std(tok_dir) if split == "train" else None
+        sets.append(TokenDataset(tokens, captions, text.get(split), std=std))
     return tok_dir, sets[0], sets[1]
 
 
 def size_and_cost(cfg: DictConfig, module: GeneratorModule, tok) -> dict:
-    """Size and cost of a run, as logged and written to the results table."""
+    """Size and cost of a run, as logged and written to the results table, in the paper's
+    convention (params, train_flops) and as executed (trainable_params, executed_flops;
+    harness/models/flops.py)."""
     text_width = None if cfg.text.encoder == "learned" else module.nets["aligner"].proj.in_features
+    dims = (tok.token_dim, tok.codebook_size, text_width)
     return {"params": counted_parameters(module.nets),
-            "forward_flops": forward_flops(cfg, tok.token_dim, tok.codebook_size, text_width),
-            "train_flops": train_flops(cfg, tok.token_dim, tok.codebook_size, text_width),
+            "trainable_params": trainable_parameters(module.nets),
+            "forward_flops": forward_flops(cfg, *dims),
+            "train_flops": train_flops(cfg, *dims),
+            "executed_flops": executed_flops(cfg, *dims),
             "num_tokens": C.num_tokens(cfg)}
 
 

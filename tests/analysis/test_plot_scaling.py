@@ -126,7 +126,7 @@ def few_metrics(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("argv, field", [
-    (["--x", "steps"], "--x: unknown value 'steps' (valid: params, train_flops)"),
+    (["--x", "steps"], "--x: unknown value 'steps' (valid: params, trainable_params, train_flops, executed_flops)"),
     (["--runs", "nowhere/runs.csv"], "--runs: no such file"),
     (["--bogus"], "arguments: unrecognized arguments: --bogus"),
     (["--n-boot", "3"], "--n-boot"),
@@ -147,7 +147,42 @@ def test_bad_input_as_a_module_process(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: --x: unknown value 'steps' (valid: params, train_flops)"]
+        "error: --x: unknown value 'steps' (valid: params, trainable_params, train_flops, executed_flops)"]
+
+
+@pytest.mark.parametrize("x", ["trainable_params", "executed_flops"])
+def test_x_takes_the_columns_of_what_runs(tmp_path, capsys, x):
+    """--x fits and plots against trainable_params or executed_flops; params stays the axis of the
+    hypotheses. Discrete: trainable = params, executed = 1.1 x train FLOPs, so its exponents equal
+    the params fit's; continuous: 1M frozen parameters, and a head share that shrinks with size."""
+    runs = few_metrics(synthetic_runs(tmp_path, seeds=1))
+    cont = runs.token == "continuous"
+    runs["trainable_params"] = runs["params"] - np.where(cont, 1e6, 0)
+    runs["executed_flops"] = runs["train_flops"] * np.where(
+        cont, 1 + 0.3 * (1e7 / runs["params"]) ** 0.2, 1.1)
+    csv = write_sweep(tmp_path, runs)
+    out = plot_scaling.main(["--runs", str(csv), "--x", x, "--n-boot", "20", "--no-mlflow"])
+    assert "Main x axis: " + x in (out / "report.md").read_text()
+    assert (out / "scaling.png").stat().st_size > 0
+    fits = pd.read_csv(out / "fits.csv")
+    assert set(fits.x) == {"params", "train_flops", x}
+    loss = fits[(fits.metric == "val_loss") & (fits.form == "offset")].set_index(["token", "order", "x"])
+    for (token, order), _ in TRUTH.items():
+        moved, base = loss.loc[(token, order, x)], loss.loc[(token, order, "params")]
+        same = token == "discrete"  # x a constant multiple of params: the same exponent
+        assert (moved.alpha == pytest.approx(base.alpha, rel=1e-6)) == same, (token, order)
+        assert moved.x_min == pytest.approx(runs.loc[(runs.token == token) & (runs.order == order)
+                                                     & (runs.status == "completed"), x].min())
+
+
+def test_x_without_values_is_a_user_error(tmp_path, capsys):
+    csv = write_sweep(tmp_path, few_metrics(synthetic_runs(tmp_path, seeds=1)))  # an older table
+    with pytest.raises(SystemExit) as exit_info:
+        plot_scaling.main(["--runs", str(csv), "--x", "executed_flops", "--no-mlflow"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --x: the runs table has no executed_flops values (a table written before that "
+        "column existed?) (valid: params, train_flops)\n")
 
 
 def test_no_sweep_found(tmp_path, capsys, monkeypatch):

@@ -129,6 +129,16 @@ def test_a_webdataset_run_is_evaluated_against_a_seeded_coco_draw(tmp_path, monk
     run_dir = Path(cfg.results_dir) / "runs" / config.run_key(cfg)
     manifest = json.loads((run_dir / "fid" / "generated" / "manifest.json").read_text())
     assert manifest["reference"] == reference.directory.name and manifest["n"] == 8
+    # the val loss is on the COCO draw too (the paper's), not on the training data's val split
+    from harness.evaluate.run import reference_val_set
+    from harness.tokenizers.stage0 import load_tokenizer
+    from harness.tracking import store
+
+    val_set = reference_val_set(cfg, load_tokenizer(json.loads((run_dir / "stage0.json").read_text())["tokenizer"]),
+                                reference)
+    assert len(val_set) == 8 and val_set.captions == reference.captions()
+    own = [r["value"] for r in store.read_metrics(run_dir) if r["key"] == "val/loss" and r["step"] == 2]
+    assert np.isfinite(metrics["val_loss"]) and metrics["val_loss"] != pytest.approx(own[0], rel=1e-6)
 
     # built once: asked again, or by a run on other training data, nothing is recomputed
     before = (reference.directory / "meta.json").stat().st_mtime_ns

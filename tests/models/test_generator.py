@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from harness.models.generator import Generator, truncated_normal_ratio
+from harness.models.generator import VAL_RATIOS, Generator, truncated_normal_ratio
 
 L, W, T = 16, 32, 5
 
@@ -70,6 +70,23 @@ def test_mask_ratio_is_truncated_normal():
     assert abs(r.mean().item() - 0.8670) < 0.005
     # density rises towards 1: more mass in the top half of the interval
     assert (r > 0.85).float().mean() > 0.55
+
+
+def test_validation_masks_sample_j_at_grid_ratio_j_whatever_its_batch():
+    g = make("continuous", "random")
+    cpu = torch.device("cpu")
+    masked, _ = g.validation_masks(0, 2 * VAL_RATIOS, cpu)
+    counts = masked.sum(1)
+    # a sample's mask depends on its index only, not on the batch it is drawn in
+    for first, size in ((0, 1), (5, 3), (VAL_RATIOS + 2, 7)):
+        assert torch.equal(g.validation_masks(first, size, cpu)[0], masked[first:first + size])
+    # the grid repeats every VAL_RATIOS samples: the same counts, other positions
+    assert torch.equal(counts[:VAL_RATIOS], counts[VAL_RATIOS:])
+    assert not torch.equal(masked[:VAL_RATIOS], masked[VAL_RATIOS:])
+    # counts rise with the quantile, span the training range [0.7 L, L] and average its mean (0.867 L)
+    assert counts[:VAL_RATIOS].tolist() == sorted(counts[:VAL_RATIOS].tolist())
+    assert 0.7 * L <= counts.min() and counts.max() == L
+    assert abs(counts.float().mean().item() / L - 0.8670) < 1 / L
 
 
 def test_random_mask_masks_ceil_ratio_of_tokens_with_a_fresh_order_per_sample():

@@ -21,7 +21,8 @@ from harness.tracking import store
 from tests.sweep.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# one worker runs them all (make test runs two workers): one cluster, started once
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 SELECT = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
           "--progress-every", "10"]

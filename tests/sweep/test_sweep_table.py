@@ -54,3 +54,25 @@ def test_rows_follow_the_run_directory_per_seed(tmp_path):
     assert rows[1]["fid"] is None and rows[1]["steps"] == 20
     write_json(run_dir / "metrics-seed1.json", {**metrics, "fid": 13.0})
     assert [r["fid"] for r in table.run_rows(run_dir, "t", [0, 1])] == [12.0, 13.0]
+
+
+def test_size_and_cost_columns_in_both_conventions(tmp_path):
+    """params/train_flops (the paper's) and trainable_params/executed_flops (what runs) are copied
+    from info.json; a run written before the latter existed leaves them empty in the table."""
+    cfg = C.load(["model.size=xs", f"results_dir={tmp_path}", "train.steps=20"])
+    run_dir = tmp_path / "runs" / C.run_key(cfg)
+    run_dir.mkdir(parents=True)
+    C.save(cfg, run_dir / "config.yaml")
+    write_status(run_dir, "trained", step=20)
+    write_json(run_dir / "info.json", {"params": 123, "trainable_params": 100,
+                                       "train_flops": 4.5e9, "executed_flops": 6.0e9})
+    row = table.run_rows(run_dir, "t", [0])[0]
+    assert [row[k] for k in table.SIZE_AND_COST] == [123, 100, 4.5e9, 6.0e9]
+    path = tmp_path / "t" / "runs.csv"
+    table.upsert(path, [row])
+    write_json(run_dir / "info.json", {"params": 123, "train_flops": 4.5e9})  # an older run
+    table.upsert(path, [{**table.run_rows(run_dir, "t", [0])[0], "seed": 1}])
+    rows = table.read(path)
+    assert [(r["trainable_params"], r["executed_flops"]) for r in rows] == [("100", "6000000000.0"), ("", "")]
+    assert list(csv.reader(open(path)))[0][5:9] == ["params", "trainable_params", "train_flops",
+                                                    "executed_flops"]

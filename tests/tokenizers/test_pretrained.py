@@ -83,6 +83,18 @@ def test_kl_tokens_are_scaled_posterior_means_grouped_2x2(tiny_kl):
     torch.testing.assert_close(tok.decode(tokens), tok.vae.decode(z / 0.5).sample.clamp(-1, 1))
 
 
+def test_kl_posterior_moments_are_scaled_and_grouped_like_the_tokens(tiny_kl):
+    """tokenizer.posterior_sample: the std is the posterior's, times the scaling factor (the shift
+    moves the mean only), grouped 2x2 like the means; the mean is what encode gives."""
+    tok = load_pretrained(str(tiny_kl))
+    x = images()
+    mean, std = tok.encode_moments(x)
+    dist = tok.vae.encode(x).latent_dist
+    torch.testing.assert_close(mean, tok.encode(x))
+    torch.testing.assert_close(std, group(dist.std * 0.5, 2))
+    assert std.shape == mean.shape and (std > 0).all()
+
+
 def test_vq_tokens_are_code_indices_and_decode_through_the_codebook(tiny_vq):
     tok = load_pretrained(str(tiny_vq))
     assert isinstance(tok, PretrainedVQ)

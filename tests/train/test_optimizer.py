@@ -42,3 +42,47 @@ def test_default_trains_every_network_at_one_rate():
 def test_negative_lr_scale_is_a_user_error():
     with pytest.raises(UserError, match="text.lr_scale"):
         config.load(SMOKE + ["text.lr_scale=-1"])
+
+
+def decay_by_name(*overrides: str) -> dict[str, float]:
+    """The weight decay the optimiser gives each trained parameter, by name."""
+    cfg = config.load(SMOKE + ["train.weight_decay=0.02", *overrides])
+    module = GeneratorModule(cfg, token_dim=cfg.tokenizer.channels, codebook_size=16,
+                             vocabulary=vocabulary())
+    [opt], _ = module.configure_optimizers()
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    return {n: decay_of[id(p)] for n, p in module.nets.named_parameters()}
+
+
+def test_weight_decay_groups_are_mars():
+    """As MAR's add_weight_decay: matrices, embeddings and learned tokens decay (positions too);
+    biases, norm scales and the whole diffusion head do not."""
+    decay = decay_by_name()
+    decayed = {n for n, d in decay.items() if d == 0.02}
+    assert set(decay.values()) == {0.0, 0.02}
+    assert {"generator.pos", "text.pos", "generator.mask_token", "generator.start", "aligner.null",
+            "text.embed.weight", "generator.embed.weight", "aligner.proj.weight",
+            "generator.blocks.0.attn.q.weight", "generator.blocks.1.mlp.2.weight"} <= decayed
+    assert not {"generator.embed.bias", "generator.norm.weight", "generator.blocks.0.norm1.weight",
+                "aligner.blocks.0.attn.kv.bias"} & decayed
+    head = {n for n in decay if n.startswith("generator.diffloss.")}
+    assert {"generator.diffloss.net.out.weight", "generator.diffloss.net.blocks.0.ada.1.weight",
+            "generator.diffloss.net.time.0.weight"} <= head and not head & decayed
+    assert not {n for n in decayed if n.endswith(".bias")}
+    # the discrete head is a plain linear layer: its matrix decays
+    discrete = decay_by_name("model.token=discrete")
+    assert discrete["generator.head.weight"] == 0.02 and discrete["generator.head.bias"] == 0.0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_lr_schedule_after_warmup(schedule):
+    """Linear warm-up over 5 steps, then MAR's constant rate or cosine decay towards 0.1x."""
+    cfg = config.load(SMOKE + [f"train.lr_schedule={schedule}", "train.warmup_steps=5", "train.steps=20"])
+    module = GeneratorModule(cfg, token_dim=cfg.tokenizer.channels, codebook_size=16, vocabulary=vocabulary())
+    _, [sched] = module.configure_optimizers()
+    factors = [sched["scheduler"].lr_lambdas[0](s) for s in range(20)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    if schedule == "constant":
+        assert factors[5:] == [1.0] * 15
+    else:
+        assert factors[5] == 1.0 and factors[5:] == sorted(factors[5:], reverse=True) and factors[-1] < 0.2

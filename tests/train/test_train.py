@@ -42,15 +42,22 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("accumulate,posterior", [(1, "false"), (2, "true")])
+def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_path, monkeypatch, accumulate,
+                                                     posterior):
+    """With accumulation too: checkpoints are taken only after an optimizer step, so the resumed
+    run's micro-batches (data and randomness) keep their phase; with posterior sampling, the resumed
+    run draws the tokens the uninterrupted one drew."""
     import harness.train.run as T
 
-    overrides = smoke("model.token=continuous", "model.order=random")
+    overrides = smoke("model.token=continuous", "model.order=random",
+                      f"train.accumulate_grad_batches={accumulate}",
+                      f"tokenizer.posterior_sample={posterior}")
     straight = train(config.load(overrides))
     other = tmp_path / "other"
     other.mkdir()
     (other / "stage0").symlink_to(results_dir / "stage0", target_is_directory=True)
-    cfg = config.load(overrides[:-1] + [f"results_dir={other}"])
+    cfg = config.load(overrides + [f"results_dir={other}"])  # the same run in another results dir
 
     original = T.AtomicCheckpoint.on_train_batch_end
 
@@ -70,6 +77,9 @@ def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_pat
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert val_losses(straight)[20] == val_losses(resumed)[20]
+    # validated once per validation step, not once per micro-batch of it
+    steps = [r["step"] for r in store.read_metrics(straight) if r["key"] == "val/loss"]
+    assert steps == [0, 10, 20]
 
 
 def test_a_learned_variance_head_trains_samples_and_is_its_own_run(smoke):
