@@ -80,6 +80,21 @@ def sweeper(new_sweeper) -> Sweeper:
     return new_sweeper("results")
 
 
+def communicate(proc: subprocess.Popen, timeout: float) -> str:
+    """``proc``'s output once it has ended; if it has not within ``timeout`` s, fail with what its
+    process tree is and (py-spy) where its threads stand."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "--ppid", str(proc.pid), "-p",
+                               str(proc.pid)], capture_output=True, text=True).stdout
+        spy = Path(sys.executable).with_name("py-spy")
+        stacks = subprocess.run([str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True,
+                                timeout=60).stdout if spy.exists() else "(no py-spy)"
+        proc.kill()
+        raise AssertionError(f"still running after {timeout} s:\n{tree}\n{stacks}") from None
+
+
 def wait_for(predicate, timeout: float, what: str, proc=None, poll: float = 0.05) -> None:
     """Poll ``predicate`` until true; fail after ``timeout`` s, or as soon as ``proc`` has ended."""
     end = time.time() + timeout

@@ -13,7 +13,7 @@ from harness import faults
 from harness.run_status import read_status
 from harness.run_dir import RunDir
 from harness.sweep import records, table
-from tests.sweep.conftest import wait_for
+from tests.sweep.conftest import communicate, wait_for
 
 ARGS = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,discrete-raster",
         "--launcher", "local", "--progress-every", "5"]
@@ -33,7 +33,7 @@ def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper, tmp_path
         wait_for(lambda: (tmp_path / "metrics.appended.fired").exists(), 600, "the paused job", proc)
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=120)[0]
+        out = communicate(proc, 600)
     assert proc.returncode == 130, out
     assert "run the same command again to resume" in out
     paused = [Path((tmp_path / "metrics.appended.fired").read_text())]
