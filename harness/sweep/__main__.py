@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -96,6 +97,11 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
     """Create the MLflow parent, write the table, run stage 0 and the runs left, report."""
     from harness.sweep import launch as launchers
     from harness.sweep import parent, plan, status, table
+
+    # Ctrl-C (or kill -INT) stops the jobs and leaves the runs resumable, also for a driver that a
+    # non-interactive shell started in the background: such a shell starts it with SIGINT ignored,
+    # which Python, its job controllers and their jobs would inherit and keep
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     by_key = {s.key: s for s in states}
     failed = [r for r in runs if by_key[r.key].state == "failed"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import traceback
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def run_job_from(cfg: dict, seeds: list[int], sweep: str, table_path: str,
     """``RunJob`` built from plain data and run here, after ``env`` is added to the environment:
     the entry of a job forked from a process that imported the harness once (tests/forked.py)."""
     os.environ.update(env or {})
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server ignores Ctrl-C; a job takes it
     _set_threads(cfg["train"]["threads"] or 1)
     RunJob(OmegaConf.create(cfg), seeds, sweep, table_path)()
 

@@ -79,6 +79,8 @@ def test_an_interrupt_at_any_phase_loses_nothing(point, signal, smoke, results_d
     assert (fault_dir / f"{point}.fired").exists(), f"the fault at {point} did not fire"
     if signal == "SIGKILL":
         assert code == -9
+    elif signal == "SIGINT":  # KeyboardInterrupt: the job stopped (Lightning exits 1 on it)
+        assert code != 0, "SIGINT did not stop the job"
     # the same job again (the fault has fired in this folder: it passes the point this time)
     assert run_job(cfg, SEEDS, "interrupts", table_path, env) == 0
 
