@@ -23,6 +23,7 @@ import torch
 from harness.errors import UserError, cli_main
 from harness.io import write_text
 from harness.run_dir import RunDir
+from harness.text.aligner import context_spread
 
 
 @torch.no_grad()
@@ -44,21 +45,7 @@ def caption_losses(run_dir: Path, n: int = 256, seed: int = 0) -> dict[str, floa
     generator = sampler.nets["generator"]
     losses = {name: generator.loss(tokens, ctx, mask, generator=torch.Generator().manual_seed(seed)).item()
               for name, (ctx, mask) in contexts.items()}
-    return {**losses, "context_spread": context_spread(*contexts["true"])}
-
-
-def context_spread(context: torch.Tensor, mask: torch.Tensor) -> float:
-    """How much the text context varies between captions: the standard deviation across captions
-    (per position and channel, over real words) over the overall one. ~0.5 for distinct captions
-    at initialisation; ~0 when the text path has collapsed to one context for every caption."""
-    words = mask.float()[..., None]
-    n = words.sum(0)
-    mean = (context * words).sum(0) / n.clamp(min=1)
-    var = ((context - mean) ** 2 * words).sum(0) / n.clamp(min=1)  # (positions, channels)
-    read = n[:, 0] > 1  # positions that hold a word in at least two captions
-    across = var[read].mean().sqrt()
-    overall = context[mask.bool()].std()
-    return (across / overall).item()
+    return {**losses, "context_spread": context_spread(*contexts["true"]).item()}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,7 +10,11 @@ sampling (KV cache on/off, also at 64 tokens, random order by step count, the di
 share); evaluation (FID feature and GenEval scoring throughput); harness overhead of the smoke
 sweep run serially with stage 0 pre-built (wall time minus the time inside training steps and
 evaluation) and launch-to-first-step; peak RSS of the study's largest run (recorded by each run
-job in ``status.json``); the paper ladder's dry-run estimates (``harness.sweep.estimate``).
+job in ``status.json``); the paper ladder's dry-run estimates (``harness.sweep.estimate``);
+token shards (#19: ``data_streaming``): the shard encoder's peak RSS for 1 vs 20 shards, the
+streaming loader's samples/s per worker on local disk (the shapes shards and paper-shaped synthetic
+shards), and whether the paper preset's loaders keep up with its micro-batches at the estimated
+step time (``python -m harness.bench --only data`` refreshes that section alone).
 
 Training FLOPs per step are the *executed* FLOPs (MFU counts what the hardware does;
 ``harness.models.flops.executed_step_flops``): 3 x forward of the transformer for every image, of
@@ -275,6 +279,134 @@ def paper_ladder() -> list[dict]:
     return rows
 
 
+def _write_shapes_shards(root: Path, shards: int, per_shard: int, resolution: int = 32) -> None:
+    """``root/{train,val}/NNNNNN.tar``: shapes scenes as image-caption WebDataset shards (val: one)."""
+    import io as _io
+
+    from PIL import Image
+    from webdataset import TarWriter
+
+    from harness.data.shapes import ShapesWorld
+
+    for split, n in (("train", shards), ("val", 1)):
+        world = ShapesWorld(split, n * per_shard, resolution=resolution)
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for s in range(n):
+            with open(root / split / f"{s:06d}.tar", "wb") as f, TarWriter(f, encoder=False) as w:
+                for i in range(s * per_shard, (s + 1) * per_shard):
+                    png = _io.BytesIO()
+                    Image.fromarray(world.image(i)).save(png, format="PNG")
+                    w.write({"__key__": f"{split}{i:06d}", "png": png.getvalue(),
+                             "txt": world.caption(i).encode()})
+
+
+def _write_paper_shaped_shards(root: Path, shards: int, per_shard: int) -> int:
+    """Token shards shaped like the paper preset's samples (256 tokens x 16 channels, mean and std
+    in float32, 64 x 4096 float16 T5-XXL features): random values. Returns bytes per sample."""
+    import io as _io
+
+    import numpy as np
+    from webdataset import TarWriter
+
+    from harness.data import token_shards as TS
+
+    def npy(x) -> bytes:
+        buf = _io.BytesIO()
+        np.save(buf, x, allow_pickle=False)
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    size = 0
+    for s in range(shards):
+        path = root / "train" / f"{s:06d}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f, TarWriter(f, encoder=False) as w:
+            for i in range(per_shard):
+                sample = {TS.TOKENS: npy(rng.standard_normal((256, 16), dtype=np.float32)),
+                          TS.STD: npy(np.full((256, 16), 0.1, np.float32)),
+                          TS.TEXT: npy(rng.standard_normal((64, 4096)).astype(np.float16)),
+                          TS.MASK: npy(np.ones(64, bool)), TS.CAPTION: b"a photo of a cat"}
+                size = sum(len(v) for v in sample.values())
+                w.write({"__key__": f"{s:06d}{i:06d}", **sample})
+    return size
+
+
+def _loader_rate(shards: list[tuple[str, int]], batch: int, batches: int, posterior: bool) -> float:
+    """Samples/s of one streaming reader (one dataloader worker's work, in this process): the best
+    of three bursts of ``batches`` batches, as the machine is shared."""
+    from harness.data.token_shards import ShardStream
+
+    it = iter(ShardStream(shards, batch, seed=0, posterior=posterior))
+    next(it)  # open the first shard, fill the buffer
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        best = max(best, batches * batch / (time.perf_counter() - t))
+    return best
+
+
+def data_streaming(work: Path, threads: int = 1, shards: int = 20, per_shard: int = 64) -> dict:
+    """Token shards (#19): the encoder's peak RSS on 1 and on ``shards`` shards of ``per_shard``
+    images (a fresh process each, the tokenizer built beforehand, so the RSS is encoding alone), the
+    streaming loader's samples/s per worker, and the paper preset's loader margin: samples/s a GPU
+    needs (its micro-batch over the step time at the paper's train FLOPs, ``ASSUMED_MFU`` of the
+    H100's bf16 peak; executed FLOPs are 1.15-1.38x more, so the real need is lower) against
+    ``data.num_workers`` workers at the paper-shaped rate."""
+    import shutil
+    import subprocess
+    import sys
+
+    from harness.data.token_shards import finished_shards
+    from harness.sweep import estimate
+    from harness.tokenizers.shards import prepare
+
+    shutil.rmtree(work, ignore_errors=True)
+    _write_shapes_shards(work / "src20", shards, per_shard)
+    for split in ("train", "val"):
+        (work / "src1" / split).mkdir(parents=True)
+        os.link(work / "src20" / split / "000000.tar", work / "src1" / split / "000000.tar")
+    out: dict = {"shards": shards, "images_per_shard": per_shard, "resolution": 32}
+    measure = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+               "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    for n, src in ((1, "src1"), (shards, "src20")):
+        overrides = ["data.name=webdataset", f"data.path={work / src}", f"results_dir={work / 'results'}",
+                     "data.train_size=64", "data.val_size=64", "tokenizer.steps=30", "tokenizer.hidden=32",
+                     "tokenizer.heads=2", "model.token=continuous", "tokenizer.posterior_sample=true",
+                     "train.accelerator=cpu", f"train.threads={threads}"]
+        prepare(C.load(overrides), work / f"tokens{n}")  # the tokenizer, outside the measurement
+        t = time.perf_counter()
+        rss = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "harness.tokenizers.shards",
+                              "--out", str(work / f"tokens{n}"), *overrides],
+                             capture_output=True, text=True, check=True).stdout.split()[-1]
+        out[f"encode_{n}_shards"] = {"peak_rss_mb": int(rss) / 1024, "seconds": time.perf_counter() - t,
+                                     "images": n * per_shard * 1.0}
+    tokens = finished_shards(work / f"tokens{shards}", "train")
+    out["shapes_samples_per_second_per_worker"] = _loader_rate(tokens, 64, 40, posterior=True)
+    out["shapes_bytes_per_sample"] = os.path.getsize(tokens[0][0]) / tokens[0][1]
+    paper_bytes = _write_paper_shaped_shards(work / "paper", 2, 128)
+    paper = [(str(p), 128) for p in sorted((work / "paper" / "train").glob("*.tar"))]
+    rate = _loader_rate(paper, 32, 12, posterior=True)
+    out["paper_shaped"] = {"bytes_per_sample": paper_bytes, "samples_per_second_per_worker": rate,
+                           "mb_per_second_per_worker": rate * paper_bytes / 1e6}
+    margin = []
+    for p in paper_ladder():
+        cfg = study_config("continuous", "random", p["size"], preset="paper")
+        t = cfg.train
+        micro = t.batch_size // (p["gpus"] * t.accumulate_grad_batches)
+        per_image = p["train_flops"] / (t.steps * t.batch_size)
+        step = micro * per_image / (estimate.ASSUMED_MFU * estimate.H100_BF16_PEAK_FLOPS)
+        need = micro / step
+        supply = cfg.data.num_workers * rate
+        margin.append({"size": p["size"], "micro_batch": micro, "step_seconds": step,
+                       "samples_per_second_needed": need, "workers": cfg.data.num_workers,
+                       "samples_per_second_supplied": supply, "margin": supply / need})
+    out["paper_margin"] = margin
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -310,6 +442,8 @@ def run(sizes: list[str], threads: int, out_dir: Path, docs: Path, quick: bool =
     print("overhead", result["overhead"], flush=True)
     result["largest_run_memory"] = largest_run_memory()
     result["paper_ladder"] = paper_ladder()
+    result["data_streaming"] = data_streaming(out_dir / "data-streaming", threads)
+    print("data streaming", json.dumps(result["data_streaming"], default=str), flush=True)
     stamp = dt.date.today().isoformat()
     write_json(out_dir / f"{stamp}.json", result)
     write_text(docs, render_markdown(result, _notes(docs)))
@@ -389,9 +523,69 @@ def render_markdown(r: dict, notes: str = "\n") -> str:
             lines.append(f"| {p['size']} | {p['params'] / 1e6:.0f}M | {p['train_flops']:.2e} | {p['gpus']} | "
                          f"{p['strategy']} | {p['accumulate_grad_batches']} | {p['gpu_memory_gb']:.1f} | "
                          f"{p['gpu_hours']:.0f} |")
+    if r.get("data_streaming"):
+        lines += [render_data_streaming(r["data_streaming"])]
     lines += ["", "Training FLOPs counted: " + __doc__.split("Training FLOPs per step are")[1].strip(),
               "", NOTES_MARK]
     return "\n".join(lines) + notes
+
+
+DATA_BEGIN, DATA_END = "<!-- data-streaming: begin -->", "<!-- data-streaming: end -->"
+
+
+def render_data_streaming(d: dict) -> str:
+    """The token-shard section of ``docs/benchmarks.md``, between its markers."""
+    one, many = d["encode_1_shards"], d[f"encode_{d['shards']}_shards"]
+    ps = d["paper_shaped"]
+    lines = [DATA_BEGIN, "", "## Token shards: encoding memory and streaming throughput (#19)", "",
+             f"Measured on {d.get('date', 'the date above')}, local disk (shards just written, so read "
+             "from the page cache: the rates are the loader's CPU cost, not the disk's), one thread per "
+             "process (a DataLoader worker's own setting).", "",
+             f"- Encoder peak RSS (`python -m harness.tokenizers.shards`, continuous tokens with "
+             f"posterior std, shards of {d['images_per_shard']} shapes images at {d['resolution']}x"
+             f"{d['resolution']}): **{one['peak_rss_mb']:.0f} MB for 1 shard, {many['peak_rss_mb']:.0f} MB "
+             f"for {d['shards']} shards** ({one['seconds']:.1f} s and {many['seconds']:.1f} s wall, process "
+             "start included): memory is bounded by one batch, not by the dataset.",
+             f"- Streaming loader, one worker (shapes token shards, {d['shapes_bytes_per_sample']:.0f} "
+             f"bytes a sample, posterior draws): **{d['shapes_samples_per_second_per_worker']:.0f} samples/s**.",
+             f"- Paper-shaped token shards (256 x 16 mean + std float32, 64 x 4096 float16 T5-XXL "
+             f"features: {ps['bytes_per_sample'] / 1e6:.2f} MB a sample), one worker: "
+             f"**{ps['samples_per_second_per_worker']:.0f} samples/s** ({ps['mb_per_second_per_worker']:.0f} MB/s).",
+             "", "Paper preset: samples/s one GPU needs (its micro-batch over the step time estimated "
+             "from the paper's train FLOPs at 40% of an H100's bf16 peak) against its `data.num_workers` "
+             "workers at the paper-shaped rate measured here:", "",
+             "| size | micro-batch | est. step (s) | needed samples/s | needed MB/s | workers | "
+             "supplied samples/s | margin |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in d["paper_margin"]:
+        lines.append(f"| {m['size']} | {m['micro_batch']} | {m['step_seconds']:.3f} | "
+                     f"{m['samples_per_second_needed']:.0f} | "
+                     f"{m['samples_per_second_needed'] * ps['bytes_per_sample'] / 1e6:.0f} | {m['workers']} | "
+                     f"{m['samples_per_second_supplied']:.0f} | {m['margin']:.1f}x |")
+    behind = [m["size"] for m in d["paper_margin"] if m["margin"] < 1]
+    first = d["paper_margin"][0]
+    need_mb = first["samples_per_second_needed"] * ps["bytes_per_sample"] / 1e6
+    lines += ["", ("The loader's CPU keeps up at every size" if not behind else
+                   f"The loader's CPU falls behind at {', '.join(behind)} (add workers)")
+              + f"; what a GPU needs in bytes is the other limit: at {first['size']} with stored T5-XXL "
+              f"features, {need_mb:.0f} MB/s per GPU ({8 * need_mb / 1e3:.1f} GB/s per 8-GPU node) from "
+              "local NVMe or the page cache, so stage shards on local disk or store shorter text features."]
+    return "\n".join(lines + ["", DATA_END])
+
+
+def refresh_data_streaming(docs: Path, d: dict) -> None:
+    """Replace (or add, before the notes) the token-shard section of the benchmarks doc."""
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n\n" + NOTES_MARK + "\n"
+    section = render_data_streaming(d)
+    if DATA_BEGIN in text and DATA_END in text:
+        head, rest = text.split(DATA_BEGIN, 1)
+        text = head + section + rest.split(DATA_END, 1)[1]
+    elif NOTES_MARK in text:
+        head, rest = text.split(NOTES_MARK, 1)
+        text = head + section + "\n\n" + NOTES_MARK + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_text(docs, text)
 
 
 @cli_main
@@ -402,7 +596,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--docs", default="docs/benchmarks.md")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", choices=["data"], help="data: the token-shard section alone (#19)")
     a = p.parse_args(argv)
+    if a.only == "data":
+        torch.set_num_threads(a.threads)
+        d = data_streaming(Path(a.out) / "data-streaming", a.threads)
+        d["date"] = dt.datetime.now().isoformat(timespec="seconds")
+        write_json(Path(a.out) / f"data-streaming-{dt.date.today().isoformat()}.json", d)
+        refresh_data_streaming(Path(a.docs), d)
+        print(json.dumps(d, indent=1))
+        return
     sizes = a.sizes.split(",")
     for size in sizes:
         check_choice("--sizes", size, LADDERS["cpu"])

@@ -22,7 +22,8 @@ from harness.errors import UserError, check_choice, one_line
 from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, ORDERS, SAMPLING_DEFAULTS,
                               TOKENS, size_spec)
 
-DATASETS = ("shapes", "folder", "webdataset", "coco")
+# ``tokens``: token shards pre-encoded by ``python -m harness.tokenizers.shards``, streamed (#19).
+DATASETS = ("shapes", "folder", "webdataset", "coco", "tokens")
 LAYOUTS = ("free", "grid")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # ``ddp`` runs as ``ddp_find_unused_parameters_true`` (some parameters skip some steps); ``fsdp``
@@ -52,7 +53,8 @@ class DataConfig:
     """Image-caption data. ``shapes`` is procedural and needs no files."""
 
     name: str = knob("shapes", "dataset: procedural shapes, a folder of images + captions.jsonl, "
-                     "WebDataset shards, or MS-COCO", choices=DATASETS)
+                     "WebDataset shards, MS-COCO, or pre-encoded token shards (streamed)",
+                     choices=DATASETS)
     path: Optional[str] = knob(None, "where the dataset lives (all but shapes)")
     resolution: int = knob(32, "image side in pixels", **POSITIVE)
     seed: int = knob(0, "seed of the shapes world's scenes and of the train/val split")
@@ -95,7 +97,7 @@ class TextConfig:
     like a frozen pretrained encoder; any other value is a Hugging Face model name or local path,
     used frozen (its features are cached in stage 0)."""
 
-    encoder: str = knob("learned", "learned, or a Hugging Face model name/path (frozen, cached)")
+    encoder: str = knob("learned", "learned; minilm (the packaged all-MiniLM-L6-v2); or a Hugging Face model name/path (frozen, cached)")
     train_encoder: bool = knob(True, "learned encoder: train it, or keep its seeded initialisation")
     max_len: int = knob(16, "caption tokens", **POSITIVE)
     width: int = knob(128, "learned encoder and aligner width", **POSITIVE)
@@ -141,6 +143,9 @@ class TrainConfig:
     batch_size: int = knob(64, "images per optimizer step over all devices, split into devices x "
                            "num_nodes x accumulate_grad_batches micro-batches", **POSITIVE)
     lr: float = knob(1.0e-3, "peak AdamW learning rate", **POSITIVE)
+    lr_base_width: int = knob(0, "> 0: the run's lr is lr x lr_base_width / model.width (muP's "
+                              "1/width rule for Adam; one lr tuned at that width serves the "
+                              "ladder); 0: lr at every width", **NON_NEGATIVE)
     warmup_steps: int = knob(100, "linear warm-up steps, then train.lr_schedule", **NON_NEGATIVE)
     lr_schedule: str = knob("cosine", "after warm-up: cosine decay to 0.1x lr at train.steps, or "
                             "constant (MAR)", choices=LR_SCHEDULES)
@@ -228,7 +233,8 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # Fields added after runs existed: left out of the key while at these defaults, so the keys (and
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
-                         "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine"}
+                         "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
+                         "train.lr_base_width": 0}
 
 
 def _schema() -> DictConfig:

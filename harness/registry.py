@@ -39,6 +39,7 @@ class SizeSpec:
 # (depth, width, heads); ``cpu`` spans >10x in parameters at sizes a 2-core CPU trains in minutes.
 LADDERS: dict[str, dict[str, SizeSpec]] = {
     "cpu": {
+        "xxs": SizeSpec(depth=2, width=32, heads=2),
         "xs": SizeSpec(depth=2, width=64, heads=2),
         "s": SizeSpec(depth=3, width=96, heads=3),
         "m": SizeSpec(depth=4, width=128, heads=4),
@@ -85,6 +86,11 @@ GENEVAL_METRICS = ("geneval_overall", *(f"geneval_{t}" for t in GENEVAL_TAGS))
 # The metrics of the results table (runs.csv) and the analysis, and which way is better
 METRICS = ("val_loss", "fid", *GENEVAL_METRICS)
 LOWER_IS_BETTER = {"val_loss": True, "fid": True} | {m: False for m in GENEVAL_METRICS}
+# GenEval of the tokenizer's reconstructions of true scenes (shapes world): the most a model can score
+GENEVAL_CEILING = tuple(m.replace("geneval_", "geneval_ceiling_", 1) for m in GENEVAL_METRICS)
 # Everything ``python -m harness.evaluate`` writes to metrics.json and logs as eval/<name>
 EVAL_METRICS = ("val_loss", "fid", "fid_cleanfid", "kid", "precision", "recall", *GENEVAL_METRICS,
                 "eval_seconds")
+# Whether the text path is read, from training's last validation: the loss with each sample given
+# another's caption minus the true-caption loss, and the context's spread across captions
+TEXT_PROBES = {"caption_gain": "val/caption_gain", "context_spread": "text/context_spread"}

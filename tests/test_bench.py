@@ -25,3 +25,25 @@ def test_random_order_sampling_reports_images_per_second_by_steps():
     assert set(r["images_per_second_by_steps"]) == {4, 8, 16, 32}
     assert 0 < r["diffusion_head_share"] < 1
 
+
+
+def test_the_token_shard_section_is_refreshed_in_place_before_the_notes(tmp_path):
+    margin = [{"size": s, "micro_batch": 16, "step_seconds": 0.5, "samples_per_second_needed": n,
+               "workers": 8, "samples_per_second_supplied": 800.0, "margin": 800.0 / n}
+              for s, n in (("166M", 1600.0), ("369M", 400.0))]
+    d = {"shards": 20, "images_per_shard": 64, "resolution": 32,
+         "encode_1_shards": {"peak_rss_mb": 900.0, "seconds": 9.0},
+         "encode_20_shards": {"peak_rss_mb": 905.0, "seconds": 11.0},
+         "shapes_samples_per_second_per_worker": 3000.0, "shapes_bytes_per_sample": 8000.0,
+         "paper_shaped": {"bytes_per_sample": 557648, "samples_per_second_per_worker": 100.0,
+                          "mb_per_second_per_worker": 55.8},
+         "paper_margin": margin}
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nmeasured\n\n" + bench.NOTES_MARK + "\nhand-written\n")
+    bench.refresh_data_streaming(docs, d)
+    bench.refresh_data_streaming(docs, {**d, "encode_1_shards": {"peak_rss_mb": 901.0, "seconds": 9.0}})
+    text = docs.read_text()
+    assert text.count(bench.DATA_BEGIN) == 1 and "**901 MB for 1 shard, 905 MB for 20 shards**" in text
+    assert text.index(bench.DATA_END) < text.index(bench.NOTES_MARK) and text.endswith("hand-written\n")
+    assert "| 166M | 16 | 0.500 | 1600 | 892 | 8 | 800 | 0.5x |" in text
+    assert "falls behind at 166M" in text

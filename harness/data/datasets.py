@@ -41,6 +41,10 @@ def caption_vocabulary(data: DictConfig) -> list[str]:
     """Words the learned text encoder knows: the shapes grammar, or the training captions' words."""
     if data.name == "shapes":
         return shapes_vocabulary()
+    if data.name == "tokens":  # recorded by the encoder from its source data
+        from harness.data.token_shards import vocabulary
+
+        return vocabulary(data.path)
     from harness.data import real
 
     return real.vocabulary(data)

@@ -8,6 +8,9 @@ For a run whose status is "trained" or "completed", computes
                       images generated for the captions of as many real val images (``fid.py``)
   geneval_<tag>, geneval_overall   shapes GenEval: ``make_prompts(eval.geneval_prompts_per_tag,
                       seed)`` exported with ``eval.images_per_prompt`` images each, then scored
+  geneval_ceiling_<tag>, geneval_ceiling_overall   (shapes world) the same GenEval of the run's
+                      tokenizer's reconstructions of true scenes: what a perfect generator would
+                      score through this tokenizer (``harness/geneval/ceiling.py``, cached)
 and draws ``samples/grid.png`` (the first generated FID images) and ``samples/fixed_prompts.png``
 (:data:`FIXED_PROMPTS`, seed :data:`FIXED_SEED`: the same strip for every run, to compare runs).
 Metrics are logged to the run's ``metrics.jsonl`` and MLflow run (step = training steps, keys
@@ -39,6 +42,7 @@ from harness.data.tokens import TokenDataset
 from harness.errors import UserError
 from harness.evaluate import fid
 from harness.faults import fault
+from harness.geneval.ceiling import ensure_geneval_ceiling
 from harness.geneval.export import export, grid, score
 from harness.geneval.prompts import make_prompts
 from harness.io import read_json, write_bytes, write_json, write_text
@@ -117,9 +121,9 @@ def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference
     tok = load_tokenizer(tok_dir)
     if cfg.eval.reference.source == "coco":
         val_set = reference_val_set(cfg, tok, reference)
-    elif cfg.text.encoder == "learned":
+    elif cfg.text.encoder == "learned" and cfg.data.name != "tokens":
         val_set = TokenDataset(*load_tokens(tok_dir, "val"))
-    else:  # cached features of the frozen text encoder come with the stage-0 data
+    else:  # cached features of the frozen text encoder come with the stage-0 data; token shards: their val subset
         val_set = prepare_data(cfg)[2]
     ckpt = run.latest_checkpoint()
     if ckpt is None:
@@ -248,6 +252,10 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
     metrics.update(run_geneval(sampler, cfg, run.geneval(seed, cfg.eval.seed), seed, manifest))
+    if cfg.data.name == "shapes":
+        ceiling = ensure_geneval_ceiling(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg.data,
+                                         cfg.eval.geneval_prompts_per_tag, cfg.eval.images_per_prompt)
+        metrics.update({f"geneval_ceiling_{k}": v for k, v in ceiling.items() if k != "true_overall"})
     images = write_samples(sampler, run_dir, generated) if default else []
     metrics.update(eval_seconds=time.time() - start, fid_samples=len(captions), fid_features=space.name,
                    geneval_images=cfg.eval.geneval_prompts_per_tag * len(GENEVAL_TAGS) * cfg.eval.images_per_prompt)

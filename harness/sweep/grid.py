@@ -82,6 +82,10 @@ class SweepSpec:
     name: str = "sweep"
     grid: GridSpec = field(default_factory=GridSpec)
     seeds: List[int] = field(default_factory=lambda: [0])
+    # training seeds (``train.seed``): each config is trained once per seed, so the analysis can
+    # count training noise, not only sampling noise; a size in ``train_seeds_per_size`` uses its own
+    train_seeds: List[int] = field(default_factory=lambda: [0])
+    train_seeds_per_size: Dict[str, List[int]] = field(default_factory=dict)
     overrides: Dict[str, Any] = field(default_factory=dict)
     size_overrides: Dict[str, Any] = field(default_factory=dict)
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
@@ -143,6 +147,12 @@ def validate(spec: DictConfig, source: str) -> None:
     check_choice(f"{source}: launcher.default", spec.launcher.default, LAUNCHERS)
     if not spec.seeds:
         raise UserError(f"{source}: seeds", "needs at least one evaluation seed")
+    for s in spec.train_seeds_per_size:
+        check_choice(f"{source}: train_seeds_per_size {s!r}", s, LADDERS[ladder])
+    for where, seeds in {"train_seeds": spec.train_seeds,
+                         **{f"train_seeds_per_size.{k}": v for k, v in spec.train_seeds_per_size.items()}}.items():
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise UserError(f"{source}: {where}", f"needs distinct training seeds >= 0, got {list(seeds)}")
     if spec.launcher.local.max_parallel < 1 or spec.launcher.local.threads_per_job < 0:
         raise UserError(f"{source}: launcher.local", "max_parallel must be >= 1, threads_per_job >= 0")
 
@@ -152,6 +162,10 @@ def sizes(spec: DictConfig) -> list[str]:
     ladder = LADDERS[ladder_of(spec)]
     chosen = set(spec.grid.size) or set(ladder)
     return [s for s in ladder if s in chosen]
+
+
+def train_seeds(spec: DictConfig, size: str) -> list[int]:
+    return [int(s) for s in spec.train_seeds_per_size.get(size, spec.train_seeds)]
 
 
 def variants(spec: DictConfig) -> list[str]:

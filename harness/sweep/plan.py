@@ -7,6 +7,7 @@ tracking settings, and the command-line dotlist. A run is named by ``run_key(cfg
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import config as C
 from harness.errors import UserError
 from harness.run_dir import RunDir
+from harness.sweep import grid
 from harness.tracking import tracking_uri
 
 GRID_KEYS = ("model.token", "model.order", "model.size", "model.ladder")
@@ -83,15 +85,16 @@ def _check_cli(overrides: list[str]) -> None:
 
 def build_runs(spec: DictConfig, sizes: list[str], variants: list[str], overrides: list[str],
                threads: int | None = None, parent_run_id: str | None = None) -> list[Run]:
-    """The runs of the selected sizes x variants, in (size, variant) order."""
+    """The runs of the selected sizes x variants x training seeds, in that order."""
     _check_cli(overrides)
     runs = []
     for size in sizes:
-        for variant in variants:
+        for variant, train_seed in itertools.product(variants, grid.train_seeds(spec, size)):
             token, order = variant.split("-")
             layers = [{"train": {"threads": threads}} if threads is not None else {},
                       spec.overrides, spec.size_overrides.get(size, {}),
-                      {"model": {"token": token, "order": order, "size": size}}]
+                      {"model": {"token": token, "order": order, "size": size},
+                       "train": {"seed": train_seed}}]
             base = OmegaConf.to_container(OmegaConf.merge(*layers))
             cfg = C.load(overrides, base=base)
             cfg.results_dir = str(Path(cfg.results_dir).resolve())
@@ -114,7 +117,7 @@ def sweep_dir(runs: list[Run], name: str) -> Path:
 def stage0_tasks(runs: list[Run]) -> list[Stage0Task]:
     """The distinct stage-0 artefacts the runs need, in first-use order: a tokenizer per token
     type (and tokenizer config), the features of a frozen text encoder, and for the shapes world
-    the FID feature net."""
+    the FID feature net; none for token shards (``data.name=tokens``: encoded beforehand)."""
     from harness.evaluate.features import feature_dir
     from harness.text.cache import text_cache_dir
     from harness.tokenizers.stage0 import tokenizer_dir
@@ -122,6 +125,8 @@ def stage0_tasks(runs: list[Run]) -> list[Stage0Task]:
     tasks: dict[Path, Stage0Task] = {}
     for run in runs:
         cfg = run.cfg
+        if cfg.data.name == "tokens":  # token shards carry their tokenizer and text features
+            continue
         tasks.setdefault(tokenizer_dir(cfg, run.token), Stage0Task("tokenizer", run.token,
                                                                    tokenizer_dir(cfg, run.token), cfg))
         if cfg.text.encoder != "learned":

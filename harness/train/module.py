@@ -20,7 +20,7 @@ from harness.config import num_tokens, to_container
 from harness.models.diffloss import AdaLNBlock
 from harness.models.generator import Generator
 from harness.models.transformer import Block
-from harness.text.aligner import TextAligner
+from harness.text.aligner import TextAligner, context_spread
 from harness.text.encoders import build_text_encoder, text_feature_width
 
 
@@ -89,6 +89,26 @@ def step_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}:{micro}".encode()).digest()[:8], "big")
 
 
+def peak_lr(cfg: DictConfig) -> float:
+    """The run's peak learning rate: ``train.lr``, or with ``train.lr_base_width`` scaled by
+    base width / model width. Adam's update of a hidden matrix changes its output in proportion to
+    the fan-in, so a width-independent lr lets wider models take larger steps in function space:
+    on the cpu ladder at lr 3e-3 the width-192 model learned slower per step than the width-64 one
+    and its text aligner's context collapsed, at 1e-3 neither (docs/results/cpu-study/README.md)."""
+    t = cfg.train
+    return t.lr * t.lr_base_width / cfg.model.width if t.lr_base_width else t.lr
+
+
+def next_captions(batch: dict) -> dict:
+    """The batch with sample i's caption (or cached text features) replaced by sample i+1's."""
+    out = dict(batch)
+    for key in ("caption", "text_feats", "text_mask"):
+        if key in batch:
+            v = batch[key]
+            out[key] = v[1:] + v[:1] if isinstance(v, list) else torch.roll(v, -1, dims=0)
+    return out
+
+
 def counted_parameters(nets: nn.ModuleDict) -> int:
     """Parameters the scaling study counts: generator + aligner (not the text encoder)."""
     return sum(p.numel() for k in ("aligner", "generator") for p in nets[k].parameters())
@@ -126,16 +146,24 @@ class GeneratorModule(L.LightningModule):
         self._decayed = {n for n, p in self.nets.named_parameters() if decayed(n, p)}
         self.save_hyperparameters({"config": to_container(cfg)}, logger=False)
 
-    def forward(self, batch: dict, index: int, first: int) -> Tensor:
-        """Validation loss of the EMA networks on batch ``index`` of the val set, which starts at
-        its sample ``first``, with fixed randomness. Under FSDP it is called on the sharded root so
-        parameters are gathered."""
-        return self.ema(self._ema_loss, batch, index, first)
+    def forward(self, batch: dict, index: int, first: int, probe: str = "loss") -> Tensor:
+        """A validation probe of the EMA networks on batch ``index`` of the val set, which starts at
+        its sample ``first``, with fixed randomness (``_ema_probe``). Under FSDP it is called on the
+        sharded root so parameters are gathered."""
+        return self.ema(self._ema_probe, batch, index, first, probe)
 
-    def _ema_loss(self, ema: nn.ModuleDict, batch: dict, index: int, first: int) -> Tensor:
-        """Random order: per-sample mask ratios and randomness (``Generator.validation_loss``);
-        raster: the batch's own seed."""
+    def _ema_probe(self, ema: nn.ModuleDict, batch: dict, index: int, first: int, probe: str) -> Tensor:
+        """``probe``: ``loss``, the validation loss (random order: per-sample mask ratios and
+        randomness, ``Generator.validation_loss``; raster: the batch's own seed); ``shuffled``, the
+        same loss with every sample reading the next sample's caption (the same masks and noise, so
+        its excess over ``loss`` is what the captions are worth: the caption gain); ``spread``, how
+        much the text context varies between the batch's captions (``context_spread``; ~0 when the
+        text path has collapsed to one context for every caption)."""
+        if probe == "shuffled":
+            batch = next_captions(batch)
         context, cmask = self.context(ema, batch)
+        if probe == "spread":
+            return context_spread(context, cmask)
         generator = ema["generator"]
         if generator.order == "random":
             return generator.validation_loss(batch["tokens"], context, cmask, first)
@@ -206,14 +234,14 @@ class GeneratorModule(L.LightningModule):
         named = [(_clean(n), p) for n, p in self.nets.named_parameters() if p.requires_grad]
         groups = []
         for text_path in (False, True):
-            lr = t.lr * (self.cfg.text.lr_scale if text_path else 1.0)
+            lr = peak_lr(self.cfg) * (self.cfg.text.lr_scale if text_path else 1.0)
             for decayed in (True, False):
                 params = [p for n, p in named if n.startswith(("text.", "aligner.")) == text_path
                           and (n in self._decayed) == decayed]
                 if params:
                     groups.append({"params": params, "lr": lr,
                                    "weight_decay": t.weight_decay if decayed else 0.0})
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2),
+        opt = torch.optim.AdamW(groups, lr=peak_lr(self.cfg), betas=(t.beta1, t.beta2),
                                 fused=self.device.type == "cuda")
 
         def schedule(step: int) -> float:

@@ -84,16 +84,25 @@ class AtomicCheckpoint(OnSteps):
 
 
 class Validation(OnSteps):
-    """Deterministic validation loss (EMA weights) every ``every`` steps and at the end."""
+    """Every ``every`` steps and at the end, on the EMA networks with fixed randomness: the
+    validation loss, and whether the text path is read — the loss with each sample reading another
+    sample's caption (``val/loss_shuffled``; ``val/caption_gain`` = shuffled - true) and the
+    context's spread across captions (``text/context_spread``), so a text path that collapses
+    shows in MLflow as it happens."""
 
     def run(self, trainer, pl_module: GeneratorModule) -> None:
         # sharded (FSDP) parameters are gathered collectively: then every rank runs the sharded root
         sharded = sharded_model(trainer)
         if trainer.is_global_zero or sharded is not None:
-            loss = validation_loss(pl_module, trainer.datamodule.val_dataloader(), sharded)
+            loader = trainer.datamodule.val_dataloader()
+            probes = {probe: validation_loss(pl_module, loader, sharded, probe)
+                      for probe in ("loss", "shuffled", "spread")}
         if trainer.is_global_zero:
+            metrics = {"val/loss": probes["loss"], "val/loss_shuffled": probes["shuffled"],
+                       "val/caption_gain": probes["shuffled"] - probes["loss"],
+                       "text/context_spread": probes["spread"]}
             for lg in trainer.loggers:
-                lg.log_metrics({"val/loss": loss}, trainer.global_step)
+                lg.log_metrics(metrics, trainer.global_step)
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
@@ -112,15 +121,16 @@ def sharded_model(trainer: L.Trainer):
 
 
 @torch.no_grad()
-def validation_loss(module: GeneratorModule, loader, model=None) -> float:
-    """Mean loss of the EMA networks over the validation set (in its order), with fixed randomness.
-    ``model``: the FSDP root wrapping ``module``, which gathers the sharded parameters."""
+def validation_loss(module: GeneratorModule, loader, model=None, probe: str = "loss") -> float:
+    """Mean of a probe (``GeneratorModule._ema_probe``; by default the loss) of the EMA networks
+    over the validation set (in its order), with fixed randomness. ``model``: the FSDP root
+    wrapping ``module``, which gathers the sharded parameters."""
     model = model or module
     total, count = 0.0, 0
     for i, batch in enumerate(loader):
         batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         n = batch["tokens"].shape[0]
-        total += model(batch, i, count).float().item() * n
+        total += model(batch, i, count, probe).float().item() * n
         count += n
     return total / max(1, count)
 
@@ -172,7 +182,12 @@ class StepTimer(Callback):
 
 
 def prepare_data(cfg: DictConfig) -> tuple[Path, TokenDataset, TokenDataset]:
-    """Stage 0 for this run: the tokenizer and the pre-encoded tokens (and text features)."""
+    """Stage 0 for this run: the tokenizer and the pre-encoded tokens (and text features); for
+    ``data.name=tokens``, the token shards' tokenizer, training stream and fixed val subset."""
+    if cfg.data.name == "tokens":
+        from harness.data.token_shards import prepare
+
+        return prepare(cfg)
     tok_dir = ensure_tokenizer(cfg, cfg.model.token)
     text = {}
     if cfg.text.encoder != "learned":
@@ -232,9 +247,14 @@ def train(cfg: DictConfig) -> Path:
     logger.log_hyperparams({**flatten(C.to_container(cfg)), **info})
     # train.batch_size images per optimizer step over all devices: the sampler counts micro-batches,
     # accumulate_grad_batches of them per step, each split across the ranks
-    dm = TokenDataModule(train_set, val_set, cfg.train.batch_size,
-                         cfg.train.steps * cfg.train.accumulate_grad_batches, cfg.train.seed,
-                         cfg.data.num_workers, cfg.train.accumulate_grad_batches)
+    if cfg.data.name == "tokens":  # streamed from token shards (train_set: a ShardStream)
+        from harness.data.token_shards import TokenShardDataModule
+
+        dm = TokenShardDataModule(train_set, val_set, cfg.train.batch_size, cfg.data.num_workers)
+    else:
+        dm = TokenDataModule(train_set, val_set, cfg.train.batch_size,
+                             cfg.train.steps * cfg.train.accumulate_grad_batches, cfg.train.seed,
+                             cfg.data.num_workers, cfg.train.accumulate_grad_batches)
     strategy = lightning_strategy(cfg)
     # FSDP clips through its sharded root (GeneratorModule.configure_gradient_clipping)
     clip = None if cfg.train.strategy == "fsdp" else cfg.train.grad_clip or None

@@ -9,6 +9,7 @@ import torch
 
 from analysis import caption_use
 from harness import config
+from harness.text.aligner import context_spread
 from harness.train.run import train
 
 
@@ -36,7 +37,7 @@ def test_context_spread_is_zero_for_a_collapsed_text_path_and_ignores_padding():
     mask = torch.ones(64, 6, dtype=torch.bool)
     mask[:, 4:] = False
     distinct = torch.randn(64, 6, 8, generator=g)
-    assert caption_use.context_spread(distinct, mask) == pytest.approx(1.0, abs=0.1)
+    assert context_spread(distinct, mask).item() == pytest.approx(1.0, abs=0.1)
     collapsed = torch.randn(1, 6, 8, generator=g).expand(64, -1, -1).clone()
     collapsed[:, 4:] = torch.randn(64, 2, 8, generator=g)  # padding may differ: it is not read
-    assert caption_use.context_spread(collapsed, mask) == pytest.approx(0.0, abs=1e-6)
+    assert context_spread(collapsed, mask).item() == pytest.approx(0.0, abs=1e-6)

@@ -15,7 +15,9 @@ def test_presets_load_and_cover_the_study():
     assert grid.variants(smoke) == ["continuous-random", "continuous-raster", "discrete-random",
                                     "discrete-raster"]
     assert grid.sizes(smoke) == ["xs", "s"]
-    assert grid.sizes(grid.load_sweep(grid.preset_path("cpu"))) == ["xs", "s", "m", "xl"]
+    cpu = grid.load_sweep(grid.preset_path("cpu"))
+    assert grid.sizes(cpu) == ["xxs", "xs", "s", "m", "xl"]
+    assert grid.train_seeds(cpu, "xs") == [0] and grid.train_seeds(cpu, "xl") == [0, 1]
     paper = grid.load_sweep(grid.preset_path("paper"))
     o = paper.overrides
     assert (o.data.resolution, o.tokenizer.downsample, o.tokenizer.channels) == (256, 16, 16)

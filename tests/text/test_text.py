@@ -62,9 +62,9 @@ def test_training_with_a_frozen_hf_encoder_caches_features(smoke, results_dir):
                             "train.val_every=2", "train.checkpoint_every=2"))
     run = train(cfg)
     assert read_status(run)["status"] == "trained"
-    cached = list((results_dir / "stage0").glob("text-*/train.pt"))
-    assert len(cached) == 1
-    blob = torch.load(cached[0], weights_only=True)
+    from harness.text.cache import text_cache_dir
+
+    blob = torch.load(text_cache_dir(cfg) / "train.pt", weights_only=True)
     assert blob["text_feats"].shape == (256, 12, 384)
 
 
