@@ -29,7 +29,7 @@ from analysis import figures, hypotheses
 from analysis.fitting import (
     FIT_COLUMNS, X_AXES, correlations, extrapolate, fit_table, observations, split_by_status,
     winners)
-from analysis.report import ReportInputs, write_report
+from analysis.report import ReportInputs, text_use, write_report
 from harness.errors import UserError, check_choice, cli_main, one_line
 from harness.io import write_text
 from harness.tracking import tracking_uri
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         sweep=sweep, source=source, x=args.x, n_runs=len(runs), n_completed=len(completed),
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
         figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
-        method=args.ci_method, hypotheses=claims))
+        method=args.ci_method, hypotheses=claims, text_use=text_use(completed)))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))
     print(f"wrote {out} in {time.time() - t0:.1f}s")

@@ -58,6 +58,40 @@ class ReportInputs:
     method: str = "residual"
     hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)
     """analysis.hypotheses.check's table: the paper's findings, each with a verdict."""
+    text_use: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """``text_use``'s table: per trained model, whether it reads its caption."""
+
+
+TEXT_USE_COLUMNS = ("token", "order", "size", "train_seed", "caption_gain", "context_spread",
+                    "geneval_overall", "geneval_ceiling")
+
+
+def text_use(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained model (run key) of the runs table: the caption gain and context spread
+    training last logged, its GenEval (mean over evaluation seeds) and its tokenizer's ceiling.
+    Empty for a table written before those columns existed."""
+    if not {"caption_gain", "context_spread"} <= set(runs.columns) or runs.empty:
+        return pd.DataFrame(columns=TEXT_USE_COLUMNS)
+    frame = runs.reindex(columns=["run_key", *TEXT_USE_COLUMNS]).copy()
+    numeric = ["caption_gain", "context_spread", "geneval_overall", "geneval_ceiling"]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    out = (frame.groupby("run_key", sort=False)
+           .agg({**{c: "first" for c in ("token", "order", "size", "train_seed")},
+                 **{c: "mean" for c in numeric}}))
+    return out.reset_index(drop=True)[list(TEXT_USE_COLUMNS)]
+
+
+def _text_use(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "No caption-gain or context-spread columns in the runs table.\n"
+    rows = [[*r[:4], fmt(r[4], 3), fmt(r[5], 3), fmt(r[6], 3), fmt(r[7], 3)]
+            for r in table.astype(object).values.tolist()]
+    return ("Caption gain: validation loss with each sample given another sample's caption minus "
+            "with its own (> 0: the model reads its caption). Context spread: how much the text "
+            "context varies between captions (~0: one context for every caption). Both from "
+            "training's last validation. GenEval ceiling: the tokenizer's reconstructions of true "
+            "scenes, scored the same way.\n\n"
+            + _table(TEXT_USE_COLUMNS, rows) + "\n")
 
 
 def fmt(value: object, digits: int = 4) -> str:
@@ -191,6 +225,7 @@ def render(inp: ReportInputs) -> str:
              "## Figures\n"]
     parts += [f"![{title}]({name})\n" for title, name in inp.figures.items()]
     parts += ["## The paper's findings\n", _hypotheses(inp.hypotheses),
+              "## Does each model read its caption?\n", _text_use(inp.text_use),
               "## Scaling exponents\n", _exponents(inp.fits),
               "## Which variant wins at the largest size\n", _winners(inp.winners),
               "## Correlation with validation loss\n", _correlations(inp.correlations),

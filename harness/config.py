@@ -19,12 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError, check_choice, one_line
-from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, ORDERS, SAMPLING_DEFAULTS,
-                              TOKENS, size_spec)
+from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, LAYOUTS, NUISANCES, ORDERS,
+                              SAMPLING_DEFAULTS, TOKENS, size_spec)
 
 # ``tokens``: token shards pre-encoded by ``python -m harness.tokenizers.shards``, streamed (#19).
 DATASETS = ("shapes", "folder", "webdataset", "coco", "tokens")
-LAYOUTS = ("free", "grid")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # ``ddp`` runs as ``ddp_find_unused_parameters_true`` (some parameters skip some steps); ``fsdp``
 # shards parameters, gradients and optimizer state (Lightning FSDPStrategy, one unit per block).
@@ -61,6 +60,10 @@ class DataConfig:
     layout: str = knob("free", "shapes only: free placement, or one object per cell of a grid",
                        choices=LAYOUTS)
     cells: int = knob(4, "shapes grid layout: cells per side")
+    nuisance: str = knob("full", "shapes only: what no caption names — full: random background "
+                         "grey, tint and gradient, object size and position jitter; none: one "
+                         "plain background, one object size, centred in the cells",
+                         choices=NUISANCES)
     train_size: int = knob(20000, "training images", **POSITIVE)
     val_size: int = knob(512, "validation images", **POSITIVE)
     num_workers: int = knob(0, "DataLoader worker processes", **NON_NEGATIVE)
@@ -234,7 +237,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
-                         "train.lr_base_width": 0}
+                         "train.lr_base_width": 0, "data.nuisance": "full"}
 
 
 def _schema() -> DictConfig:

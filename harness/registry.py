@@ -73,6 +73,11 @@ def size_spec(ladder: str, size: str) -> SizeSpec:
 
 # ---- data layouts ---------------------------------------------------------------------------
 
+# The shapes world's object placement (free, or one object per grid cell) and what its scenes
+# carry that no caption names (harness/data/shapes.py)
+LAYOUTS = ("free", "grid")
+NUISANCES = ("full", "none")
+
 # An MS-COCO folder: the val captions and images (training data, or the FID-30K reference)
 COCO_CAPTIONS = "annotations/captions_val2014.json"
 COCO_IMAGES = "val2014"

@@ -46,3 +46,23 @@ def results_dir(stage0_root, tmp_path) -> Path:
 def smoke(results_dir):
     """``smoke(*extra)`` -> the smoke overrides for this test's results dir, plus ``extra``."""
     return lambda *extra, results=results_dir: SMOKE + [f"results_dir={results}", *extra]
+
+
+class Crash(RuntimeError):
+    """A simulated node failure."""
+
+
+def crash_training_at(monkeypatch, step: int):
+    """Training raises ``Crash`` right after its checkpoint callback at ``step`` (the run is left
+    as a node failure would leave it); returns a function that undoes the patch."""
+    import harness.train.run as T
+
+    original = T.AtomicCheckpoint.on_train_batch_end
+
+    def crash(self, trainer, *args):
+        original(self, trainer, *args)
+        if trainer.global_step == step:
+            raise Crash("simulated node failure")
+
+    monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", crash)
+    return lambda: monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", original)

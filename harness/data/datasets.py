@@ -31,7 +31,7 @@ def build_dataset(data: DictConfig, split: str):
     size = data.get(SPLIT_SIZES.get(split, "val_size"))
     if data.name == "shapes":
         return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed,
-                           layout=data.layout, cells=data.cells)
+                           layout=data.layout, cells=data.cells, nuisance=data.nuisance)
     from harness.data import real
 
     return real.build(data, split, size)
@@ -55,6 +55,8 @@ def data_key(data: DictConfig) -> str:
     key = {k: data[k] for k in ("name", "path", "resolution", "seed", "train_size", "val_size")}
     if data.name == "shapes" and data.layout != "free":  # free-layout keys stay as they were
         key.update(layout=data.layout, cells=data.cells)
+    if data.name == "shapes" and data.nuisance != "full":  # keys of the "full" world stay
+        key.update(nuisance=data.nuisance)
     return config_hash(key)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from harness.errors import UserError, check_choice
-from harness.registry import GENEVAL_TAGS
+from harness.registry import GENEVAL_TAGS, LAYOUTS, NUISANCES
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -71,8 +71,14 @@ HELD_OUT_FRACTION = 0.2
 _MIN_SIZE, _MAX_SIZE = 0.1, 0.2  # half-extent: >= 6.4 px across at 32x32
 _MAX_SIZE_CROWDED = 0.16  # for 3-4 objects
 _GAP = 0.07  # free space between bounding boxes, so blurry objects do not merge
-LAYOUTS: tuple[str, ...] = ("free", "grid")
-# "grid" layout: each object centred (small jitter) in its own cell of a cells x cells grid and as
+# Nuisance: what a scene carries that no caption names (NUISANCES, harness.registry). "full": a
+# random dark grey background with a tint
+# and a gradient, objects of random size, jittered in their cells. "none": one plain background and
+# objects of one size, centred in their cells (grid): what is left is what captions name, plus the
+# cells and any colour a caption leaves open. The same random draws are made either way, so a scene
+# index shows the same objects in the same cells in both worlds.
+_PLAIN_BACKGROUND = (62, 62, 62)  # the mean of the "full" world's background grey
+# "grid" layout (LAYOUTS, harness.registry): each object centred (small jitter) in its own cell of a cells x cells grid and as
 # large as the cell allows; neighbouring cells keep >= _GRID_GAP of background between objects.
 # With cells = resolution / tokenizer downsample an object is one token: a world a small model
 # learns to draw in minutes, used by the default CPU study.
@@ -298,11 +304,14 @@ def vocabulary() -> list[str]:
 # ---------------------------------------------------------------- scene sampling
 
 
-def _background(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[float, float]]:
+def _background(rng: np.random.Generator, nuisance: str = "full"
+                ) -> tuple[tuple[int, int, int], tuple[float, float]]:
     grey = rng.uniform(25, 100)
     tint = rng.uniform(-8, 8, size=3)
     color = tuple(int(round(v)) for v in np.clip(grey + tint, 0, 255))
     gradient = tuple(float(v) for v in rng.uniform(-14, 14, size=2))
+    if nuisance == "none":
+        return _PLAIN_BACKGROUND, (0.0, 0.0)
     return color, gradient
 
 
@@ -331,6 +340,7 @@ def _place(
     tries: int = 400,
     layout: str = "free",
     cells: int = 4,
+    nuisance: str = "full",
 ) -> list[ShapeObject] | None:
     """Random non-overlapping layout for (shape, colour) specs; ``constraints`` are
     (subject index, relation, reference index). None if no layout was found in ``tries``.
@@ -353,11 +363,26 @@ def _place(
                 size = rng.uniform(_MIN_SIZE, max_size)
                 lo, hi = size + _EDGE, 1 - size - _EDGE
                 objs.append(ShapeObject(shape, color, float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), float(size)))
-        if not all(_separated(a, b, gap) for a, b in itertools.combinations(objs, 2)):
-            continue
-        if all(_clear_relation(objs[s], objs[r], rel, gap) for s, rel, r in constraints):
-            return objs
+        # without nuisance the drawn layout must hold too, so both worlds make the same draws
+        for layout_ in ([objs, _without_nuisance(objs, layout, cells, max_size)]
+                        if nuisance == "none" else [objs]):
+            if not (all(_separated(a, b, gap) for a, b in itertools.combinations(layout_, 2))
+                    and all(_clear_relation(layout_[s], layout_[r], rel, gap) for s, rel, r in constraints)):
+                break
+        else:
+            return layout_
     return None
+
+
+def _without_nuisance(objs: list[ShapeObject], layout: str, cells: int, max_size: float
+                      ) -> list[ShapeObject]:
+    """The objects at one size: the grid's mean size at their cells' centres, or (free layout)
+    the mean size where they are."""
+    if layout != "grid":
+        return [ShapeObject(o.shape, o.color, o.cx, o.cy, (_MIN_SIZE + max_size) / 2) for o in objs]
+    half = 0.5 / cells
+    return [ShapeObject(o.shape, o.color, (2 * int(o.cx * cells) + 1) * half,
+                        (2 * int(o.cy * cells) + 1) * half, half * sum(_GRID_SIZE) / 2) for o in objs]
 
 
 def _specs_for_tag(tag: str, rng: np.random.Generator, held_out: bool):
@@ -405,7 +430,7 @@ def _specs_for_tag(tag: str, rng: np.random.Generator, held_out: bool):
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
-                 layout: str = "free", cells: int = 4) -> Scene:
+                 layout: str = "free", cells: int = 4, nuisance: str = "full") -> Scene:
     """A random scene for ``split`` (tag uniform unless given); held-out combinations only in
     "compositional" counting/position/color_attr, never elsewhere."""
     check_choice("split", split, SPLITS)
@@ -414,10 +439,10 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     want_held_out = split == "compositional" and tag in ("counting", "position", "color_attr")
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
-        objs = _place(specs, rng, constraints, layout=layout, cells=cells)
+        objs = _place(specs, rng, constraints, layout=layout, cells=cells, nuisance=nuisance)
         if objs is None:
             continue
-        background, gradient = _background(rng)
+        background, gradient = _background(rng, nuisance)
         scene = Scene(objs, background, tag, "", gradient)
         if is_held_out(scene) == want_held_out:
             scene.caption = caption_of(tag, include_groups(scene), rng)
@@ -425,7 +450,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
 
 
 def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "free",
-                        cells: int = 4) -> Scene:
+                        cells: int = 4, nuisance: str = "full") -> Scene:
     """A random scene satisfying a GenEval-schema prompt: each include group's count of its class
     (in its colour if given, else random), positions with margin, and nothing else."""
     specs: list[tuple[str, str]] = []
@@ -449,10 +474,10 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "fre
             for s in range(starts[g], starts[g] + int(group["count"])):
                 for r in range(starts[target], starts[target] + int(tg["count"])):
                     constraints.append((s, rel, r))
-    objs = _place(specs, rng, constraints, tries=20_000, layout=layout, cells=cells)
+    objs = _place(specs, rng, constraints, tries=20_000, layout=layout, cells=cells, nuisance=nuisance)
     if objs is None:
         raise UserError("include", f"no layout found for {meta.get('prompt', meta['include'])!r}")
-    background, gradient = _background(rng)
+    background, gradient = _background(rng, nuisance)
     return Scene(objs, background, meta.get("tag", ""), meta.get("prompt", ""), gradient)
 
 
@@ -507,9 +532,10 @@ class ShapesWorld(torch.utils.data.Dataset):
     """``size`` procedurally generated (image, caption) pairs of one split."""
 
     def __init__(self, split: str, size: int, resolution: int = 32, seed: int = 0,
-                 layout: str = "free", cells: int = 4):
+                 layout: str = "free", cells: int = 4, nuisance: str = "full"):
         check_choice("split", split, SPLITS)
         check_choice("layout", layout, LAYOUTS)
+        check_choice("nuisance", nuisance, NUISANCES)
         if layout == "grid" and not 2 <= cells <= resolution // 6:
             raise UserError("cells", f"must be in 2..{resolution // 6} at resolution {resolution}, got {cells}")
         if size < 1:
@@ -517,7 +543,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         if resolution < 16:
             raise UserError("resolution", f"must be >= 16 so the smallest shapes stay visible, got {resolution}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, seed
-        self.layout, self.cells = layout, cells
+        self.layout, self.cells, self.nuisance = layout, cells, nuisance
         self._split_id = SPLITS.index(split)
 
     def __len__(self) -> int:
@@ -531,7 +557,7 @@ class ShapesWorld(torch.utils.data.Dataset):
     def scene(self, i: int) -> Scene:
         i = self._index(i)
         return sample_scene(np.random.default_rng([self.seed, self._split_id, i]), self.split,
-                            layout=self.layout, cells=self.cells)
+                            layout=self.layout, cells=self.cells, nuisance=self.nuisance)
 
     def image(self, i: int) -> np.ndarray:
         return render(self.scene(i), self.resolution)

@@ -241,3 +241,24 @@ def test_scenes_and_held_out_sets_do_not_depend_on_python_hash_seed():
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2", "3")}
     assert len(outs) == 1
+
+
+def test_without_nuisance_a_scene_keeps_its_objects_and_cells_and_loses_the_rest():
+    """nuisance="none": the same captions, shapes, colours and cells as the full world, on one
+    plain background, every object of one size at its cell's centre; and GenEval still holds."""
+    from harness.geneval.rules import score_image
+
+    full = ShapesWorld("train", 40, layout="grid", cells=4)
+    plain = ShapesWorld("train", 40, layout="grid", cells=4, nuisance="none")
+    sizes = set()
+    for i in range(40):
+        a, b = full.scene(i), plain.scene(i)
+        assert a.caption == b.caption and b.gradient == (0.0, 0.0)
+        assert [(o.shape, o.color) for o in a.objects] == [(o.shape, o.color) for o in b.objects]
+        assert [(int(o.cx * 4), int(o.cy * 4)) for o in a.objects] == [(int(o.cx * 4), int(o.cy * 4)) for o in b.objects]
+        assert all((o.cx * 4) % 1 == pytest.approx(0.5) for o in b.objects)
+        sizes |= {round(o.size, 9) for o in b.objects}
+        assert score_image(plain.image(i), {"tag": b.tag, "include": shapes.include_groups(b)})
+    assert len(sizes) == 1 and len({plain.scene(i).background for i in range(40)}) == 1
+    with pytest.raises(UserError, match="nuisance"):
+        ShapesWorld("train", 4, nuisance="some")

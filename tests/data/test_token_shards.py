@@ -21,6 +21,7 @@ from harness.errors import UserError
 from harness.run_status import read_status
 from harness.tokenizers.shards import encode_shards
 from harness.tracking import store
+from tests.conftest import Crash, crash_training_at
 from tests.data.shapes_tars import TINY, encode_config, write_shapes_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,17 +155,10 @@ def test_a_token_shard_run_resumes_exactly(shards, results_dir, tmp_path, monkey
     other = tmp_path / "other"
     other.mkdir()
     cfg = tokens_run(shards, other, "continuous", *extra)  # the same run in another results dir
-    original = T.AtomicCheckpoint.on_train_batch_end
-
-    def crash_at_15(self, trainer, *args):
-        original(self, trainer, *args)
-        if trainer.global_step == 15:
-            raise RuntimeError("simulated node failure")
-
-    monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", crash_at_15)
-    with pytest.raises(RuntimeError, match="simulated"):
+    restore = crash_training_at(monkeypatch, 15)
+    with pytest.raises(Crash):
         T.train(cfg)
-    monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", original)
+    restore()
     resumed = T.train(cfg)
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)

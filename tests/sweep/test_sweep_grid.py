@@ -26,6 +26,16 @@ def test_presets_load_and_cover_the_study():
     assert paper.launcher.default == "slurm" and paper.launcher.slurm.gpus_per_node == 8
 
 
+def test_every_training_seed_is_its_own_run(tmp_path):
+    from harness.sweep import plan
+
+    spec = grid.load_sweep(write(tmp_path, "name: t\ngrid: {token: [discrete], order: [raster], "
+                                           "size: [xs, s]}\ntrain_seeds_per_size: {s: [0, 3]}\n"))
+    runs = plan.build_runs(spec, ["xs", "s"], ["discrete-raster"], [f"results_dir={tmp_path}"])
+    assert [(r.cfg.model.size, r.cfg.train.seed) for r in runs] == [("xs", 0), ("s", 0), ("s", 3)]
+    assert len({r.key for r in runs}) == 3
+
+
 def test_selection_keeps_ladder_order_and_accepts_any_ladder_size():
     spec = grid.load_sweep(grid.preset_path("smoke"))
     assert grid.select(spec, "m,xs", None) == (["xs", "m"], grid.variants(spec))
@@ -45,6 +55,8 @@ def write(tmp_path, text: str):
     ("name: t\nlauncher: {default: sge}\n", "launcher.default", "slurm"),
     ("name: t\nsize_overrides: {s: {model: {widht: 3}}}\n", "size_overrides.s.model.widht", "width"),
     ("name: t\nlauncher: {local: {max_paralel: 2}}\n", "launcher.local.max_paralel", None),
+    ("name: t\ntrain_seeds: [0, 0]\n", "train_seeds", "distinct"),
+    ("name: t\ntrain_seeds_per_size: {huge: [1]}\n", "train_seeds_per_size 'huge'", "xl"),
 ])
 def test_sweep_file_errors_name_the_field(tmp_path, text, field, choice):
     with pytest.raises(UserError) as e:

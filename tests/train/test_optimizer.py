@@ -39,6 +39,14 @@ def test_default_trains_every_network_at_one_rate():
     assert learning_rates() == {"text": {1e-3}, "aligner": {1e-3}, "generator": {1e-3}}
 
 
+def test_lr_base_width_scales_every_rate_by_base_over_width():
+    """train.lr_base_width=64 at the smoke size xs (width 64) keeps train.lr; at width 192 (xl)
+    a third of it, for the text path at its own scale too."""
+    assert learning_rates("train.lr_base_width=64", "text.lr_scale=0.5")["generator"] == {1e-3}
+    lrs = learning_rates("train.lr_base_width=64", "model.size=xl", "text.lr_scale=0.5")
+    assert [*lrs["generator"], *lrs["aligner"]] == pytest.approx([1e-3 / 3, 1e-3 / 6])
+
+
 def test_negative_lr_scale_is_a_user_error():
     with pytest.raises(UserError, match="text.lr_scale"):
         config.load(SMOKE + ["text.lr_scale=-1"])

@@ -8,6 +8,7 @@ from harness import config
 from harness.tracking import store
 from harness.train.run import train
 from harness.run_status import read_status
+from tests.conftest import Crash, crash_training_at
 
 VARIANTS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"),
             ("discrete", "raster")]
@@ -38,18 +39,12 @@ def test_smoke_training_lowers_validation_loss(smoke, token, order):
     assert train(cfg) == run
 
 
-class Crash(RuntimeError):
-    pass
-
-
 @pytest.mark.parametrize("accumulate,posterior", [(1, "false"), (2, "true")])
 def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_path, monkeypatch, accumulate,
                                                      posterior):
     """With accumulation too: checkpoints are taken only after an optimizer step, so the resumed
     run's micro-batches (data and randomness) keep their phase; with posterior sampling, the resumed
     run draws the tokens the uninterrupted one drew."""
-    import harness.train.run as T
-
     overrides = smoke("model.token=continuous", "model.order=random",
                       f"train.accumulate_grad_batches={accumulate}",
                       f"tokenizer.posterior_sample={posterior}")
@@ -59,17 +54,10 @@ def test_resume_after_crash_equals_uninterrupted_run(smoke, results_dir, tmp_pat
     (other / "stage0").symlink_to(results_dir / "stage0", target_is_directory=True)
     cfg = config.load(overrides + [f"results_dir={other}"])  # the same run in another results dir
 
-    original = T.AtomicCheckpoint.on_train_batch_end
-
-    def crash_at_15(self, trainer, *args):
-        original(self, trainer, *args)
-        if trainer.global_step == 15:
-            raise Crash("simulated node failure")
-
-    monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", crash_at_15)
+    restore = crash_training_at(monkeypatch, 15)
     with pytest.raises(Crash):
         train(cfg)
-    monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", original)
+    restore()
     resumed = train(cfg)
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
