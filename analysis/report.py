@@ -72,12 +72,13 @@ def text_use(runs: pd.DataFrame) -> pd.DataFrame:
     Empty for a table written before those columns existed."""
     if not {"caption_gain", "context_spread"} <= set(runs.columns) or runs.empty:
         return pd.DataFrame(columns=TEXT_USE_COLUMNS)
-    frame = runs.reindex(columns=["run_key", *TEXT_USE_COLUMNS]).copy()
-    numeric = ["caption_gain", "context_spread", "geneval_overall", "geneval_ceiling"]
+    frame = runs.reindex(columns=["run_key", "params", *TEXT_USE_COLUMNS]).copy()
+    numeric = ["params", "caption_gain", "context_spread", "geneval_overall", "geneval_ceiling"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     out = (frame.groupby("run_key", sort=False)
            .agg({**{c: "first" for c in ("token", "order", "size", "train_seed")},
-                 **{c: "mean" for c in numeric}}))
+                 **{c: "mean" for c in numeric}})
+           .sort_values(["token", "order", "params", "train_seed"], kind="stable"))
     return out.reset_index(drop=True)[list(TEXT_USE_COLUMNS)]
 
 

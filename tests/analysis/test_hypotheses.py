@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from analysis import hypotheses
@@ -63,3 +64,24 @@ def test_one_seed_makes_spread_claims_untestable():
     for h in (2, 3):
         assert all(v.startswith("untestable") for v in table[table["hypothesis"] == h]["verdict"])
     assert (table[table["hypothesis"] == 1]["verdict"] == "holds").all()
+
+
+def test_text_use_has_one_row_per_trained_model_in_size_order():
+    """report.md's caption table: the evaluation seeds of a model are averaged, models are listed
+    by variant, then size, then training seed; an older table without the columns gives none."""
+    import pandas as pd
+
+    from analysis.report import TEXT_USE_COLUMNS, text_use
+
+    base = {"token": "continuous", "order": "random", "caption_gain": 0.01, "context_spread": 0.7,
+            "geneval_ceiling": 0.97}
+    runs = pd.DataFrame([
+        {**base, "run_key": "big", "size": "xl", "params": 5e6, "train_seed": 0, "geneval_overall": 0.2},
+        {**base, "run_key": "big", "size": "xl", "params": 5e6, "train_seed": 0, "geneval_overall": 0.4},
+        {**base, "run_key": "small", "size": "xs", "params": 3e5, "train_seed": 0, "geneval_overall": 0.1},
+    ])
+    table = text_use(runs)
+    assert list(table.columns) == list(TEXT_USE_COLUMNS)
+    assert table["size"].tolist() == ["xs", "xl"]
+    assert table["geneval_overall"].tolist() == pytest.approx([0.1, 0.3])
+    assert text_use(runs.drop(columns=["caption_gain"])).empty

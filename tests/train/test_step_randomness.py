@@ -64,19 +64,21 @@ def test_seeds_of_ranks_and_micro_batches_are_distinct_and_rank_0_keeps_the_old_
     assert all(0 <= s < 2 ** 64 for s in seeds)  # what torch.Generator.manual_seed takes
 
 
-# train/loss of each step of tiny_fit's 4-step run, computed with the code before ranks and
-# micro-batches entered the seed (commit d5afb5a). Without weight decay, whose parameter groups
-# changed since (MAR's), so that only the step randomness is compared.
-BEFORE = {
-    ("continuous", "random"): [0.973169207572937, 0.9018741846084595, 0.8442882299423218, 0.7812047600746155],
-    ("continuous", "raster"): [0.9905651807785034, 0.8700835108757019, 0.8373095393180847, 0.7229660153388977],
-    ("discrete", "random"): [2.7725889682769775, 2.754910945892334, 2.749445676803589, 2.7183632850646973],
-    ("discrete", "raster"): [2.7725889682769775, 2.74857497215271, 2.7004201412200928, 2.6514739990234375],
-}
+def _old_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
+    """The step seed before ranks and micro-batches entered it (commit d5afb5a)."""
+    return seed * 1_000_003 + step
 
 
-@pytest.mark.parametrize("token,order", sorted(BEFORE))
-def test_one_process_without_accumulation_trains_as_before(token, order):
-    records = fit(tiny_config(f"model.token={token}", f"model.order={order}", "train.weight_decay=0"))
-    # bit-identical on the machine that pinned them; the tolerance allows other CPUs' rounding only
-    assert [r["loss"] for r in records] == pytest.approx(BEFORE[(token, order)], rel=1e-5, abs=0)
+@pytest.mark.parametrize("token,order", [("continuous", "random"), ("continuous", "raster"),
+                                         ("discrete", "random"), ("discrete", "raster")])
+def test_one_process_without_accumulation_trains_as_before(token, order, monkeypatch):
+    """The same 4-step run with the step seed as it was before ranks and micro-batches entered it
+    trains to the same losses, bit for bit: one process draws what it always drew. (Pinned loss
+    values would also move with every change to the model; this compares the seeds alone.)"""
+    import harness.train.module as M
+
+    cfg = tiny_config(f"model.token={token}", f"model.order={order}")
+    now = [r["loss"] for r in fit(cfg)]
+    monkeypatch.setattr(M, "step_seed", _old_seed)
+    before = [r["loss"] for r in fit(cfg)]
+    assert now == before
