@@ -272,7 +272,8 @@ def train(cfg: DictConfig) -> Path:
         callbacks=[StartFrom(), Validation(cfg.train.val_every),  # validate, then checkpoint
                    AtomicCheckpoint(run, cfg.train.checkpoint_every), timer],
         default_root_dir=str(out), deterministic=False)
-    write_status(out, "running", started=time.time())
+    if trainer.is_global_zero:  # one writer: the other ranks of a multi-process run share the folder
+        write_status(out, "running", started=time.time())
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=run.latest_checkpoint(), weights_only=True)
     except NonFiniteLoss as e:
@@ -281,5 +282,6 @@ def train(cfg: DictConfig) -> Path:
     if trainer.global_step < cfg.train.steps:
         raise RuntimeError(f"training stopped at step {trainer.global_step} of {cfg.train.steps}")
     # time inside the steps of the attempt that finished (an interrupted attempt's is lost)
-    write_status(out, "trained", step=trainer.global_step, train_compute_seconds=timer.compute)
+    if trainer.is_global_zero:
+        write_status(out, "trained", step=trainer.global_step, train_compute_seconds=timer.compute)
     return out

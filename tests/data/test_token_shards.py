@@ -199,8 +199,11 @@ def test_two_gloo_processes_with_two_workers_each_train_on_token_shards(shards, 
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900,
         check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    run = Path(out.stdout.strip().splitlines()[-1])
-    assert read_status(run)["status"] == "trained"
+    # every rank prints the run directory; other output may interleave
+    runs = {Path(line) for line in out.stdout.splitlines() if line.startswith(str(results_dir / "runs"))}
+    assert len(runs) == 1, out.stdout[-2000:]
+    run = runs.pop()
+    assert read_status(run)["status"] == "trained", out.stdout[-2000:]
     losses = val_losses(run)
     assert sorted(losses) == [0, 3, 6] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
