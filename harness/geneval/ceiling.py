@@ -2,9 +2,11 @@
 
 A generator cannot score higher than its tokenizer can draw. For every prompt evaluation uses (the
 compositional split, ``make_prompts``), true scenes are rendered in the run's layout, encoded and
-decoded, and scored by the same rules as generated images; per tag and overall. Stage 0 records it
-in the tokenizer's ``meta.json`` (``geneval_ceiling``) for the shapes world, and the analysis
-reports it beside the models' scores: a model's GenEval reads against this number, not 1.0.
+decoded, and scored by the same rules as generated images; per tag and overall. Evaluation
+(shapes world) computes it once per tokenizer and evaluation size, caches it beside the stage-0
+tokenizer (``ensure_geneval_ceiling``) and writes it into every run's ``metrics.json``
+(``geneval_ceiling_*``); the results table and report show it beside the models' scores: a
+model's GenEval reads against this number, not 1.0.
 """
 from __future__ import annotations
 
