@@ -17,6 +17,15 @@ logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits be
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a file by any python: re-run it with the project's .venv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, from any directory
+    from harness.bootstrap import use_project_python
+
+    use_project_python()
+
 import argparse
 import time
 from pathlib import Path

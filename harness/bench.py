@@ -211,7 +211,9 @@ def time_evaluation(resolution: int = 32, n: int = 512) -> dict:
 def smoke_overhead(threads: int) -> dict:
     """The smoke sweep run serially (one job at a time) with stage 0 built beforehand: wall time,
     the time inside training steps and evaluation, the rest (process start, imports, MLflow,
-    checkpoints, the launcher's polling) and the time from launch to the first training step."""
+    checkpoints, the launcher's polling), the time from launch to the first training step, and
+    for each later run the time from its submission (a fork from the driver's forkserver) to its
+    first training step."""
     import subprocess
     import sys
     import tempfile
@@ -237,17 +239,19 @@ def smoke_overhead(threads: int) -> dict:
                         "--size", "all", *overrides], check=True, capture_output=True)
         wall = time.time() - launch
         train_s = eval_s = 0.0
-        first = []
+        first, started = [], []
         for run in runs:
             status = read_json(RunDir(run.dir).status)
             train_s += status.get("train_compute_seconds", 0.0)
             first.append(status.get("first_step", float("nan")))
+            started.append(first[-1] - read_json(RunDir(run.dir).job_record)["submitted"])
             for seed in run.seeds:
                 eval_s += read_json(RunDir(run.dir).eval_metrics(seed, run.cfg.eval.seed))["eval_seconds"]
     return {"runs": len(runs), "wall_seconds": wall, "train_step_seconds": train_s,
             "eval_seconds": eval_s, "overhead_seconds": wall - train_s - eval_s,
             "overhead_share": (wall - train_s - eval_s) / wall,
-            "launch_to_first_step_seconds": min(first) - launch}
+            "launch_to_first_step_seconds": min(first) - launch,
+            "submit_to_first_step_later_runs_seconds": sorted(s for f, s in sorted(zip(first, started))[1:])}
 
 
 def largest_run_memory(results: Path = Path("results")) -> dict | None:
@@ -503,13 +507,8 @@ def render_markdown(r: dict, notes: str = "\n") -> str:
                   f"{e['fid_features_images_per_second']:.0f} images/s.",
                   f"- GenEval scoring (detector + rules, reading PNGs, {e['geneval_images']} images): "
                   f"{e['geneval_scoring_images_per_second']:.0f} images/s."]
-    o = r.get("overhead")
-    if o:
-        lines += ["", "## Harness overhead (smoke sweep, serial, stage 0 pre-built)", "",
-                  f"- {o['runs']} runs in {o['wall_seconds']:.1f} s wall: {o['train_step_seconds']:.1f} s "
-                  f"inside training steps, {o['eval_seconds']:.1f} s evaluating, "
-                  f"**{o['overhead_seconds']:.1f} s ({o['overhead_share']:.0%}) overhead**.",
-                  f"- Launch to first training step: **{o['launch_to_first_step_seconds']:.1f} s**."]
+    if r.get("overhead"):
+        lines += ["", render_overhead(r["overhead"])]
     m = r.get("largest_run_memory")
     lines += ["", "## Memory", "",
               f"- Largest study run: {m['run']}, peak RSS {m['peak_rss_mb']:.0f} MB (train + evaluate)."
@@ -573,6 +572,36 @@ def render_data_streaming(d: dict) -> str:
     return "\n".join(lines + ["", DATA_END])
 
 
+OVERHEAD_HEADER = "## Harness overhead (smoke sweep, serial, stage 0 pre-built)"
+
+
+def render_overhead(o: dict) -> str:
+    lines = [OVERHEAD_HEADER, "",
+             f"- {o['runs']} runs in {o['wall_seconds']:.1f} s wall: {o['train_step_seconds']:.1f} s "
+             f"inside training steps, {o['eval_seconds']:.1f} s evaluating, "
+             f"**{o['overhead_seconds']:.1f} s ({o['overhead_share']:.0%}) overhead**.",
+             f"- Launch to first training step: **{o['launch_to_first_step_seconds']:.1f} s** "
+             "(the forkserver's imports included)."]
+    later = o.get("submit_to_first_step_later_runs_seconds")
+    if later:
+        lines.append(f"- Each later run, submission to first training step: median "
+                     f"**{later[len(later) // 2]:.1f} s**, max {later[-1]:.1f} s ({len(later)} runs).")
+    return "\n".join(lines)
+
+
+def replace_section(docs: Path, header: str, section: str) -> None:
+    """Replace the doc's section that starts with ``header`` (up to the next ``## ``) by
+    ``section``; append it when the doc has none."""
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    if header in text:
+        head, rest = text.split(header, 1)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else "\n"
+        text = head + section + "\n" + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_text(docs, text)
+
+
 def refresh_data_streaming(docs: Path, d: dict) -> None:
     """Replace (or add, before the notes) the token-shard section of the benchmarks doc."""
     text = docs.read_text() if docs.exists() else "# Benchmarks\n\n" + NOTES_MARK + "\n"
@@ -596,7 +625,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--docs", default="docs/benchmarks.md")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", choices=["data"], help="data: the token-shard section alone (#19)")
+    p.add_argument("--only", choices=["data", "overhead"],
+                   help="one section alone: data (token shards), overhead (the smoke sweep's)")
     a = p.parse_args(argv)
     if a.only == "data":
         torch.set_num_threads(a.threads)
@@ -605,6 +635,13 @@ def main(argv: list[str] | None = None) -> None:
         write_json(Path(a.out) / f"data-streaming-{dt.date.today().isoformat()}.json", d)
         refresh_data_streaming(Path(a.docs), d)
         print(json.dumps(d, indent=1))
+        return
+    if a.only == "overhead":
+        o = smoke_overhead(a.threads)
+        o["date"] = dt.datetime.now().isoformat(timespec="seconds")
+        write_json(Path(a.out) / f"overhead-{dt.date.today().isoformat()}.json", o)
+        replace_section(Path(a.docs), OVERHEAD_HEADER, render_overhead(o))
+        print(json.dumps(o, indent=1))
         return
     sizes = a.sizes.split(",")
     for size in sizes:

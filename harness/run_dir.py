@@ -59,6 +59,7 @@ class RunDir:
     stage0 = property(lambda self: self.path / "stage0.json")
     info = property(lambda self: self.path / "info.json")
     status = property(lambda self: self.path / "status.json")
+    progress = property(lambda self: self.path / "progress.json")  # harness.progress: live step/total
 
     # ---- training ---------------------------------------------------------------------------
     checkpoints = property(lambda self: self.path / "checkpoints")

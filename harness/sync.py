@@ -1,6 +1,8 @@
 """``python -m harness.sync [RESULTS_DIR]``: send MLflow whatever the run directories hold that it
 lacks: metrics, params and artifacts (a run directory is the source of truth; MLflow is a mirror
-that may have been down or locked). Safe to run at any time and repeatedly: nothing is sent twice."""
+that may have been down or locked), and each sweep's parent run what its sweep folder holds (the
+results table, the analysis: ``harness.sweep.parent.sync_parent``). Safe to run at any time and
+repeatedly: nothing is sent twice."""
 from __future__ import annotations
 
 import argparse
@@ -9,32 +11,51 @@ from pathlib import Path
 
 from harness.errors import UserError, cli_main, one_line
 from harness.run_dir import RunDir
+from harness.sweep import parent
 from harness.tracking import store
 
 
-def _run_uri(run: RunDir) -> str | None:
-    """The store the run was configured to log to (``tracking.uri`` in its config.yaml)."""
+def _tracking(run: RunDir) -> tuple[str | None, str | None]:
+    """(``tracking.uri``, ``tracking.parent_run_id``) of the run's config.yaml: the store it was
+    configured to log to, and its sweep's parent run."""
     path = run.config
     if not path.exists():
-        return None
+        return None, None
     from omegaconf import OmegaConf
 
-    return OmegaConf.select(OmegaConf.load(path), "tracking.uri", default=None)
+    cfg = OmegaConf.load(path)
+    return (OmegaConf.select(cfg, "tracking.uri", default=None),
+            OmegaConf.select(cfg, "tracking.parent_run_id", default=None))
 
 
 def sync_all(results_dir: str | Path, uri: str | None = None, only_pending: bool = False) -> dict[str, int]:
-    """``run key -> items sent`` for every run dir with an MLflow run id (to ``uri``, else the
-    store in the run's config, else the default store); raises if any run could not be synced."""
+    """``name -> items sent`` for every run dir with an MLflow run id (to ``uri``, else the store
+    in the run's config, else the default store), then for every sweep folder with a parent run
+    (``<sweep> (parent)``, to the store of its runs); raises if any could not be synced.
+    ``only_pending``: only those marked ``mlflow_pending``."""
     sent, failed = {}, []
+    parent_uris: dict[str, str | None] = {}  # a parent run id -> the store its child runs log to
     for run in RunDir.all_in(results_dir):
+        run_uri, parent_id = _tracking(run)
+        if parent_id:
+            parent_uris.setdefault(parent_id, run_uri)
         if not run.mlflow_run_id.exists():
             continue
         if only_pending and not run.mlflow_pending.exists():
             continue
         try:
-            sent[run.name] = store.sync_run(run.path, uri or _run_uri(run))
+            sent[run.name] = store.sync_run(run.path, uri or run_uri)
         except Exception as e:
             failed.append(f"{run.name}: {one_line(e)}")
+    for id_file in sorted(Path(results_dir).glob(f"*/{parent.PARENT_FILE}")):
+        sweep_dir, name = id_file.parent, f"{id_file.parent.name} (parent)"
+        if only_pending and not (sweep_dir / parent.PENDING_FILE).exists():
+            continue
+        run_id = id_file.read_text().strip()
+        try:
+            sent[name] = parent.sync_parent(sweep_dir, uri or parent_uris.get(run_id), run_id)
+        except Exception as e:
+            failed.append(f"{name}: {one_line(e)}")
     if failed:
         raise RuntimeError("MLflow sync failed for " + "; ".join(failed))
     return sent

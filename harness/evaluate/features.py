@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from harness import progress
 from harness.config import config_hash
 from harness.data.shapes import COLORS, MAX_OBJECTS, SHAPES, Scene, ShapesWorld, render
 from harness.io import build_once, read_json, write_json
@@ -177,13 +178,15 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def train_feature_net(spec: FeatureSpec, resolution: int) -> tuple[FeatureNet, dict]:
-    """Train the net on train-split renders; returns it with its test-split accuracy and timing."""
+def train_feature_net(spec: FeatureSpec, resolution: int,
+                      report: Path | None = None) -> tuple[FeatureNet, dict]:
+    """Train the net on train-split renders; returns it with its test-split accuracy and timing
+    (step and loss to the progress file ``report`` when given)."""
     with _one_thread():
-        return _train(spec, resolution)
+        return _train(spec, resolution, report)
 
 
-def _train(spec: FeatureSpec, resolution: int) -> tuple[FeatureNet, dict]:
+def _train(spec: FeatureSpec, resolution: int, report: Path | None = None) -> tuple[FeatureNet, dict]:
     start = time.time()
     torch.manual_seed(spec.seed)
     images, targets = render_split("train", spec.train_images, resolution, spec.seed)
@@ -197,7 +200,8 @@ def _train(spec: FeatureSpec, resolution: int) -> tuple[FeatureNet, dict]:
     g = torch.Generator().manual_seed(spec.seed)
     net.train()
     bar = tqdm(range(spec.steps), desc="feature net", leave=False, mininterval=2)
-    for _ in bar:
+    reporter = progress.Reporter(report, "train", spec.steps) if report else None
+    for step in bar:
         idx = torch.randint(len(images), (spec.batch_size,), generator=g)
         loss = attribute_loss(net(images[idx]), {k: v[idx] for k, v in targets.items()})
         opt.zero_grad(set_to_none=True)
@@ -205,6 +209,8 @@ def _train(spec: FeatureSpec, resolution: int) -> tuple[FeatureNet, dict]:
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if reporter is not None and reporter.due(step + 1):
+            reporter.update(step + 1, loss=loss.item())
     net.standardise(images)
     meta = {"spec": dataclasses.asdict(spec), "resolution": resolution, "final_loss": loss.item(),
             "test_split": "test", **attribute_accuracy(net, test_images, test_targets),
@@ -221,11 +227,12 @@ def ensure_feature_net(resolution: int, results_dir: str | Path, spec: FeatureSp
     """Train (or find) the feature net for ``resolution``; returns its stage-0 directory."""
 
     def build(tmp: Path) -> None:
-        net, meta = train_feature_net(spec, resolution)
+        net, meta = train_feature_net(spec, resolution, progress.beside(final))
         torch.save(net.state_dict(), tmp / "model.pt")
         write_json(tmp / "meta.json", meta)
 
-    return build_once(feature_dir(resolution, results_dir, spec), build)
+    final = feature_dir(resolution, results_dir, spec)
+    return build_once(final, build)
 
 
 def load_feature_net(path: str | Path) -> tuple[FeatureNet, dict]:

@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from harness import config as C
+from harness import config as C, progress
 from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataset
 from harness.errors import UserError
@@ -144,10 +144,12 @@ def _fresh_folder(folder: Path, manifest: dict) -> None:
     write_json(path, manifest)
 
 
-def generate_images(sampler, captions: list[str], folder: Path, seed: int, batch_size: int) -> Path:
+def generate_images(sampler, captions: list[str], folder: Path, seed: int, batch_size: int,
+                    report: Path | None = None) -> Path:
     """One image per caption as ``folder/<index>.png``; batch b uses seed ``seed + b``, and batches
-    whose files all exist are skipped."""
+    whose files all exist are skipped (the count goes to the progress file ``report``)."""
     n = len(captions)
+    reporter = progress.Reporter(report, "FID samples", n) if report else None
     with tqdm(total=n, desc="FID samples", unit="img", file=sys.stderr) as bar:
         for b, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
@@ -155,23 +157,30 @@ def generate_images(sampler, captions: list[str], folder: Path, seed: int, batch
                 images = sampler.generate(captions[start:stop], seed=seed + b, batch_size=batch_size)
                 fid.write_pngs(images, folder, start)
             bar.update(stop - start)
+            if reporter is not None:
+                reporter.update(stop)
     return folder
 
 
 class _Progress:
-    """A sampler whose ``generate`` also advances a progress bar (the GenEval export has none)."""
+    """A sampler whose ``generate`` also advances a progress bar and, when given, a progress file
+    (the GenEval export has neither)."""
 
-    def __init__(self, sampler, bar: tqdm):
-        self.sampler, self.bar = sampler, bar
+    def __init__(self, sampler, bar: tqdm, reporter: progress.Reporter | None = None):
+        self.sampler, self.bar, self.reporter = sampler, bar, reporter
 
     def generate(self, prompts: list[str], seed: int) -> np.ndarray:
         images = self.sampler.generate(prompts, seed=seed)
         self.bar.update(len(prompts))
+        if self.reporter is not None:
+            self.reporter.update(self.bar.n)
         return images
 
 
-def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dict) -> dict[str, float]:
-    """Shapes GenEval in ``folder``: prompts.jsonl, the export (resumed), scores.json."""
+def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dict,
+                report: Path | None = None) -> dict[str, float]:
+    """Shapes GenEval in ``folder``: prompts.jsonl, the export (resumed), scores.json (the count
+    of samples goes to the progress file ``report``)."""
     e = cfg.eval
     prompts = make_prompts(e.geneval_prompts_per_tag, seed)
     text = "".join(json.dumps(p) + "\n" for p in prompts)
@@ -180,7 +189,8 @@ def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dic
     path = write_text(folder / "prompts.jsonl", text)
     total = len(prompts) * e.images_per_prompt
     with tqdm(total=total, desc="GenEval samples", unit="img", file=sys.stderr) as bar:
-        export(path, _Progress(sampler, bar), folder, e.images_per_prompt, stream_seed(seed, "geneval"),
+        reporter = progress.Reporter(report, "GenEval samples", total) if report else None
+        export(path, _Progress(sampler, bar, reporter), folder, e.images_per_prompt, stream_seed(seed, "geneval"),
                e.batch_size)
     summary = score(folder)
     return {"geneval_overall": summary["overall"], **{f"geneval_{t}": summary[t] for t in GENEVAL_TAGS}}
@@ -248,10 +258,12 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     captions = reference.captions()
     _fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
                               "batch_size": cfg.eval.batch_size})
-    generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size)
+    generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size,
+                    run.progress)
     fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
-    metrics.update(run_geneval(sampler, cfg, run.geneval(seed, cfg.eval.seed), seed, manifest))
+    metrics.update(run_geneval(sampler, cfg, run.geneval(seed, cfg.eval.seed), seed, manifest,
+                               run.progress))
     if cfg.data.name == "shapes":
         ceiling = ensure_geneval_ceiling(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg.data,
                                          cfg.eval.geneval_prompts_per_tag, cfg.eval.images_per_prompt)

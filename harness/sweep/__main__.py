@@ -97,6 +97,7 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
     """Create the MLflow parent, write the table, run stage 0 and the runs left, report."""
     from harness.sweep import launch as launchers
     from harness.sweep import parent, plan, status, table
+    from harness.sweep.live import View
 
     # Ctrl-C (or kill -INT) stops the jobs and leaves the runs resumable, also for a driver that a
     # non-interactive shell started in the background: such a shell starts it with SIGINT ignored,
@@ -107,6 +108,10 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
     failed = [r for r in runs if by_key[r.key].state == "failed"]
     busy = [r for r in runs if by_key[r.key].state in ("running", "queued")]
     todo = [r for r in runs if by_key[r.key].state == "pending" or (args.retry_failed and r in failed)]
+    if launcher == "local" and todo:
+        from harness.sweep import forkserver
+
+        forkserver.context()  # its imports (~11 s) overlap the driver's MLflow set-up below
     print(f"sweep {spec.name}: {len(runs)} runs: {sum(s.state == 'completed' for s in states)} "
           f"completed, {len(todo)} to run, {len(busy)} already running or queued, "
           f"{len(failed)} failed{' (retrying)' if args.retry_failed else ''}")
@@ -130,21 +135,21 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
         r.cfg.tracking.parent_run_id = parent_id
     _record(table_path, spec.name, runs)
     stage0 = [t for t in plan.stage0_tasks(todo) if not t.done]
-    sweep = launchers.Sweep(spec.name, spec, runs, todo, stage0, table_path, sweep_dir)
-    every = args.progress_every or spec.launcher.progress_every_s
+    view = View(spec.name, runs, todo, stage0, args.progress_every or spec.launcher.progress_every_s)
+    sweep = launchers.Sweep(spec.name, spec, runs, todo, stage0, table_path, sweep_dir, view)
     try:
         if not todo:
             pass
         elif launcher == "debug":
             launchers.run_debug(sweep)
         elif launcher == "local":
-            launchers.run_local(sweep, every)
+            launchers.run_local(sweep)
         else:
             jobs = launchers.submit_slurm(sweep)
             if args.no_wait:
                 print(f"submitted; follow with: python -m harness.sweep --file {path} --status")
                 return 0
-            launchers.wait_slurm(sweep, jobs, every)
+            launchers.wait_slurm(sweep, jobs)
     except launchers.Stage0Failed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -152,6 +157,8 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
         print(f"interrupted: {'the jobs go on in the queue' if launcher == 'slurm' else 'jobs stopped'}; "
               "run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        view.close()
     states = status.assess_all(runs)
     _record(table_path, spec.name, runs)
     if parent_id is not None:

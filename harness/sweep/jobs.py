@@ -1,4 +1,5 @@
-"""The callables submitit runs: stage 0, and one job per run (train, then evaluate per seed).
+"""The callables a launcher runs (forked locally, or through submitit): stage 0, and one job per
+run (train, then evaluate per seed).
 
 ``RunJob`` is a ``submitit.helpers.Checkpointable``: on preemption or a time limit (USR2) submitit
 calls ``checkpoint``, which only has to requeue, because training already writes an atomic
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import traceback
 from pathlib import Path
 
@@ -149,16 +149,6 @@ class RunJob(submitit.helpers.Checkpointable):
         self.preempted = True
         records.log_attempt(self.run_dir, "preempted", checkpoint_step=RunDir(self.run_dir).checkpoint_step())
         return super().checkpoint(*args, **kwargs)
-
-
-def run_job_from(cfg: dict, seeds: list[int], sweep: str, table_path: str,
-                 env: dict[str, str] | None = None) -> None:
-    """``RunJob`` built from plain data and run here, after ``env`` is added to the environment:
-    the entry of a job forked from a process that imported the harness once (tests/forked.py)."""
-    os.environ.update(env or {})
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server ignores Ctrl-C; a job takes it
-    _set_threads(cfg["train"]["threads"] or 1)
-    RunJob(OmegaConf.create(cfg), seeds, sweep, table_path)()
 
 
 def _terminate_mlflow_run(run_dir: Path, uri: str | None, state: str) -> None:

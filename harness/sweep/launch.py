@@ -1,8 +1,9 @@
-"""Run a sweep's jobs through submitit: ``debug`` (in this process), ``local`` (subprocesses, at
-most ``max_parallel`` at once) or ``slurm`` (job arrays); stage 0 always first.
+"""Run a sweep's jobs: ``debug`` (in this process, through submitit), ``local`` (processes forked
+from a server that imported the harness once, at most ``max_parallel`` at once) or ``slurm``
+(submitit job arrays); stage 0 always first.
 
-submitit's local executor starts every job it is given at once, so the local launcher keeps its
-own queue and submits a job only when a slot frees. On SLURM, stage 0 is a job (an array when
+The local launcher keeps its own queue and starts a job only when a slot frees (submitit's local
+executor would start every job at once, each paying ~11 s of imports). On SLURM, stage 0 is a job (an array when
 several artefacts are missing) that every run array depends on (``afterok``); runs are grouped
 into one array per size, since resources are per size. The cluster is always named explicitly:
 ``cluster=None`` would pick SLURM whenever ``srun`` is on the PATH.
@@ -20,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import one_line
 from harness.models.flops import train_flops
 from harness.run_dir import RunDir
-from harness.sweep import records, status
+from harness.sweep import forkserver, records, status
+from harness.sweep.forkserver import ForkedJob
 from harness.sweep.jobs import RunJob, Stage0Job
+from harness.sweep.live import View
 from harness.sweep.plan import Run, Stage0Task
 
 
@@ -40,22 +43,17 @@ class Sweep:
     stage0: list[Stage0Task]
     table_path: Path
     sweep_dir: Path
-    log: Callable[[str], None] = print
+    view: View
 
     def job(self, run: Run) -> RunJob:
         return RunJob(run.cfg, run.seeds, self.name, self.table_path)
 
-    def tracker(self) -> status.Progress:
-        return status.Progress(self.name, len(self.runs), len(self.runs) - len(self.todo))
+    def log(self, text: str) -> None:
+        self.view.log(text)
 
-    def show(self, tracker: status.Progress, waiting: Sequence[Run] = ()) -> None:
-        """Print the live line; runs still in the driver's queue count as queued."""
-        states = status.assess_all(self.runs)
-        keys = {r.key for r in waiting}
-        for s in states:
-            if s.state == "pending" and s.key in keys:
-                s.state = "queued"
-        self.log(tracker.line(states))
+    def show(self, waiting: Sequence[Run] = ()) -> None:
+        """Refresh the live view; runs still in the driver's queue count as queued."""
+        self.view.refresh(waiting)
 
 
 def _stage0_job(task: Stage0Task) -> Stage0Job:
@@ -70,8 +68,9 @@ def _check_stage0(jobs: list, tasks: list[Stage0Task],
         except Exception as e:
             lines = str(e).strip().splitlines()  # a remote traceback: its last line is the error
             last = lines[-1] if lines else type(e).__name__
+            folder = job.folder if isinstance(job, ForkedJob) else Path(job.paths.folder)
             raise Stage0Failed(f"stage 0 ({task.kind} {task.token}) failed: {last}; "
-                               f"logs in {Path(job.paths.folder)}") from None
+                               f"logs in {folder}") from None
 
 
 # ---- debug ----------------------------------------------------------------------------------
@@ -102,24 +101,17 @@ def run_debug(sweep: Sweep) -> None:
     ex = submitit.AutoExecutor(folder=sweep.sweep_dir / "debug", cluster="debug")
     _check_stage0([ex.submit(_Returned(_stage0_job(t))) for t in sweep.stage0], sweep.stage0,
                   _raise_returned)
-    tracker = sweep.tracker()
     for run in sweep.todo:
         result = ex.submit(_Returned(sweep.job(run))).result()
         if isinstance(result, Exception):
             sweep.log(f"run {run.key} failed: {one_line(result, typed=True)}")
-        sweep.show(tracker)
+        sweep.show()
 
 
 # ---- local ----------------------------------------------------------------------------------
 
-def _local_executor(folder: Path, timeout_min: int) -> submitit.AutoExecutor:
-    ex = submitit.AutoExecutor(folder=folder, cluster="local")
-    ex.update_parameters(timeout_min=timeout_min)
-    return ex
-
-
 def run_capped(items: list, submit: Callable, cap: int, tick: Callable[[list], None] | None = None,
-               every: float = 30.0, poll: float = 0.5) -> list:
+               every: float = 30.0, poll: float = 0.1) -> list:
     """Submit ``items`` so that at most ``cap`` jobs are alive; call ``tick(queued_items)`` every
     ``every`` seconds. Ctrl-C cancels the live jobs (their runs resume on the next launch)."""
     queue, active, jobs = list(items), [], []
@@ -154,24 +146,24 @@ def largest_first(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=cost, reverse=True)
 
 
-def run_local(sweep: Sweep, progress_every_s: float) -> None:
-    """Subprocesses on this machine, ``launcher.local.max_parallel`` at a time."""
+def run_local(sweep: Sweep) -> None:
+    """Processes on this machine, ``launcher.local.max_parallel`` at a time."""
     spec = sweep.spec.launcher.local
+    forkserver.context()  # started already by the CLI (harness.sweep.__main__), or now
 
     def submit_stage0(task: Stage0Task):
-        return _local_executor(task.path.parent / "jobs", spec.timeout_min).submit(_stage0_job(task))
+        return ForkedJob(_stage0_job(task), task.path.parent / "jobs", spec.timeout_min)
 
-    _check_stage0(run_capped(sweep.stage0, submit_stage0, spec.max_parallel), sweep.stage0)
+    _check_stage0(run_capped(sweep.stage0, submit_stage0, spec.max_parallel,
+                             lambda queued: sweep.show(), sweep.view.interval), sweep.stage0)
 
     def submit_run(run: Run):
-        job = _local_executor(RunDir(run.dir).jobs, spec.timeout_min).submit(sweep.job(run))
+        job = ForkedJob(sweep.job(run), RunDir(run.dir).jobs, spec.timeout_min)
         records.write_job(run.dir, "local", job.job_id, sweep.name)
         return job
 
-    tracker = sweep.tracker()
-    run_capped(largest_first(sweep.todo), submit_run, spec.max_parallel,
-               lambda queued: sweep.show(tracker, queued), progress_every_s)
-    sweep.show(tracker)
+    run_capped(largest_first(sweep.todo), submit_run, spec.max_parallel, sweep.show,
+               sweep.view.interval)
 
 
 # ---- slurm ----------------------------------------------------------------------------------
@@ -231,13 +223,8 @@ def submit_slurm(sweep: Sweep) -> list:
     return jobs
 
 
-def wait_slurm(sweep: Sweep, jobs: list, progress_every_s: float, poll: float = 5.0) -> None:
-    """Print the live line until every job has left the queue."""
-    tracker = sweep.tracker()
-    last = time.monotonic()
+def wait_slurm(sweep: Sweep, jobs: list, poll: float = 5.0) -> None:
+    """Show the live view until every job has left the queue."""
     while not all(j.done() for j in jobs):
-        if time.monotonic() - last >= progress_every_s:
-            sweep.show(tracker)
-            last = time.monotonic()
-        time.sleep(poll)
-    sweep.show(tracker)
+        sweep.show()
+        time.sleep(min(poll, sweep.view.interval))

@@ -4,7 +4,8 @@
 - ``run.lock``       held (``flock``) by the job while it works on the run: a live job on this
                      machine, and a guard against two jobs training one run at once;
 - ``attempts.jsonl`` one line per start and per preemption of the job (requeues show here);
-- the submitit logs (``<job id>_0_log.out/err``), or links to them for SLURM arrays.
+- the job's logs (``<pid>_0_log.out/err`` for a local job, ``<job id>_0_log.out/err`` from
+  submitit), or links to them for SLURM arrays.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
+from harness.progress import duration
 from harness.run_dir import RunDir
 from harness.sweep import records
 from harness.sweep.plan import Run
@@ -91,29 +92,26 @@ def counts(states: list[RunState]) -> dict[str, int]:
     return {s: sum(x.state == s for x in states) for s in STATES}
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
 class Progress:
     """The live line: counts, elapsed time and an ETA from the completion rate of this session."""
 
     def __init__(self, name: str, total: int, done_at_start: int):
         self.name, self.total, self.done_at_start = name, total, done_at_start
         self.start = time.time()
+        self.runs_start: float | None = None  # when the first run was seen running (after stage 0)
 
-    def line(self, states: list[RunState]) -> str:
+    def line(self, states: list[RunState], eta_s: float | None = None) -> str:
+        """The counts; the ETA is ``eta_s`` when given, else from this session's completion rate."""
         c = counts(states)
         elapsed = time.time() - self.start
         finished = c["completed"] + c["failed"] - self.done_at_start
         left = c["running"] + c["queued"] + c["pending"]
-        eta = _duration(elapsed / finished * left) if finished > 0 and left else (
-            "0m00s" if not left else "unknown")
+        if eta_s is None and finished > 0 and left:
+            eta_s = (time.time() - (self.runs_start or self.start)) / finished * left
+        eta = "0m00s" if not left else duration(eta_s)
         return (f"[sweep {self.name}] {c['completed']}/{self.total} done, {c['running']} running, "
                 f"{c['failed']} failed, {c['queued'] + c['pending']} queued; "
-                f"elapsed {_duration(elapsed)}, ETA {eta}")
+                f"elapsed {duration(elapsed)}, ETA {eta}")
 
 
 def report(states: list[RunState]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from harness import progress
 from harness.config import config_hash
 from harness.data.datasets import data_key, rendered
 from harness.io import build_once, write_json
@@ -37,9 +38,12 @@ def ensure_text_features(cfg: DictConfig) -> dict[str, dict[str, torch.Tensor]]:
         from harness.text.encoders import HFTextEncoder
 
         encoder = HFTextEncoder(cfg.text.encoder, cfg.text.max_len)
-        for split in ("train", "val"):
+        report = progress.Reporter(progress.beside(text_cache_dir(cfg)), "caption splits", 2)
+        for i, split in enumerate(("train", "val")):
+            report.update(i, force=True)
             _, captions = rendered(cfg.data, split, cfg.results_dir)
             torch.save(encode_captions(encoder, captions), tmp / f"{split}.pt")
+        report.update(2, force=True)
         write_json(tmp / "meta.json", {"encoder": cfg.text.encoder, "width": encoder.width,
                                        "max_len": cfg.text.max_len})
 

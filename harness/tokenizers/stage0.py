@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness import progress
 from harness.config import config_hash, pretrained_source
 from harness.data.datasets import data_key, rendered, to_float
 from harness.io import build_once, read_json, write_json
@@ -109,7 +110,8 @@ def _train(cfg: DictConfig, token: str, out: Path) -> None:
     model = build_autoencoder(token, t.channels, t.hidden, t.downsample, cfg.data.resolution,
                               t.layers, t.heads, t.codebook_size, t.commitment)
     start = time.time()
-    fit_autoencoder(model, images, t, cfg.train.accelerator, out)
+    fit_autoencoder(model, images, t, cfg.train.accelerator, out,
+                    progress.beside(tokenizer_dir(cfg, token)))
     model = model.cpu().eval()
     val_images, _ = rendered(cfg.data, "val", cfg.results_dir)
     meta = {"token": token, "psnr_val": _psnr(model, val_images), "train_seconds": time.time() - start,

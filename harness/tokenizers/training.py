@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from harness import progress
 from harness.data.datasets import to_float
 from harness.tokenizers.autoencoder import Autoencoder
 
@@ -38,13 +39,16 @@ class TokenizerModule(L.LightningModule):
 
 
 def fit_autoencoder(model: Autoencoder, images: torch.Tensor, t: DictConfig, accelerator: str,
-                    root: Path) -> None:
-    """Train ``model`` on ``images`` (uint8) with the tokenizer config ``t``."""
+                    root: Path, report: Path | None = None) -> None:
+    """Train ``model`` on ``images`` (uint8) with the tokenizer config ``t``; its step and loss
+    go to the progress file ``report`` (harness.progress) when given."""
     module = TokenizerModule(model, t.lr, t.kl_weight, t.steps)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images),
                                          batch_size=t.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(t.seed))
     trainer = L.Trainer(max_steps=t.steps, accelerator=accelerator, devices=1,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=False, default_root_dir=str(root))
+                        enable_progress_bar=False, default_root_dir=str(root),
+                        callbacks=[progress.lightning_callback(progress.Reporter(report, "train", t.steps))]
+                        if report else None)
     trainer.fit(module, loader)

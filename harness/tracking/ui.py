@@ -3,8 +3,12 @@
 Runs ``mlflow server`` over the project's store (``MLFLOW_TRACKING_URI``, default
 ``sqlite:///results/mlflow.db``) on 127.0.0.1 (loopback only, unless ``--host`` says otherwise),
 port ``--port``, else ``$MLFLOW_UI_PORT``, else 5000. A sweep is an experiment named after it;
-its runs table (the parent run, a child per config) is at ``/#/experiments/<id>/runs``, printed
-for each experiment at start. Artifacts that runs logged to local paths are read from there.
+its runs table (the parent run, a child per config) is at ``/#/experiments/<id>/runs`` and its
+chart view at ``...?compareRunsMode=CHART``, both printed for each experiment at start. A child
+carries its size and cost as ``model/*`` metrics and its evaluation as ``eval/*`` (one value each),
+so a scatter chart there puts e.g. ``eval/fid`` against ``model/params``; the parent's artifacts
+hold the results table and the analysis figures. Artifacts that runs logged to local paths are
+read from there.
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     base = f"http://{args.host}:{port}"
     print(f"MLflow UI for {uri}: {base}", flush=True)
     for name, exp_id in experiments(uri):
-        print(f"  {name}: {base}/#/experiments/{exp_id}/runs", flush=True)
+        runs = f"{base}/#/experiments/{exp_id}/runs"
+        print(f"  {name}: {runs}  charts: {runs}?compareRunsMode=CHART", flush=True)
     cmd = server_command(uri, args.host, port)
     os.execv(cmd[0], cmd)
 

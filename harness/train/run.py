@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
-from harness import config as C
+from harness import config as C, progress
 from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataModule, TokenDataset
 from harness.errors import one_line
@@ -29,6 +29,7 @@ from harness.run_status import read_status, write_status
 from harness.tokenizers.stage0 import ensure_tokenizer, load_token_std, load_tokenizer, load_tokens
 from harness.tracking import store, tracking_uri
 from harness.tracking.logger import RunLogger, flatten
+from harness.tracking.size_metrics import STEP as SIZE_STEP, size_metrics
 from harness.train.module import GeneratorModule, NonFiniteLoss, counted_parameters
 
 
@@ -245,6 +246,7 @@ def train(cfg: DictConfig) -> Path:
         store.mark_pending(out, f"run not created: {one_line(e)}")
     logger = RunLogger(out, uri)
     logger.log_hyperparams({**flatten(C.to_container(cfg)), **info})
+    logger.log_metrics(size_metrics(info, cfg.model), step=SIZE_STEP)  # what the UI's charts plot against
     # train.batch_size images per optimizer step over all devices: the sampler counts micro-batches,
     # accumulate_grad_batches of them per step, each split across the ranks
     if cfg.data.name == "tokens":  # streamed from token shards (train_set: a ShardStream)
@@ -270,7 +272,8 @@ def train(cfg: DictConfig) -> Path:
         enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
         enable_progress_bar=bool(os.environ.get("HARNESS_PROGRESS", "")),
         callbacks=[StartFrom(), Validation(cfg.train.val_every),  # validate, then checkpoint
-                   AtomicCheckpoint(run, cfg.train.checkpoint_every), timer],
+                   AtomicCheckpoint(run, cfg.train.checkpoint_every), timer,
+                   progress.lightning_callback(progress.Reporter(run.progress, "train", cfg.train.steps))],
         default_root_dir=str(out), deterministic=False)
     if trainer.is_global_zero:  # one writer: the other ranks of a multi-process run share the folder
         write_status(out, "running", started=time.time())

@@ -3,6 +3,7 @@ and ``python -m harness.sync`` replays them once the store is back — nothing l
 import mlflow
 
 from harness import config
+from harness.io import read_json
 from harness.sync import main as sync_main
 from harness.tracking import store
 from harness.train.run import train
@@ -18,7 +19,7 @@ def test_training_survives_a_dead_tracking_server_and_sync_replays(smoke, tmp_pa
     assert read_status(run)["status"] == "trained"
     assert RunDir(run).mlflow_pending.exists()
     local = store.read_metrics(run)
-    assert {"train/loss", "val/loss"} <= {r["key"] for r in local}
+    assert {"train/loss", "val/loss", "model/params", "model/train_flops"} <= {r["key"] for r in local}
 
     # the store comes back (here: a sqlite store); the run gets an MLflow run and every metric once
     uri = f"sqlite:///{tmp_path}/back.db"
@@ -29,7 +30,11 @@ def test_training_survives_a_dead_tracking_server_and_sync_replays(smoke, tmp_pa
     assert sync_main([str(run.parent.parent)]) == 0
     client = mlflow.MlflowClient(uri)
     run_id = RunDir(run).mlflow_run_id.read_text().strip()
-    for key in ("train/loss", "val/loss"):
+    for key in ("train/loss", "val/loss", "model/params", "model/train_flops"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == sorted({r["step"] for r in local if r["key"] == key})
+    # the size as a param (what the run logged) and as a metric (what the UI's charts plot)
+    info = read_json(RunDir(run).info)
+    logged = client.get_run(run_id).data
+    assert logged.params["params"] == str(info["params"]) and logged.metrics["model/params"] == info["params"]
     assert not RunDir(run).mlflow_pending.exists()

@@ -52,8 +52,11 @@ class Sweeper:
         out.wall = time.time() - start
         return out
 
-    def start(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(self.args(*args), cwd=REPO, env=self.env(), stdout=subprocess.PIPE,
+    def start(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        """The sweep in the background; its output to a pipe, or to the file ``log`` (which the
+        test can read while the sweep runs)."""
+        out = open(log, "w") if log else subprocess.PIPE
+        return subprocess.Popen(self.args(*args), cwd=REPO, env=self.env(), stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
 
     def run_dirs(self) -> dict[str, Path]:
@@ -102,6 +105,6 @@ def wait_for(predicate, timeout: float, what: str, proc=None, poll: float = 0.05
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before {what}: {proc.stdout.read()}")
+            raise AssertionError(f"the sweep ended before {what}: {proc.stdout and proc.stdout.read()}")
         time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")

@@ -3,6 +3,7 @@ the checkpoint), re-run again (nothing recomputed); the table and MLflow hold ev
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -22,19 +23,27 @@ ARGS = ["--preset", "smoke", "--size", "xs", "--variants", "continuous-random,di
 # get there pauses with it written to metrics.jsonl but not yet to MLflow, and Ctrl-C lands then:
 # the window in which a metric used to be lost from MLflow.
 PAUSE = "metrics.appended:pause@5"
+PROGRESS = re.compile(r"^\[run (continuous-random|discrete-raster)-xs\S*\] train \d+/20, loss [\d.e-]+, ETA ",
+                      re.M)
 
 
 @pytest.mark.slow
 def test_local_sweep_is_interruptible_resumable_and_idempotent(sweeper, tmp_path):
     # 1. Ctrl-C while a job is paused after its first checkpoint: the jobs stop, runs are resumable
     sweeper.extra_env = {faults.ENV: PAUSE, faults.DIR_ENV: str(tmp_path)}
-    proc = sweeper.start(*ARGS)
+    log = tmp_path / "driver.log"
+    proc = sweeper.start(*ARGS, log=log)
     try:
         wait_for(lambda: (tmp_path / "metrics.appended.fired").exists(), 600, "the paused job", proc)
+        # while the job waits, the driver shows its training progress (a line every 5 s)
+        wait_for(lambda: PROGRESS.search(log.read_text()), 600, "the paused run's progress line", proc)
     finally:
         proc.send_signal(signal.SIGINT)
-        out = communicate(proc, 600)
+        communicate(proc, 600)
+    out = log.read_text()
     assert proc.returncode == 130, out
+    assert re.search(r"^\[sweep smoke\] 0/2 done, [12] running, 0 failed, [01] queued; elapsed \S+, ETA",
+                     out, re.M), out
     assert "run the same command again to resume" in out
     paused = [Path((tmp_path / "metrics.appended.fired").read_text())]
     assert read_status(paused[0])["status"] == "running", out

@@ -1,13 +1,17 @@
 """``python -m harness.sync``: MLflow gets what the run directories logged while it was unreachable,
-each (metric, step) exactly once, in the store each run was configured with."""
+each (metric, step) exactly once, in the store each run was configured with; a sweep's parent run
+gets what its sweep folder holds."""
 from __future__ import annotations
 
 import mlflow
 
 from harness import config as C
+from harness.run_dir import RunDir
+from harness.sweep import parent
 from harness.sync import main
 from harness.tracking import store
-from harness.run_dir import RunDir
+from harness.tracking.logger import RunLogger, flatten
+from harness.tracking.size_metrics import STEP as SIZE_STEP, size_metrics
 
 
 def test_sync_sends_only_what_mlflow_lacks(tmp_path, capsys):
@@ -30,3 +34,47 @@ def test_sync_sends_only_what_mlflow_lacks(tmp_path, capsys):
     assert not RunDir(run_dir).mlflow_pending.exists()
     assert main([str(results), "--pending"]) == 0 and "0 run(s) in sync" in capsys.readouterr().out
     assert main([str(results)]) == 0 and "r1: 0 item(s) sent" in capsys.readouterr().out
+
+
+def test_sync_replays_a_childs_size_and_eval_metrics_and_its_sweeps_parent(tmp_path, capsys):
+    """A child run logged while MLflow was down (its size as params and ``model/*`` metrics, as
+    training logs them; its evaluation as ``eval/*``), and the sweep folder's table and analysis:
+    one sync sends the child each once and the parent its artifacts, in the store of the runs."""
+    uri = f"sqlite:///{tmp_path}/runs.db"
+    results = tmp_path / "results"
+    sweep_dir = results / "smoke"
+    (sweep_dir / "analysis").mkdir(parents=True)
+    (sweep_dir / "runs.csv").write_text("run_key,status\nr1,completed\n")
+    (sweep_dir / "analysis" / "scaling.png").write_bytes(b"\x89PNG not really")
+    (sweep_dir / "analysis" / "fits.csv").write_text("metric,x,exponent\n")
+    parent_id = parent.ensure_parent("smoke", sweep_dir, uri, results, {"sweep": "smoke"})
+    run_dir = results / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    cfg = C.load([f"results_dir={results}", f"tracking.uri={uri}", f"tracking.parent_run_id={parent_id}",
+                  "model.size=xs"])
+    C.save(cfg, run_dir / "config.yaml")
+    run_id = store.ensure_run(run_dir, "smoke", "r1", {"size": "xs"}, parent_id, uri)
+    store.mark_pending(run_dir, "server down")
+    info = {"params": 1000, "train_flops": 6e9}
+    logger = RunLogger(run_dir, uri)  # offline: the run is marked pending
+    params = {**flatten(C.to_container(cfg)), **info}
+    logger.log_hyperparams(params)
+    logger.log_metrics(size_metrics(info, cfg.model), step=SIZE_STEP)
+    store.append_metrics(run_dir, {"eval/fid": 170.0, "eval/val_loss": 3.7}, 20)
+
+    assert main([str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"r1: {4 + 2 + len(params)} item(s) sent" in out  # model/*, eval/*, params
+    assert "smoke (parent): 3 item(s) sent" in out
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent_id
+    assert {k: run.data.params[k] for k in ("params", "train_flops", "model.size")} == \
+        {"params": "1000", "train_flops": "6000000000.0", "model.size": "xs"}
+    assert run.data.metrics == {**size_metrics(info, cfg.model), "eval/fid": 170.0, "eval/val_loss": 3.7}
+    for key in run.data.metrics:
+        assert len(mlflow.MlflowClient(uri).get_metric_history(run_id, key)) == 1, key
+    listed = {a.path for folder in (None, "analysis")
+              for a in mlflow.MlflowClient(uri).list_artifacts(parent_id, folder)}
+    assert {"runs.csv", "analysis/scaling.png", "analysis/fits.csv"} <= listed
+    assert main([str(results)]) == 0
+    assert "r1: 0 item(s) sent" in (out := capsys.readouterr().out) and "smoke (parent): 0 item(s) sent" in out
