@@ -32,6 +32,7 @@ STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "fsdp")
 REFERENCE_SOURCES = ("data", "coco")
 # The learning rate after warm-up: ``cosine`` decays to 0.1x at the last step, ``constant`` holds it.
 LR_SCHEDULES = ("cosine", "constant")
+LR_WIDTH_RULES = ("all", "mup")
 
 
 def knob(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None,
@@ -149,6 +150,10 @@ class TrainConfig:
     lr_base_width: int = knob(0, "> 0: the run's lr is lr x lr_base_width / model.width (muP's "
                               "1/width rule for Adam; one lr tuned at that width serves the "
                               "ladder); 0: lr at every width", **NON_NEGATIVE)
+    lr_width_rule: str = knob("all", "with lr_base_width, which parameters' lr scales: all, or mup "
+                              "(only matrices whose fan-in grows with width, by base / fan-in; "
+                              "embeddings, input projections, biases and norms keep train.lr)",
+                              choices=LR_WIDTH_RULES)
     warmup_steps: int = knob(100, "linear warm-up steps, then train.lr_schedule", **NON_NEGATIVE)
     lr_schedule: str = knob("cosine", "after warm-up: cosine decay to 0.1x lr at train.steps, or "
                             "constant (MAR)", choices=LR_SCHEDULES)
@@ -237,7 +242,8 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
-                         "train.lr_base_width": 0, "data.nuisance": "full"}
+                         "train.lr_base_width": 0, "data.nuisance": "full",
+                         "train.lr_width_rule": "all"}
 
 
 def _schema() -> DictConfig:

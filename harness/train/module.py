@@ -13,7 +13,7 @@ import math
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from harness.config import num_tokens, to_container
@@ -89,6 +89,29 @@ def step_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}:{micro}".encode()).digest()[:8], "big")
 
 
+def mup_multipliers(cfg: DictConfig, nets: nn.ModuleDict, token_dim: int, codebook_size: int,
+                    vocabulary: list[str]) -> dict[str, float]:
+    """muP's learning-rate rule for Adam (Tensor Programs V): a weight matrix whose fan-in grows
+    with the model's width (the hidden and output matrices of the generator, the aligner and the
+    diffusion head) takes ``train.lr`` x base fan-in / fan-in; everything whose fan-in does not
+    grow (token embeddings, projections from the token channels, text features or time
+    frequencies, biases, norms, position embeddings) keeps ``train.lr``. Which fan-ins grow is
+    read, as muP's base shapes are, by building the same networks at ``train.lr_base_width`` (on
+    the meta device: no memory) and comparing. Returns parameter name -> multiplier."""
+    m, base = cfg.model, cfg.train.lr_base_width
+    small = OmegaConf.merge(cfg, {"model": {"width": base, "heads": 1,
+                                            "head_width": base if m.head_width == m.width else m.head_width}})
+    with torch.device("meta"):
+        base_nets = build_networks(small, token_dim, codebook_size, vocabulary)
+    base_shapes = {n: p.shape for n, p in base_nets.named_parameters()}
+    linear = {f"{name}.weight" for name, mod in nets.named_modules() if isinstance(mod, nn.Linear)}
+    out = {}
+    for n, p in nets.named_parameters():
+        fan_in, base_in = p.shape[-1], base_shapes[n][-1]
+        out[n] = base_in / fan_in if n in linear and fan_in != base_in else 1.0
+    return out
+
+
 def peak_lr(cfg: DictConfig) -> float:
     """The run's peak learning rate: ``train.lr``, or with ``train.lr_base_width`` scaled by
     base width / model width. Adam's update of a hidden matrix changes its output in proportion to
@@ -96,7 +119,9 @@ def peak_lr(cfg: DictConfig) -> float:
     on the cpu ladder at lr 3e-3 the width-192 model learned slower per step than the width-64 one
     and its text aligner's context collapsed, at 1e-3 neither (docs/results/cpu-study/README.md)."""
     t = cfg.train
-    return t.lr * t.lr_base_width / cfg.model.width if t.lr_base_width else t.lr
+    if t.lr_base_width and t.lr_width_rule == "all":
+        return t.lr * t.lr_base_width / cfg.model.width
+    return t.lr  # (with lr_width_rule=mup the width enters per parameter: mup_multipliers)
 
 
 def next_captions(batch: dict) -> dict:
@@ -139,6 +164,9 @@ class GeneratorModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.nets = build_networks(cfg, token_dim, codebook_size, vocabulary)
+        t = cfg.train
+        self._lr_mult = (mup_multipliers(cfg, self.nets, token_dim, codebook_size, vocabulary)
+                         if t.lr_base_width and t.lr_width_rule == "mup" else {})  # before compile
         self.ema = EMA(copy.deepcopy(self.nets)).requires_grad_(False)
         if cfg.train.compile:  # the trained networks only: the EMA (validation, sampling) runs eagerly
             compile_generator(self.nets["generator"])
@@ -231,16 +259,16 @@ class GeneratorModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        named = [(_clean(n), p) for n, p in self.nets.named_parameters() if p.requires_grad]
-        groups = []
-        for text_path in (False, True):
-            lr = peak_lr(self.cfg) * (self.cfg.text.lr_scale if text_path else 1.0)
-            for decayed in (True, False):
-                params = [p for n, p in named if n.startswith(("text.", "aligner.")) == text_path
-                          and (n in self._decayed) == decayed]
-                if params:
-                    groups.append({"params": params, "lr": lr,
-                                   "weight_decay": t.weight_decay if decayed else 0.0})
+        # one group per (lr, weight decay): the text path's lr scale, muP's per-matrix multiplier
+        by_setting: dict[tuple[float, float], list] = {}
+        for n, p in self.nets.named_parameters():
+            if not p.requires_grad:
+                continue
+            n = _clean(n)
+            lr = (peak_lr(self.cfg) * self._lr_mult.get(n, 1.0)
+                  * (self.cfg.text.lr_scale if n.startswith(("text.", "aligner.")) else 1.0))
+            by_setting.setdefault((lr, t.weight_decay if n in self._decayed else 0.0), []).append(p)
+        groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in by_setting.items()]
         opt = torch.optim.AdamW(groups, lr=peak_lr(self.cfg), betas=(t.beta1, t.beta2),
                                 fused=self.device.type == "cuda")
 

@@ -52,14 +52,46 @@ def test_negative_lr_scale_is_a_user_error():
         config.load(SMOKE + ["text.lr_scale=-1"])
 
 
-def decay_by_name(*overrides: str) -> dict[str, float]:
-    """The weight decay the optimiser gives each trained parameter, by name."""
+def by_name(key: str, *overrides: str) -> dict[str, float]:
+    """The optimiser's ``key`` (weight_decay, lr) for each trained parameter, by name."""
     cfg = config.load(SMOKE + ["train.weight_decay=0.02", *overrides])
     module = GeneratorModule(cfg, token_dim=cfg.tokenizer.channels, codebook_size=16,
                              vocabulary=vocabulary())
     [opt], _ = module.configure_optimizers()
-    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-    return {n: decay_of[id(p)] for n, p in module.nets.named_parameters()}
+    of = {id(p): g[key] for g in opt.param_groups for p in g["params"]}
+    return {n: of[id(p)] for n, p in module.nets.named_parameters() if p.requires_grad}
+
+
+def decay_by_name(*overrides: str) -> dict[str, float]:
+    return by_name("weight_decay", *overrides)
+
+
+@pytest.mark.parametrize("token", ["discrete", "continuous"])
+def test_mup_scales_only_matrices_whose_fan_in_grows_with_width(token):
+    """train.lr_width_rule=mup at width 192 (xl, base 64): hidden and output matrices of the
+    generator, aligner and diffusion head at a third of the lr; the token embedding, the
+    projections from fixed widths (text features, token channels, time frequencies), biases,
+    norms and positions at the full lr; at the base width every lr is train.lr."""
+    rule = ["train.lr_base_width=64", "train.lr_width_rule=mup", f"model.token={token}",
+            "text.encoder=learned", "text.lr_scale=0.5"]
+    lr = by_name("initial_lr", *rule, "model.size=xl")
+    third = {n for n, v in lr.items() if v == pytest.approx(1e-3 / 3 * (0.5 if n.startswith(("text.", "aligner.")) else 1))}
+    full = {n for n, v in lr.items() if v == pytest.approx(1e-3 * (0.5 if n.startswith(("text.", "aligner.")) else 1))}
+    assert third | full == set(lr), "every lr is either train.lr or a third of it"
+    hidden = ("generator.blocks.0.attn.q.weight", "generator.blocks.0.mlp.2.weight",
+              "generator.blocks.0.cross_attn.kv.weight", "aligner.blocks.0.attn.proj.weight")
+    fixed_in = ["generator.embed.weight", "generator.pos", "aligner.proj.weight",
+                "generator.blocks.0.attn.q.bias", "text.blocks.0.attn.q.weight"]
+    if token == "discrete":
+        hidden += ("generator.head.weight",)
+    else:
+        hidden += ("generator.diffloss.net.blocks.0.mlp.0.weight", "generator.diffloss.net.cond.weight",
+                   "generator.diffloss.net.out.weight")
+        fixed_in += ["generator.diffloss.net.inp.weight", "generator.diffloss.net.time.0.weight"]
+    present = set(lr)
+    assert set(hidden) & present == set(hidden) and set(hidden) <= third, set(hidden) - third
+    assert set(fixed_in) <= present and set(fixed_in) <= full, set(fixed_in) - full
+    assert set(by_name("initial_lr", *rule).values()) == {1e-3, 5e-4}  # xs: width 64, the base
 
 
 def test_weight_decay_groups_are_mars():
