@@ -14,6 +14,10 @@ def mixture(n, gen):
     return means[comp] + 0.3 * torch.randn(n, 2, generator=gen), comp
 
 
+# the tests that share it run on one xdist worker, so that it is trained once (~28 s)
+ON_ONE_WORKER = pytest.mark.xdist_group("diffloss-trained-head")
+
+
 @pytest.fixture(scope="module")
 def trained_head():
     torch.manual_seed(0)
@@ -31,6 +35,7 @@ def trained_head():
     return head
 
 
+@ON_ONE_WORKER
 def test_diffusion_head_samples_a_gaussian_mixture(trained_head):
     head = trained_head
     samples = head.sample(torch.zeros(4000, 4), temperature=1.0, num_steps=50,
@@ -54,6 +59,7 @@ def test_guided_sampling_uses_one_batched_call_and_shares_noise():
     assert calls == [10] * 5
 
 
+@ON_ONE_WORKER
 def test_lower_temperature_concentrates_samples_on_the_modes(trained_head):
     z = torch.zeros(4000, 4)
     means = torch.tensor([[-2.0, 0.0], [2.0, 1.0]])

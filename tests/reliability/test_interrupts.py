@@ -20,7 +20,8 @@ from harness.tracking import store
 from harness.run_dir import RunDir
 from tests.forked import run_job
 
-pytestmark = pytest.mark.slow
+# one worker runs them all, so that the uninterrupted reference run is made once (~80 s)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interrupts")]
 
 # 20 steps, logged every 5 (train/loss at 4, 9, 14, 19), validated and checkpointed every 10:
 # metrics.jsonl is appended to at val@0, loss@4, loss@9, val@10, [checkpoint 10], loss@14, ...
