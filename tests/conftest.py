@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.xdist_groups import pytest_collection_modifyitems  # noqa: F401 (a hook)
+
 SMOKE = ["data.train_size=256", "data.val_size=32", "tokenizer.steps=30", "tokenizer.hidden=32",
          "tokenizer.heads=2", "train.steps=20", "train.batch_size=16", "train.val_every=10",
          "train.checkpoint_every=10", "train.log_every=5", "train.warmup_steps=5",
@@ -66,3 +68,4 @@ def crash_training_at(monkeypatch, step: int):
 
     monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", crash)
     return lambda: monkeypatch.setattr(T.AtomicCheckpoint, "on_train_batch_end", original)
+

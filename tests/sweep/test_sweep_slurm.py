@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -74,18 +75,23 @@ def same_results(run_dir, other) -> tuple[dict, dict]:
 def test_slurm_sweep_with_a_preempted_run(slurm_cluster, sweeper, new_sweeper, tmp_path):
     start = time.time()
     sweeper.extra_env = {faults.ENV: PAUSE_AFTER_CHECKPOINT, faults.DIR_ENV: str(tmp_path)}
-    proc = sweeper.start(*SELECT, "--launcher", "slurm", *ONE_THREAD)
+    log = tmp_path / "driver.log"
+    proc = sweeper.start(*SELECT, "--launcher", "slurm", *ONE_THREAD, log=log)
     fired = tmp_path / "metrics.appended.fired"
     try:
         wait_for(fired.exists, 900, "a job paused after its first checkpoint", proc, poll=0.2)
         run_dir = Path(fired.read_text())
+        # while the job waits on its node, the driver shows its progress, read from the run dir
+        line = re.compile(rf"^\[run {run_dir.name}\] train \d+/20, loss [\d.e-]+, ETA ", re.M)
+        wait_for(lambda: line.search(log.read_text()), 600, "the paused run's progress line", proc)
         job_id = records.read_job(run_dir)["job_id"]
         signal = subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, text=True)
         assert signal.returncode == 0, signal.stderr
-        out = proc.communicate(timeout=900)[0]
+        proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
+    out = log.read_text()
     wall = time.time() - start
     assert proc.returncode == 0, out
     print(f"slurm smoke sweep (2 runs, one preempted): {wall:.0f}s")
