@@ -69,11 +69,16 @@ def duration(seconds: float | None) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def details(p: dict) -> list[str]:
+    """``["loss 0.0812", "ETA 1m05s"]``: the reported values, then the time left."""
+    return [f"{k} {v:.4g}" for k, v in p.items()
+            if k not in ("what", "done", "total", "start", "started", "updated")] + [
+        f"ETA {duration(eta_seconds(p))}"]
+
+
 def describe(p: dict) -> str:
     """``train 120/400, loss 0.0812, ETA 1m05s``."""
-    extra = "".join(f", {k} {v:.4g}" for k, v in p.items()
-                    if k not in ("what", "done", "total", "start", "started", "updated"))
-    return f"{p['what']} {p['done']}/{p['total']}{extra}, ETA {duration(eta_seconds(p))}"
+    return ", ".join([f"{p['what']} {p['done']}/{p['total']}", *details(p)])
 
 
 def lightning_callback(reporter: Reporter):

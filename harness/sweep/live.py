@@ -139,5 +139,4 @@ class View:
 
 def _info(p: dict) -> str:
     """``loss 0.0812 · ETA 1m05s`` for the live display."""
-    text = progress.describe(p).split(", ", 1)
-    return text[1].replace(", ", " · ") if len(text) > 1 else ""
+    return " · ".join(progress.details(p))
