@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError, check_choice, one_line
 from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, LAYOUTS, NUISANCES, ORDERS,
-                              SAMPLING_DEFAULTS, TOKENS, size_spec)
+                              SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS, size_spec)
 
 # ``tokens``: token shards pre-encoded by ``python -m harness.tokenizers.shards``, streamed (#19).
 DATASETS = ("shapes", "folder", "webdataset", "coco", "tokens")
@@ -81,6 +81,9 @@ class TokenizerConfig:
     hidden: int = knob(128, "width of the patch transformer", **POSITIVE)
     layers: int = knob(2, "encoder and decoder depth", **POSITIVE)
     heads: int = knob(4, "attention heads", **POSITIVE)
+    context: str = knob("image", "what a token is computed from: image (attention across the token grid, "
+                        "with positions) or patch (its own patch alone, encoder and decoder)",
+                        choices=TOKENIZER_CONTEXTS)
     kl_weight: float = knob(1.0e-6, "KL term weight (continuous)", **NON_NEGATIVE)
     commitment: float = knob(0.25, "VQ commitment loss weight", **NON_NEGATIVE)
     steps: int = knob(2000, "training steps", **POSITIVE)
@@ -243,7 +246,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
-                         "train.lr_width_rule": "all"}
+                         "train.lr_width_rule": "all", "tokenizer.context": "image"}
 
 
 def _schema() -> DictConfig:

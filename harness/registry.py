@@ -77,6 +77,9 @@ def size_spec(ladder: str, size: str) -> SizeSpec:
 # carry that no caption names (harness/data/shapes.py)
 LAYOUTS = ("free", "grid")
 NUISANCES = ("full", "none")
+# What a tokenizer token sees (TokenizerConfig.context): the whole image (attention across the
+# token grid), or its own patch alone (identical patches get identical tokens, wherever they are).
+TOKENIZER_CONTEXTS = ("image", "patch")
 
 # An MS-COCO folder: the val captions and images (training data, or the FID-30K reference)
 COCO_CAPTIONS = "annotations/captions_val2014.json"

@@ -29,9 +29,11 @@ def _isolate(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stage0_root(tmp_path_factory) -> Path:
-    """A results dir whose stage0/ (tokenizers, rendered data) is shared by the session."""
-    root = tmp_path_factory.mktemp("results")
-    (root / "stage0").mkdir()
+    """A results dir whose stage0/ (tokenizers, rendered data) is shared by the session: by every
+    xdist worker, too (stage 0's file locks let one worker build what the others wait for)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent / "shared-results" if os.environ.get("PYTEST_XDIST_WORKER") else base / "results"
+    (root / "stage0").mkdir(parents=True, exist_ok=True)
     return root
 
 

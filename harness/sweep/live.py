@@ -40,13 +40,10 @@ def overall_eta(tracker: status.Progress, states: list[status.RunState],
     """Seconds left for the sweep: from the rate of runs finished in this session when there
     are some; before that, from the running runs' own progress (each queued run assumed as long
     as a running one, as many at once as are running now)."""
+    by_rate = tracker.rate_eta(states)
+    if by_rate is not None:
+        return by_rate
     c = status.counts(states)
-    left = c["running"] + c["queued"] + c["pending"]
-    if not left:
-        return 0.0
-    finished = c["completed"] + c["failed"] - tracker.done_at_start
-    if finished > 0:
-        return (time.time() - (tracker.runs_start or tracker.start)) / finished * left
     known = [p for p in running.values() if p and p["what"] == "train" and progress.eta_seconds(p) is not None]
     if not known:
         return None

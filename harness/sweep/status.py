@@ -100,14 +100,22 @@ class Progress:
         self.start = time.time()
         self.runs_start: float | None = None  # when the first run was seen running (after stage 0)
 
+    def rate_eta(self, states: list[RunState]) -> float | None:
+        """Seconds left at this session's rate of finished runs (0 when none is left; None before
+        the first finishes)."""
+        c = counts(states)
+        left = c["running"] + c["queued"] + c["pending"]
+        finished = c["completed"] + c["failed"] - self.done_at_start
+        if not left:
+            return 0.0
+        return (time.time() - (self.runs_start or self.start)) / finished * left if finished > 0 else None
+
     def line(self, states: list[RunState], eta_s: float | None = None) -> str:
         """The counts; the ETA is ``eta_s`` when given, else from this session's completion rate."""
         c = counts(states)
         elapsed = time.time() - self.start
-        finished = c["completed"] + c["failed"] - self.done_at_start
         left = c["running"] + c["queued"] + c["pending"]
-        if eta_s is None and finished > 0 and left:
-            eta_s = (time.time() - (self.runs_start or self.start)) / finished * left
+        eta_s = self.rate_eta(states) if eta_s is None else eta_s
         eta = "0m00s" if not left else duration(eta_s)
         return (f"[sweep {self.name}] {c['completed']}/{self.total} done, {c['running']} running, "
                 f"{c['failed']} failed, {c['queued'] + c['pending']} queued; "

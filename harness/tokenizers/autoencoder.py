@@ -35,24 +35,33 @@ class PatchTransformer(nn.Module):
     """Linear in -> learned positions -> bidirectional blocks -> LayerNorm -> linear out.
 
     A ViT-VQGAN-style backbone: on a CPU, matmuls run ~10x more FLOP/s than the small
-    convolutions of a conv autoencoder, so tokenizers train in minutes."""
+    convolutions of a conv autoencoder, so tokenizers train in minutes. ``context="patch"``: every
+    token is computed from its own patch alone (no positions; the blocks see a sequence of one), so
+    identical patches get identical tokens wherever they are, as a convolutional tokenizer's
+    receptive field keeps its tokens local. With attention across the grid, a VQ spreads one
+    patch's content over hundreds of codes that depend on the rest of the image (calibration
+    item 19 in docs/results/cpu-study/README.md)."""
 
     def __init__(self, in_dim: int, out_dim: int, width: int, layers: int, heads: int,
-                 num_tokens: int):
+                 num_tokens: int, context: str = "image"):
         super().__init__()
+        self.local = context == "patch"
         self.inp = nn.Linear(in_dim, width)
-        self.pos = nn.Parameter(torch.zeros(1, num_tokens, width))
+        self.pos = None if self.local else nn.Parameter(torch.zeros(1, num_tokens, width))
         self.blocks = nn.ModuleList(Block(width, heads, cross=False) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_dim)
         init_weights(self)
-        nn.init.normal_(self.pos, std=0.02)
+        if self.pos is not None:
+            nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.inp(x) + self.pos
+        b, n, _ = x.shape
+        h = self.inp(x)
+        h = h.reshape(b * n, 1, -1) if self.local else h + self.pos
         for block in self.blocks:
             h = block(h)
-        return self.out(self.norm(h))
+        return self.out(self.norm(h)).reshape(b, n, -1)
 
 
 class Autoencoder(nn.Module):
@@ -64,13 +73,13 @@ class Autoencoder(nn.Module):
     kind = ""
 
     def __init__(self, channels: int, hidden: int, downsample: int, enc_out: int,
-                 resolution: int, layers: int, heads: int):
+                 resolution: int, layers: int, heads: int, context: str = "image"):
         super().__init__()
         self.channels, self.downsample = channels, downsample
         n = (resolution // downsample) ** 2
         patch = 3 * downsample * downsample
-        self.encoder = PatchTransformer(patch, enc_out, hidden, layers, heads, n)
-        self.decoder_net = PatchTransformer(channels, patch, hidden, layers, heads, n)
+        self.encoder = PatchTransformer(patch, enc_out, hidden, layers, heads, n, context)
+        self.decoder_net = PatchTransformer(channels, patch, hidden, layers, heads, n, context)
 
     def encoder_out(self, x: Tensor) -> Tensor:
         return self.encoder(patchify(x, self.downsample))
@@ -85,8 +94,8 @@ class KLAutoencoder(Autoencoder):
     kind = "continuous"
 
     def __init__(self, channels: int = 4, hidden: int = 128, downsample: int = 4,
-                 resolution: int = 32, layers: int = 2, heads: int = 4):
-        super().__init__(channels, hidden, downsample, 2 * channels, resolution, layers, heads)
+                 resolution: int = 32, layers: int = 2, heads: int = 4, context: str = "image"):
+        super().__init__(channels, hidden, downsample, 2 * channels, resolution, layers, heads, context)
         # start with a narrow posterior (std ~0.05): unit-variance sampling noise on latents whose
         # means start near 0.1 would drown the signal and the decoder would learn to blur
         nn.init.constant_(self.encoder.out.bias[channels:], -6.0)
@@ -122,8 +131,9 @@ class VQAutoencoder(Autoencoder):
 
     def __init__(self, channels: int = 4, hidden: int = 128, downsample: int = 4,
                  resolution: int = 32, layers: int = 2, heads: int = 4, codebook_size: int = 256,
-                 decay: float = 0.99, commitment: float = 0.25, dead_after: int = 50):
-        super().__init__(channels, hidden, downsample, channels, resolution, layers, heads)
+                 decay: float = 0.99, commitment: float = 0.25, dead_after: int = 50,
+                 context: str = "image"):
+        super().__init__(channels, hidden, downsample, channels, resolution, layers, heads, context)
         self.codebook_size, self.decay, self.commitment = codebook_size, decay, commitment
         self.dead_after = dead_after
         codes = F.normalize(torch.randn(codebook_size, channels), dim=-1)
@@ -185,8 +195,8 @@ class VQAutoencoder(Autoencoder):
 
 def build_autoencoder(token: str, channels: int, hidden: int, downsample: int, resolution: int,
                       layers: int, heads: int, codebook_size: int,
-                      commitment: float = 0.25) -> Autoencoder:
+                      commitment: float = 0.25, context: str = "image") -> Autoencoder:
     if token == "continuous":
-        return KLAutoencoder(channels, hidden, downsample, resolution, layers, heads)
+        return KLAutoencoder(channels, hidden, downsample, resolution, layers, heads, context)
     return VQAutoencoder(channels, hidden, downsample, resolution, layers, heads, codebook_size,
-                         commitment=commitment)
+                         commitment=commitment, context=context)

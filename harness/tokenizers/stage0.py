@@ -37,10 +37,13 @@ def tokenizer_dir(cfg: DictConfig, token: str) -> Path:
     source = pretrained_source(cfg, token)
     tok.pop("pretrained_continuous"), tok.pop("pretrained_discrete")
     posterior = tok.pop("posterior_sample") and token == "continuous"
+    context = tok.pop("context")
     if source:  # training knobs do not change a pretrained tokenizer's tokens
         tok = {"pretrained": source, **{k: tok[k] for k in ("downsample", "channels", "codebook_size")}}
     if posterior:  # keyed only when on: earlier directories keep their hash
         tok["posterior_sample"] = True
+    if context != "image" and not source:  # likewise
+        tok["context"] = context
     key = config_hash({"data": data_key(cfg.data), "token": token, "tokenizer": tok})
     return Path(cfg.results_dir) / "stage0" / f"tokenizer-{token}-{key}"
 
@@ -108,7 +111,7 @@ def _train(cfg: DictConfig, token: str, out: Path) -> None:
     torch.manual_seed(t.seed)
     images, _ = rendered(cfg.data, "train", cfg.results_dir)
     model = build_autoencoder(token, t.channels, t.hidden, t.downsample, cfg.data.resolution,
-                              t.layers, t.heads, t.codebook_size, t.commitment)
+                              t.layers, t.heads, t.codebook_size, t.commitment, t.context)
     start = time.time()
     fit_autoencoder(model, images, t, cfg.train.accelerator, out,
                     progress.beside(tokenizer_dir(cfg, token)))
@@ -191,7 +194,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     c = meta["config"]
     model = build_autoencoder(meta["token"], c["channels"], c["hidden"], c["downsample"],
                               meta["resolution"], c["layers"], c["heads"], c["codebook_size"],
-                              c["commitment"])
+                              c["commitment"], c.get("context", "image"))
     model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
     return Tokenizer(model, meta["scale"], meta)
 

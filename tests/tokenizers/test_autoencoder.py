@@ -63,3 +63,29 @@ def test_vq_restarts_dead_codes_and_keeps_codes_normalised():
     assert used > 4
     torch.testing.assert_close(vq.codebook.norm(dim=-1), torch.ones(64), atol=1e-5, rtol=0)
     assert 0 < aux["usage"] <= 1 and aux["perplexity"] >= 1
+
+
+def test_a_patch_context_tokenizer_codes_each_patch_alone():
+    """context="patch": a token depends on its own patch only (a changed patch changes its token
+    alone, and one patch content gets one token wherever it is); context="image" mixes the grid."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    x[1] = x[0]
+    x[1, :, 0:4, 0:4] = 0.3  # patch 0 differs
+    x[:, :, 8:12, 8:12] = x[:, :, 4:8, 0:4]  # patch 10 repeats patch 4's content
+    for context, local in (("patch", True), ("image", False)):
+        kl = KLAutoencoder(4, 32, 4, 16, 1, 2, context=context).eval()
+        vq = VQAutoencoder(4, 32, 4, 16, 1, 2, codebook_size=512, context=context).eval()
+        z = kl.encode(x)
+        assert (z[0, 1:] == z[1, 1:]).all().item() == local
+        assert torch.equal(z[:, 4], z[:, 10]) == local
+        codes = vq.encode(x)
+        assert not torch.equal(kl.encoder_out(x)[0, 0], kl.encoder_out(x)[1, 0])
+        if local:
+            assert torch.equal(codes[0, 1:], codes[1, 1:]) and torch.equal(codes[:, 4], codes[:, 10])
+        # the decoder is local too: changing one token's latent changes its own patch only
+        z2 = z.clone()
+        z2[0, 5] += 1.0
+        diff = (kl.decode(z2) - kl.decode(z))[0].abs().sum(0)
+        patches = patchify(diff[None, None].expand(1, 3, 16, 16), 4)[0].sum(-1) > 0
+        assert patches.nonzero().flatten().tolist() == ([5] if local else list(range(16)))
