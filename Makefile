@@ -20,10 +20,11 @@ $(VENV_STAMP): pyproject.toml
 	$(PIP) install -e '.[test,scale]'
 	touch $(VENV_STAMP)
 
-# Two workers (tests are mostly single-threaded: on 2 cores, and on a busy machine, two get more
-# of the CPU than one); SLURM tests stay together on one worker (xdist_group).
+# Three workers on 2 cores: tests are single-threaded and many wait on the processes they start
+# (sweeps, SLURM jobs), so a third keeps both cores busy, and on a shared machine takes a larger
+# share; SLURM tests and tests sharing a module fixture stay on one worker each (xdist_group).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"

@@ -19,7 +19,6 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import one_line
-from harness.models.flops import train_flops
 from harness.run_dir import RunDir
 from harness.sweep import forkserver, records, status
 from harness.sweep.forkserver import ForkedJob
@@ -136,14 +135,9 @@ def run_capped(items: list, submit: Callable, cap: int, tick: Callable[[list], N
 
 
 def largest_first(runs: list[Run]) -> list[Run]:
-    """Runs by descending training FLOPs (continuous counts its diffusion batch multiplier): with a
-    cap on parallel jobs, starting the longest first keeps the last slot from running alone."""
-    def cost(run: Run) -> float:
-        c = run.cfg
-        mul = c.model.diffusion_batch_mul if c.model.token == "continuous" else 1
-        return train_flops(c, c.tokenizer.channels, c.tokenizer.codebook_size) * (1 + 0.25 * (mul - 1))
-
-    return sorted(runs, key=cost, reverse=True)
+    """Runs by descending cost (``Run.cost``): with a cap on parallel jobs, starting the longest
+    first keeps the last slot from running alone."""
+    return sorted(runs, key=lambda run: run.cost, reverse=True)
 
 
 def run_local(sweep: Sweep) -> None:

@@ -63,7 +63,10 @@ class View:
         """``console``: a ``rich`` console to draw on (default: a live display when stdout is a
         terminal, plain lines otherwise)."""
         self.name, self.runs, self.stage0 = name, runs, list(stage0)
-        self.tracker = status.Progress(name, len(runs), len(runs) - len(todo))
+        todo_keys = {r.key for r in todo}
+        self.tracker = status.Progress(name, len(runs), len(runs) - len(todo),
+                                       costs={r.key: r.cost for r in runs},
+                                       done_cost=sum(r.cost for r in runs if r.key not in todo_keys))
         self.tty = console is not None or sys.stdout.isatty()
         self.interval = min(every_s, 1.0) if self.tty else every_s
         self.last = -math.inf

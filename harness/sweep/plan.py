@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import config as C
 from harness.errors import UserError
+from harness.models.flops import train_flops
 from harness.run_dir import RunDir
 from harness.sweep import grid
 from harness.tracking import tracking_uri
@@ -50,6 +51,15 @@ class Run:
     @property
     def variant(self) -> str:
         return f"{self.token}-{self.order}"
+
+    @property
+    def cost(self) -> float:
+        """Relative training cost: train FLOPs, a continuous run's extra diffusion-head draws
+        counted at a quarter each (the local launcher starts the costliest first; the sweep's ETA
+        weighs runs by it)."""
+        c = self.cfg
+        mul = c.model.diffusion_batch_mul if c.model.token == "continuous" else 1
+        return train_flops(c, c.tokenizer.channels, c.tokenizer.codebook_size) * (1 + 0.25 * (mul - 1))
 
 
 @dataclass(frozen=True)

@@ -95,17 +95,23 @@ def counts(states: list[RunState]) -> dict[str, int]:
 class Progress:
     """The live line: counts, elapsed time and an ETA from the completion rate of this session."""
 
-    def __init__(self, name: str, total: int, done_at_start: int):
+    def __init__(self, name: str, total: int, done_at_start: int,
+                 costs: dict[str, float] | None = None, done_cost: float = 0.0):
+        """``costs``: run key -> relative cost (``Run.cost``; default 1 each), so that a sweep that
+        starts its largest runs first is not predicted to take as long per run to the end;
+        ``done_cost``: the cost of the runs done before this session."""
         self.name, self.total, self.done_at_start = name, total, done_at_start
+        self.costs = costs
+        self.done_cost = done_cost if costs else float(done_at_start)
         self.start = time.time()
         self.runs_start: float | None = None  # when the first run was seen running (after stage 0)
 
     def rate_eta(self, states: list[RunState]) -> float | None:
-        """Seconds left at this session's rate of finished runs (0 when none is left; None before
+        """Seconds left at this session's rate of finished cost (0 when no run is left; None before
         the first finishes)."""
-        c = counts(states)
-        left = c["running"] + c["queued"] + c["pending"]
-        finished = c["completed"] + c["failed"] - self.done_at_start
+        cost = lambda wanted: sum((self.costs or {}).get(s.key, 1.0) for s in states if s.state in wanted)
+        left = cost(("running", "queued", "pending"))
+        finished = cost(("completed", "failed")) - self.done_cost
         if not left:
             return 0.0
         return (time.time() - (self.runs_start or self.start)) / finished * left if finished > 0 else None
