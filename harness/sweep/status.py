@@ -100,7 +100,7 @@ class Progress:
         """``costs``: run key -> relative cost (``Run.cost``; default 1 each), so that a sweep that
         starts its largest runs first is not predicted to take as long per run to the end;
         ``done_cost``: the cost of the runs done before this session."""
-        self.name, self.total, self.done_at_start = name, total, done_at_start
+        self.name, self.total = name, total
         self.costs = costs
         self.done_cost = done_cost if costs else float(done_at_start)
         self.start = time.time()
