@@ -140,6 +140,10 @@ class ModelConfig:
     mask_ratio_min: float = knob(0.7, "random order: lowest masking ratio of the truncated normal",
                                  gt=0, le=1)
     mask_ratio_std: float = knob(0.25, "random order: spread of the masking ratio", **NON_NEGATIVE)
+    final_norm: bool = knob(True, "LayerNorm on the transformer's output before the head (GPT's "
+                            "ln_f, MAR's decoder_norm)")
+    logits_init_std: float = knob(0.0, "discrete: init std of the logits layer (0: zeros, muP's "
+                                  "readout; 0.02: GPT's)", **NON_NEGATIVE)
 
 
 @dataclass
@@ -246,7 +250,8 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
-                         "train.lr_width_rule": "all", "tokenizer.context": "image"}
+                         "train.lr_width_rule": "all", "tokenizer.context": "image",
+                         "model.final_norm": True, "model.logits_init_std": 0.0}
 
 
 def _schema() -> DictConfig:

@@ -150,3 +150,20 @@ def test_loss_is_deterministic_given_generator():
     a = g.loss(x, ctx, m, generator=torch.Generator().manual_seed(4))
     b = g.loss(x, ctx, m, generator=torch.Generator().manual_seed(4))
     assert a.item() == b.item()
+
+
+def test_final_norm_and_logits_init_follow_the_config():
+    """The defaults are GPT/MAR's final LayerNorm and muP's zero readout (every code equally likely
+    at init); the shapes study turns the norm off and draws the readout at GPT's std."""
+    from harness import config
+    from harness.train.module import build_networks
+
+    def generator(*overrides):
+        cfg = config.load(["model.token=discrete", "model.size=xxs", *overrides])
+        return build_networks(cfg, token_dim=4, codebook_size=64, vocabulary=["a"])["generator"]
+
+    default = generator()
+    assert isinstance(default.norm, torch.nn.LayerNorm) and default.head.weight.abs().max() == 0
+    study = generator("model.final_norm=false", "model.logits_init_std=0.02")
+    assert isinstance(study.norm, torch.nn.Identity)
+    assert study.head.weight.std().item() == pytest.approx(0.02, rel=0.1)
