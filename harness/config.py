@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError, check_choice, one_line
 from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, LAYOUTS, NUISANCES, ORDERS,
-                              SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS, size_spec)
+                              SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS, UNNAMED_COLORS,
+                              size_spec)
 
 # ``tokens``: token shards pre-encoded by ``python -m harness.tokenizers.shards``, streamed (#19).
 DATASETS = ("shapes", "folder", "webdataset", "coco", "tokens")
@@ -65,6 +66,9 @@ class DataConfig:
                          "grey, tint and gradient, object size and position jitter; none: one "
                          "plain background, one object size, centred in the cells",
                          choices=NUISANCES)
+    unnamed_color: str = knob("random", "shapes only: the colour of an object whose caption names "
+                              "none — random (any of the palette), or always this palette colour",
+                              choices=UNNAMED_COLORS)
     train_size: int = knob(20000, "training images", **POSITIVE)
     val_size: int = knob(512, "validation images", **POSITIVE)
     num_workers: int = knob(0, "DataLoader worker processes", **NON_NEGATIVE)
@@ -250,6 +254,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
+                         "data.unnamed_color": "random",
                          "train.lr_width_rule": "all", "tokenizer.context": "image",
                          "model.final_norm": True, "model.logits_init_std": 0.0}
 

@@ -31,7 +31,8 @@ def build_dataset(data: DictConfig, split: str):
     size = data.get(SPLIT_SIZES.get(split, "val_size"))
     if data.name == "shapes":
         return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed,
-                           layout=data.layout, cells=data.cells, nuisance=data.nuisance)
+                           layout=data.layout, cells=data.cells, nuisance=data.nuisance,
+                           unnamed_color=data.unnamed_color)
     from harness.data import real
 
     return real.build(data, split, size)
@@ -57,6 +58,8 @@ def data_key(data: DictConfig) -> str:
         key.update(layout=data.layout, cells=data.cells)
     if data.name == "shapes" and data.nuisance != "full":  # keys of the "full" world stay
         key.update(nuisance=data.nuisance)
+    if data.name == "shapes" and data.unnamed_color != "random":
+        key.update(unnamed_color=data.unnamed_color)
     return config_hash(key)
 
 

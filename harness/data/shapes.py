@@ -41,17 +41,11 @@ import numpy as np
 import torch
 
 from harness.errors import UserError, check_choice
-from harness.registry import GENEVAL_TAGS, LAYOUTS, NUISANCES
+from harness.registry import GENEVAL_TAGS, LAYOUTS, NUISANCES, PALETTE, UNNAMED_COLORS
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 35, 35),
-    "green": (40, 190, 60),
-    "blue": (40, 90, 235),
-    "yellow": (240, 220, 40),
-    "purple": (160, 60, 215),
-    "orange": (250, 140, 25),
-}
+COLORS: dict[str, tuple[int, int, int]] = dict(zip(PALETTE, [
+    (225, 35, 35), (40, 190, 60), (40, 90, 235), (240, 220, 40), (160, 60, 215), (250, 140, 25)]))
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
 MAX_OBJECTS = 4
@@ -78,6 +72,11 @@ _GAP = 0.07  # free space between bounding boxes, so blurry objects do not merge
 # cells and any colour a caption leaves open. The same random draws are made either way, so a scene
 # index shows the same objects in the same cells in both worlds.
 _PLAIN_BACKGROUND = (62, 62, 62)  # the mean of the "full" world's background grey
+# Unnamed colour: the colour of an object whose caption names none (tags other than COLOR_TAGS).
+# "random" draws any of the six; a palette colour paints every such object in it (UNNAMED_COLORS,
+# harness.registry). With random unnamed colours a continuous-token model left named colours
+# unbound (calibration item 22 in docs/results/cpu-study).
+COLOR_TAGS = ("colors", "color_attr")
 # "grid" layout (LAYOUTS, harness.registry): each object centred (small jitter) in its own cell of a cells x cells grid and as
 # large as the cell allows; neighbouring cells keep >= _GRID_GAP of background between objects.
 # With cells = resolution / tokenizer downsample an object is one token: a world a small model
@@ -167,7 +166,7 @@ def include_groups(scene: Scene) -> list[dict]:
             {"class": objs[0].shape, "count": 1},
             {"class": objs[1].shape, "count": 1, "position": [rel.pop(), 0]},
         ]
-    with_color = scene.tag in ("colors", "color_attr")
+    with_color = scene.tag in COLOR_TAGS
     return [
         {"class": o.shape, "count": 1, **({"color": o.color} if with_color else {})} for o in objs
     ]
@@ -429,8 +428,13 @@ def _specs_for_tag(tag: str, rng: np.random.Generator, held_out: bool):
     raise ValueError(tag)
 
 
+def _paint_unnamed(specs: list[tuple[str, str]], unnamed_color: str) -> list[tuple[str, str]]:
+    return specs if unnamed_color == "random" else [(shape, unnamed_color) for shape, _ in specs]
+
+
 def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
-                 layout: str = "free", cells: int = 4, nuisance: str = "full") -> Scene:
+                 layout: str = "free", cells: int = 4, nuisance: str = "full",
+                 unnamed_color: str = "random") -> Scene:
     """A random scene for ``split`` (tag uniform unless given); held-out combinations only in
     "compositional" counting/position/color_attr, never elsewhere."""
     check_choice("split", split, SPLITS)
@@ -439,6 +443,8 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     want_held_out = split == "compositional" and tag in ("counting", "position", "color_attr")
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
+        if tag not in COLOR_TAGS:
+            specs = _paint_unnamed(specs, unnamed_color)
         objs = _place(specs, rng, constraints, layout=layout, cells=cells, nuisance=nuisance)
         if objs is None:
             continue
@@ -450,9 +456,9 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
 
 
 def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "free",
-                        cells: int = 4, nuisance: str = "full") -> Scene:
+                        cells: int = 4, nuisance: str = "full", unnamed_color: str = "random") -> Scene:
     """A random scene satisfying a GenEval-schema prompt: each include group's count of its class
-    (in its colour if given, else random), positions with margin, and nothing else."""
+    (in its colour if given, else ``unnamed_color``), positions with margin, and nothing else."""
     specs: list[tuple[str, str]] = []
     starts: list[int] = []
     colors = list(COLORS)
@@ -462,7 +468,10 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "fre
             check_choice("include.color", group["color"], COLORS)
         starts.append(len(specs))
         for _ in range(int(group["count"])):
-            specs.append((group["class"], group.get("color") or colors[rng.integers(len(colors))]))
+            color = group.get("color") or colors[rng.integers(len(colors))]
+            if "color" not in group and unnamed_color != "random":
+                color = unnamed_color
+            specs.append((group["class"], color))
     if not 1 <= len(specs) <= MAX_OBJECTS:
         raise UserError("include", f"{len(specs)} objects; the shapes world holds 1..{MAX_OBJECTS}")
     constraints = []
@@ -532,10 +541,12 @@ class ShapesWorld(torch.utils.data.Dataset):
     """``size`` procedurally generated (image, caption) pairs of one split."""
 
     def __init__(self, split: str, size: int, resolution: int = 32, seed: int = 0,
-                 layout: str = "free", cells: int = 4, nuisance: str = "full"):
+                 layout: str = "free", cells: int = 4, nuisance: str = "full",
+                 unnamed_color: str = "random"):
         check_choice("split", split, SPLITS)
         check_choice("layout", layout, LAYOUTS)
         check_choice("nuisance", nuisance, NUISANCES)
+        check_choice("unnamed_color", unnamed_color, UNNAMED_COLORS)
         if layout == "grid" and not 2 <= cells <= resolution // 6:
             raise UserError("cells", f"must be in 2..{resolution // 6} at resolution {resolution}, got {cells}")
         if size < 1:
@@ -544,6 +555,7 @@ class ShapesWorld(torch.utils.data.Dataset):
             raise UserError("resolution", f"must be >= 16 so the smallest shapes stay visible, got {resolution}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, seed
         self.layout, self.cells, self.nuisance = layout, cells, nuisance
+        self.unnamed_color = unnamed_color
         self._split_id = SPLITS.index(split)
 
     def __len__(self) -> int:
@@ -557,7 +569,8 @@ class ShapesWorld(torch.utils.data.Dataset):
     def scene(self, i: int) -> Scene:
         i = self._index(i)
         return sample_scene(np.random.default_rng([self.seed, self._split_id, i]), self.split,
-                            layout=self.layout, cells=self.cells, nuisance=self.nuisance)
+                            layout=self.layout, cells=self.cells, nuisance=self.nuisance,
+                            unnamed_color=self.unnamed_color)
 
     def image(self, i: int) -> np.ndarray:
         return render(self.scene(i), self.resolution)

@@ -33,7 +33,8 @@ def true_scenes(data: DictConfig, n_per_tag: int, images_per_prompt: int, seed: 
     for meta in prompts:
         for _ in range(images_per_prompt):
             scene = scene_from_metadata(meta, rng, layout=data.layout, cells=data.cells,
-                                        nuisance=data.get("nuisance", "full"))
+                                        nuisance=data.get("nuisance", "full"),
+                                        unnamed_color=data.get("unnamed_color", "random"))
             images.append(render(scene, data.resolution))
             metas.append(meta)
     return np.stack(images), metas

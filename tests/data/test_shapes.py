@@ -262,3 +262,41 @@ def test_without_nuisance_a_scene_keeps_its_objects_and_cells_and_loses_the_rest
     assert len(sizes) == 1 and len({plain.scene(i).background for i in range(40)}) == 1
     with pytest.raises(UserError, match="nuisance"):
         ShapesWorld("train", 4, nuisance="some")
+
+
+def test_an_unnamed_colour_is_the_configured_one_and_a_named_colour_is_kept():
+    """unnamed_color="blue": every object of a caption naming no colour is blue (GenEval still
+    holds); captions that name colours show them; GenEval-prompt scenes follow the same rule."""
+    from harness.geneval.rules import score_image
+
+    world = ShapesWorld("train", 120, layout="grid", cells=4, nuisance="none", unnamed_color="blue")
+    named_colours = set()
+    for i in range(120):
+        scene = world.scene(i)
+        named = [w for w in scene.caption.split() if w in COLORS]
+        if scene.tag in shapes.COLOR_TAGS:
+            assert sorted(named) == sorted(o.color for o in scene.objects)
+            named_colours |= set(named)
+        else:
+            assert not named and {o.color for o in scene.objects} == {"blue"}
+        assert score_image(world.image(i), {"tag": scene.tag, "include": shapes.include_groups(scene)})
+    assert len(named_colours) == len(COLORS)
+    rng = np.random.default_rng(0)
+    meta = {"tag": "counting", "include": [{"class": "circle", "count": 3}]}
+    assert {o.color for o in shapes.scene_from_metadata(meta, rng, unnamed_color="blue").objects} == {"blue"}
+    meta = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}]}
+    assert shapes.scene_from_metadata(meta, rng, unnamed_color="blue").objects[0].color == "red"
+    with pytest.raises(UserError, match="unnamed_color"):
+        ShapesWorld("train", 4, unnamed_color="white")
+
+
+def test_unnamed_colour_is_keyed_only_when_set_and_validated():
+    from harness import config as C
+    from harness.data.datasets import data_key
+
+    base = C.load([])
+    assert data_key(base.data) == data_key(C.load(["data.unnamed_color=random"]).data)
+    assert data_key(base.data) != data_key(C.load(["data.unnamed_color=red"]).data)
+    assert C.run_key(base) != C.run_key(C.load(["data.unnamed_color=red"]))
+    with pytest.raises(UserError, match="data.unnamed_color"):
+        C.load(["data.unnamed_color=white"])
