@@ -428,8 +428,9 @@ def _specs_for_tag(tag: str, rng: np.random.Generator, held_out: bool):
     raise ValueError(tag)
 
 
-def _paint_unnamed(specs: list[tuple[str, str]], unnamed_color: str) -> list[tuple[str, str]]:
-    return specs if unnamed_color == "random" else [(shape, unnamed_color) for shape, _ in specs]
+def _unnamed(drawn: str, unnamed_color: str) -> str:
+    """The colour of an object whose caption names none: the drawn one, or the configured one."""
+    return drawn if unnamed_color == "random" else unnamed_color
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
@@ -444,7 +445,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
         if tag not in COLOR_TAGS:
-            specs = _paint_unnamed(specs, unnamed_color)
+            specs = [(shape, _unnamed(color, unnamed_color)) for shape, color in specs]
         objs = _place(specs, rng, constraints, layout=layout, cells=cells, nuisance=nuisance)
         if objs is None:
             continue
@@ -468,10 +469,8 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "fre
             check_choice("include.color", group["color"], COLORS)
         starts.append(len(specs))
         for _ in range(int(group["count"])):
-            color = group.get("color") or colors[rng.integers(len(colors))]
-            if "color" not in group and unnamed_color != "random":
-                color = unnamed_color
-            specs.append((group["class"], color))
+            drawn = None if group.get("color") else colors[rng.integers(len(colors))]
+            specs.append((group["class"], group.get("color") or _unnamed(drawn, unnamed_color)))
     if not 1 <= len(specs) <= MAX_OBJECTS:
         raise UserError("include", f"{len(specs)} objects; the shapes world holds 1..{MAX_OBJECTS}")
     constraints = []
