@@ -8,11 +8,13 @@ Each fault is placed, not raced: the job stops at the named point whatever the m
 from __future__ import annotations
 
 import collections
+import shutil
 
 import mlflow
 import pytest
 
 from harness import config, faults
+from harness.io import file_lock
 from harness.run_status import read_status
 from harness.registry import GENEVAL_TAGS
 from harness.sweep import records, table
@@ -20,8 +22,8 @@ from harness.tracking import store
 from harness.run_dir import RunDir
 from tests.forked import run_job
 
-# one worker runs them all, so that the uninterrupted reference run is made once (~80 s)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interrupts")]
+# spread over the xdist workers; the uninterrupted reference run is made once and shared (~80 s)
+pytestmark = pytest.mark.slow
 
 # 20 steps, logged every 5 (train/loss at 4, 9, 14, 19), validated and checkpointed every 10:
 # metrics.jsonl is appended to at val@0, loss@4, loss@9, val@10, [checkpoint 10], loss@14, ...
@@ -48,16 +50,23 @@ def job(smoke, results, uri: str):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, stage0_root):
-    """The run, never interrupted (its own process, like the interrupted ones)."""
+def uninterrupted(stage0_root):
+    """The run, never interrupted (its own process, like the interrupted ones). Made once per
+    session beside the shared stage 0: the first xdist worker to need it builds it under a file
+    lock, the others wait and read it."""
     from tests.conftest import SMOKE
 
-    results = tmp_path_factory.mktemp("uninterrupted")
-    (results / "stage0").symlink_to(stage0_root / "stage0", target_is_directory=True)
+    results = stage0_root / "uninterrupted"
     smoke = lambda *extra, results=results: SMOKE + [f"results_dir={results}", *extra]
-    cfg, out, table_path = job(smoke, results, f"sqlite:///{results}/mlflow.db")
-    assert run_job(cfg, SEEDS, "interrupts", table_path) == 0
-    return out
+    with file_lock(stage0_root / "uninterrupted.lock"):
+        if not (results / "done").exists():
+            shutil.rmtree(results, ignore_errors=True)  # left by a worker that failed half-way
+            results.mkdir()
+            (results / "stage0").symlink_to(stage0_root / "stage0", target_is_directory=True)
+            cfg, _, table_path = job(smoke, results, f"sqlite:///{results}/mlflow.db")
+            assert run_job(cfg, SEEDS, "interrupts", table_path) == 0
+            (results / "done").touch()
+    return job(smoke, results, f"sqlite:///{results}/mlflow.db")[1]
 
 
 def curves(run_dir) -> dict[str, dict[int, float]]:
