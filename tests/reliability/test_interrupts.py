@@ -58,15 +58,16 @@ def uninterrupted(stage0_root):
 
     results = stage0_root / "uninterrupted"
     smoke = lambda *extra, results=results: SMOKE + [f"results_dir={results}", *extra]
+    uri = f"sqlite:///{results}/mlflow.db"
     with file_lock(stage0_root / "uninterrupted.lock"):
         if not (results / "done").exists():
             shutil.rmtree(results, ignore_errors=True)  # left by a worker that failed half-way
             results.mkdir()
             (results / "stage0").symlink_to(stage0_root / "stage0", target_is_directory=True)
-            cfg, _, table_path = job(smoke, results, f"sqlite:///{results}/mlflow.db")
+            cfg, _, table_path = job(smoke, results, uri)
             assert run_job(cfg, SEEDS, "interrupts", table_path) == 0
             (results / "done").touch()
-    return job(smoke, results, f"sqlite:///{results}/mlflow.db")[1]
+    return job(smoke, results, uri)[1]
 
 
 def curves(run_dir) -> dict[str, dict[int, float]]:
