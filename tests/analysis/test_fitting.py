@@ -66,6 +66,7 @@ def test_bootstrap_is_deterministic_and_seeded():
     assert a != bootstrap_fit(fit, 50, seed=8).interval("alpha")
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_covers_truth_about_95_percent():
     """100 synthetic datasets of 5 sizes; the default (residual, t-widened) interval's coverage.
 

@@ -236,6 +236,7 @@ def test_degenerate_table_gives_messages(tmp_path, capsys):
     assert ((fits.token == "continuous") & (fits.metric == "val_loss")).any()
 
 
+@pytest.mark.slow
 def test_seed_columns_and_mlflow_round_trip(tmp_path, monkeypatch, capsys):
     """Per-seed metric columns become seeds; --experiment reads child runs; artifacts logged."""
     from mlflow.tracking import MlflowClient

@@ -135,6 +135,7 @@ def test_system_python_commands_run_in_the_projects_environment(name, tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 @needs_system_python
 @pytest.mark.parametrize("command", [c for c, (k, a) in KINDS.items()
                                      if k == "python" and target(a) in VERBATIM])

@@ -113,6 +113,7 @@ def test_kill_9_of_a_sweep_worker_three_times_then_the_sweep_completes_the_run(n
 
 # ---- a failed run ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_failed_run_is_refused_by_evaluate_and_left_out_of_the_table_and_the_analysis(
         sweeper, tmp_path, capsys):
     import mlflow

@@ -38,6 +38,7 @@ def test_aligner_output_is_not_layer_normalised():
     assert not hasattr(aligner, "norm") and out.std().item() < 0.5  # the projection's own scale
 
 
+@pytest.mark.slow
 def test_a_trained_aligner_keeps_captions_apart(smoke):
     cfg = config.load(smoke("text.encoder=minilm", "text.lr_scale=1.0", "text.max_len=12",
                             "model.token=continuous", "model.order=random", "data.train_size=512",

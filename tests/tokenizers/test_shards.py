@@ -119,6 +119,7 @@ def test_a_hash_split_source_splits_by_key_like_the_image_loader(source, stage0_
             assert all(is_val(k) == (split == "val") for k in members(tar))
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(source, stage0_root, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "harness.tokenizers.shards", *args], cwd=REPO,

@@ -37,6 +37,7 @@ def assert_draws_differ(a: list[dict], b: list[dict]) -> None:
     assert differ(torch.cat([r["drop"] for r in a]), torch.cat([r["drop"] for r in b]))
 
 
+@pytest.mark.slow
 def test_two_ranks_draw_differently(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "tiny_fit.py"), str(tmp_path),
                           *RANDOM, "train.devices=2", "train.strategy=ddp"], cwd=REPO,
