@@ -218,6 +218,9 @@ class EvalConfig:
     fid_samples: int = knob(1000, "images generated for FID (and reference images)", **POSITIVE)
     geneval_prompts_per_tag: int = knob(20, "GenEval prompts per tag", **POSITIVE)
     images_per_prompt: int = knob(4, "GenEval images per prompt", **POSITIVE)
+    geneval_in_distribution: bool = knob(True, "GenEval again on prompts of combinations seen in training "
+                                         "for counting, position and colour attribution (whose "
+                                         "GenEval prompts are held out): geneval_in_dist_*")
     batch_size: int = knob(128, "sampling and feature batch", **POSITIVE)
     seed: int = knob(0, "the run's own evaluation seed (metrics.json)")
     inception_path: Optional[str] = knob(None, "a local Inception weights file (FID on non-shapes data)")
@@ -256,7 +259,8 @@ _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.lea
                          "train.lr_base_width": 0, "data.nuisance": "full",
                          "data.unnamed_color": "random",
                          "train.lr_width_rule": "all", "tokenizer.context": "image",
-                         "model.final_norm": True, "model.logits_init_std": 0.0}
+                         "model.final_norm": True, "model.logits_init_std": 0.0,
+                         "eval.geneval_in_distribution": True}
 
 
 def _schema() -> DictConfig:

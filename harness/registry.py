@@ -100,6 +100,11 @@ METRICS = ("val_loss", "fid", *GENEVAL_METRICS)
 LOWER_IS_BETTER = {"val_loss": True, "fid": True} | {m: False for m in GENEVAL_METRICS}
 # GenEval of the tokenizer's reconstructions of true scenes (shapes world): the most a model can score
 GENEVAL_CEILING = tuple(m.replace("geneval_", "geneval_ceiling_", 1) for m in GENEVAL_METRICS)
+# The tags whose GenEval prompts (the "compositional" split) show only combinations held out of
+# training; scored again on prompts of seen combinations (the "train" split), they tell composing
+# anew apart from not having learnt the skill at all
+HELD_OUT_TAGS = ("counting", "position", "color_attr")
+GENEVAL_IN_DIST = ("geneval_in_dist_overall", *(f"geneval_in_dist_{t}" for t in HELD_OUT_TAGS))
 # Everything ``python -m harness.evaluate`` writes to metrics.json and logs as eval/<name>
 EVAL_METRICS = ("val_loss", "fid", "fid_cleanfid", "kid", "precision", "recall", *GENEVAL_METRICS,
                 "eval_seconds")

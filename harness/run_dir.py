@@ -9,6 +9,7 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
     params.json, mlflow_artifacts.json, mlflow_run_id, mlflow_pending   the MLflow mirror's state
     metrics.json             the evaluation of the run's own eval seed; metrics-seed<s>.json others
     fid/generated[-seed<s>]/, geneval[-seed<s>]/, samples/   what evaluation generated
+    geneval-in-dist[-seed<s>]/   GenEval on prompts of seen combinations (``eval.geneval_in_distribution``)
     jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
 
 Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
@@ -124,6 +125,10 @@ class RunDir:
 
     def geneval(self, seed: int, default_seed: int) -> Path:
         return self.path / f"geneval{self._suffix(seed, default_seed)}"
+
+    def geneval_in_dist(self, seed: int, default_seed: int) -> Path:
+        """GenEval on in-distribution prompts (``eval.geneval_in_distribution``)."""
+        return self.path / f"geneval-in-dist{self._suffix(seed, default_seed)}"
 
     samples = property(lambda self: self.path / "samples")
 

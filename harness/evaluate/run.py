@@ -8,6 +8,9 @@ For a run whose status is "trained" or "completed", computes
                       images generated for the captions of as many real val images (``fid.py``)
   geneval_<tag>, geneval_overall   shapes GenEval: ``make_prompts(eval.geneval_prompts_per_tag,
                       seed)`` exported with ``eval.images_per_prompt`` images each, then scored
+                      (held-out combinations for counting, position and colour attribution)
+  geneval_in_dist_<tag>, geneval_in_dist_overall   (``eval.geneval_in_distribution``) the same for
+                      those three tags on combinations seen in training (``geneval_metrics``)
   geneval_ceiling_<tag>, geneval_ceiling_overall   (shapes world) the same GenEval of the run's
                       tokenizer's reconstructions of true scenes: what a perfect generator would
                       score through this tokenizer (``harness/geneval/ceiling.py``, cached)
@@ -17,8 +20,8 @@ Metrics are logged to the run's ``metrics.jsonl`` and MLflow run (step = trainin
 ``eval/<name>``), written atomically to ``metrics.json``, and only then is the run "completed".
 
 Seeds: the run's ``eval.seed`` writes ``metrics.json`` and the folders ``geneval/``,
-``fid/generated/``; any other seed writes ``metrics-seed<s>.json``, ``geneval-seed<s>/``,
-``fid/generated-seed<s>/`` and logs ``eval_seed<s>/<name>``, leaving the status alone.
+``geneval-in-dist/``, ``fid/generated/``; any other seed writes ``metrics-seed<s>.json``,
+``geneval-seed<s>/``, ``geneval-in-dist-seed<s>/``, ``fid/generated-seed<s>/`` and logs ``eval_seed<s>/<name>``, leaving the status alone.
 Resuming: generated images are kept (FID in whole batches, GenEval by its export's chunks) with a
 manifest of what produced them; a rerun generates only what is missing and recomputes the metrics.
 """
@@ -46,7 +49,7 @@ from harness.geneval.ceiling import ensure_geneval_ceiling
 from harness.geneval.export import export, grid, score
 from harness.geneval.prompts import make_prompts
 from harness.io import read_json, write_bytes, write_json, write_text
-from harness.registry import GENEVAL_TAGS
+from harness.registry import GENEVAL_TAGS, HELD_OUT_TAGS
 from harness.sampling import Sampler, pick_device
 from harness.tokenizers.stage0 import load_tokenizer, load_tokens
 from harness.tracking import store
@@ -178,11 +181,13 @@ class _Progress:
 
 
 def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dict,
-                report: Path | None = None) -> dict[str, float]:
-    """Shapes GenEval in ``folder``: prompts.jsonl, the export (resumed), scores.json (the count
-    of samples goes to the progress file ``report``)."""
+                report: Path | None = None, split: str = "compositional",
+                tags: tuple[str, ...] = GENEVAL_TAGS) -> dict[str, float]:
+    """Shapes GenEval of ``tags`` on ``split``'s prompts in ``folder``: prompts.jsonl, the export
+    (resumed), scores.json (the count of samples goes to the progress file ``report``). Returns
+    the scorer's summary: accuracy per tag and "overall"."""
     e = cfg.eval
-    prompts = make_prompts(e.geneval_prompts_per_tag, seed)
+    prompts = [p for p in make_prompts(e.geneval_prompts_per_tag, seed, split) if p["tag"] in tags]
     text = "".join(json.dumps(p) + "\n" for p in prompts)
     _fresh_folder(folder, {**manifest, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(),
                            "images_per_prompt": e.images_per_prompt, "batch_size": e.batch_size})
@@ -190,10 +195,26 @@ def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dic
     total = len(prompts) * e.images_per_prompt
     with tqdm(total=total, desc="GenEval samples", unit="img", file=sys.stderr) as bar:
         reporter = progress.Reporter(report, "GenEval samples", total) if report else None
-        export(path, _Progress(sampler, bar, reporter), folder, e.images_per_prompt, stream_seed(seed, "geneval"),
-               e.batch_size)
-    summary = score(folder)
-    return {"geneval_overall": summary["overall"], **{f"geneval_{t}": summary[t] for t in GENEVAL_TAGS}}
+        export(path, _Progress(sampler, bar, reporter), folder, e.images_per_prompt,
+               stream_seed(seed, "geneval" if split == "compositional" else f"geneval-{split}"), e.batch_size)
+    return score(folder)
+
+
+def geneval_metrics(sampler, cfg: DictConfig, run: RunDir, seed: int,
+                    manifest: dict) -> dict[str, float]:
+    """``geneval_<tag>`` and ``geneval_overall`` on the held-out (compositional) prompts; with
+    ``eval.geneval_in_distribution`` also ``geneval_in_dist_<tag>`` for :data:`HELD_OUT_TAGS` on
+    prompts of combinations seen in training, and ``geneval_in_dist_overall``: the six tags' mean
+    with those three in distribution (the other tags have nothing held out: their prompts are the
+    same either way)."""
+    held_out = run_geneval(sampler, cfg, run.geneval(seed, cfg.eval.seed), seed, manifest, run.progress)
+    out = {"geneval_overall": held_out["overall"], **{f"geneval_{t}": held_out[t] for t in GENEVAL_TAGS}}
+    if cfg.eval.geneval_in_distribution:
+        seen = run_geneval(sampler, cfg, run.geneval_in_dist(seed, cfg.eval.seed), seed, manifest,
+                           run.progress, split="train", tags=HELD_OUT_TAGS)
+        out.update({f"geneval_in_dist_{t}": seen[t] for t in HELD_OUT_TAGS},
+                   geneval_in_dist_overall=float(np.mean([seen.get(t, held_out[t]) for t in GENEVAL_TAGS])))
+    return out
 
 
 def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
@@ -262,15 +283,15 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
                     run.progress)
     fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
-    metrics.update(run_geneval(sampler, cfg, run.geneval(seed, cfg.eval.seed), seed, manifest,
-                               run.progress))
+    metrics.update(geneval_metrics(sampler, cfg, run, seed, manifest))
     if cfg.data.name == "shapes":
         ceiling = ensure_geneval_ceiling(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg.data,
                                          cfg.eval.geneval_prompts_per_tag, cfg.eval.images_per_prompt)
         metrics.update({f"geneval_ceiling_{k}": v for k, v in ceiling.items() if k != "true_overall"})
     images = write_samples(sampler, run_dir, generated) if default else []
     metrics.update(eval_seconds=time.time() - start, fid_samples=len(captions), fid_features=space.name,
-                   geneval_images=cfg.eval.geneval_prompts_per_tag * len(GENEVAL_TAGS) * cfg.eval.images_per_prompt)
+                   geneval_images=cfg.eval.geneval_prompts_per_tag * cfg.eval.images_per_prompt
+                   * (len(GENEVAL_TAGS) + len(HELD_OUT_TAGS) * cfg.eval.geneval_in_distribution))
     _log(run_dir, cfg, metrics, step, "eval/" if default else f"eval_seed{seed}/")
     metrics.update(seed=seed, step=step)
     out = run.eval_metrics(seed, cfg.eval.seed)

@@ -2,6 +2,8 @@
 (or is untestable, with the reason) on data built to break it."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import pandas as pd
@@ -76,12 +78,15 @@ def test_text_use_has_one_row_per_trained_model_in_size_order():
     base = {"token": "continuous", "order": "random", "caption_gain": 0.01, "context_spread": 0.7,
             "geneval_ceiling": 0.97}
     runs = pd.DataFrame([
-        {**base, "run_key": "big", "size": "xl", "params": 5e6, "train_seed": 0, "geneval_overall": 0.2},
-        {**base, "run_key": "big", "size": "xl", "params": 5e6, "train_seed": 0, "geneval_overall": 0.4},
+        {**base, "run_key": "big", "size": "xl", "params": 5e6, "train_seed": 0, "geneval_overall": 0.2,
+         "geneval_in_dist": 0.5},
+        {**base, "run_key": "big", "size": "xl", "params": 5e6, "train_seed": 0, "geneval_overall": 0.4,
+         "geneval_in_dist": 0.7},
         {**base, "run_key": "small", "size": "xs", "params": 3e5, "train_seed": 0, "geneval_overall": 0.1},
     ])
     table = text_use(runs)
     assert list(table.columns) == list(TEXT_USE_COLUMNS)
     assert table["size"].tolist() == ["xs", "xl"]
     assert table["geneval_overall"].tolist() == pytest.approx([0.1, 0.3])
+    assert table["geneval_in_dist"].iloc[1] == pytest.approx(0.6) and math.isnan(table["geneval_in_dist"].iloc[0])
     assert text_use(runs.drop(columns=["caption_gain"])).empty

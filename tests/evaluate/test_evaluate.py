@@ -17,7 +17,8 @@ from harness.data.shapes import vocabulary
 from harness.errors import UserError
 from harness.evaluate import features
 from harness.evaluate.run import FIXED_PROMPTS, evaluate, metrics_path
-from harness.registry import EVAL_METRICS, GENEVAL_TAGS
+from harness.geneval.prompts import is_held_out_prompt, read_jsonl
+from harness.registry import EVAL_METRICS, GENEVAL_IN_DIST, GENEVAL_TAGS, HELD_OUT_TAGS
 from harness.evaluate.__main__ import main
 from harness.tracking import store
 from harness.run_dir import RunDir
@@ -56,8 +57,35 @@ def test_metrics_json_has_every_metric_and_the_run_is_completed(evaluated):
     assert {f"geneval_{t}" for t in GENEVAL_TAGS} <= set(written)
     assert all(isinstance(written[k], float) and math.isfinite(written[k]) for k in EVAL_METRICS)
     assert 0 <= written["precision"] <= 1 and 0 <= written["recall"] <= 1 and written["fid"] > 0
-    assert written["fid_samples"] == 32 and written["geneval_images"] == 6 * 2 * 2 and written["step"] == 20
+    # six tags held out, three of them again in distribution; 2 prompts each, 2 images per prompt
+    assert written["fid_samples"] == 32 and written["geneval_images"] == (6 + 3) * 2 * 2 and written["step"] == 20
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+def test_geneval_in_distribution_beside_the_held_out_prompts(evaluated, tmp_path):
+    """Counting, position and colour attribution are scored again on combinations seen in
+    training; the in-distribution overall takes the other three tags from the held-out set (their
+    prompts have nothing held out). Off, none of it is made."""
+    from harness.evaluate.run import geneval_metrics
+    from harness.sampling import Sampler
+
+    run_dir, metrics, _ = evaluated
+    assert set(GENEVAL_IN_DIST) <= set(metrics)
+    held_out = read_jsonl(run_dir / "geneval" / "prompts.jsonl")
+    seen = read_jsonl(run_dir / "geneval-in-dist" / "prompts.jsonl")
+    assert [p["tag"] for p in seen] == [t for t in HELD_OUT_TAGS for _ in range(2)]
+    assert all(is_held_out_prompt(p) is True for p in held_out if p["tag"] in HELD_OUT_TAGS)
+    assert all(is_held_out_prompt(p) is False for p in seen)
+    assert json.loads((run_dir / "geneval-in-dist" / "scores.json").read_text())["n_images"] == 12
+    parts = [metrics[f"geneval_in_dist_{t}" if t in HELD_OUT_TAGS else f"geneval_{t}"] for t in GENEVAL_TAGS]
+    assert metrics["geneval_in_dist_overall"] == pytest.approx(sum(parts) / 6)
+
+    cfg = config.load_saved(RunDir(run_dir).config)
+    cfg.eval.geneval_in_distribution = False
+    other = RunDir(tmp_path / "run")
+    off = geneval_metrics(Sampler.from_run(run_dir), cfg, other, 0, {"seed": 0})
+    assert not set(GENEVAL_IN_DIST) & set(off) and off["geneval_overall"] == metrics["geneval_overall"]
+    assert not other.geneval_in_dist(0, 0).exists()
 
 
 def test_val_loss_is_trainings_own_final_validation_loss(evaluated):
@@ -107,6 +135,7 @@ def test_rerun_reuses_samples_and_other_seeds_write_their_own_file(evaluated):
     assert set(EVAL_METRICS) <= set(other) and other["val_loss"] == metrics["val_loss"]
     assert other["fid"] != metrics["fid"]  # fresh samples
     assert (run_dir / "geneval-seed1" / "scores.json").exists()
+    assert (run_dir / "geneval-in-dist-seed1" / "scores.json").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["seed"] == 0
     assert json.loads(main_metrics)["fid"] == metrics["fid"]
     assert any(r["key"] == "eval_seed1/fid" for r in store.read_metrics(run_dir))

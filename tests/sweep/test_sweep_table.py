@@ -79,8 +79,8 @@ def test_size_and_cost_columns_in_both_conventions(tmp_path):
 
 
 def test_text_probes_training_seed_and_geneval_ceiling_columns(tmp_path):
-    """The last logged caption gain and context spread, the run's training seed and the tokenizer's
-    GenEval ceiling are in every row of a run."""
+    """The last logged caption gain and context spread, the run's training seed, the tokenizer's
+    GenEval ceiling and the in-distribution GenEval are in every row of a run."""
     from harness.tracking.store import append_metrics
 
     cfg = C.load(["model.size=xs", f"results_dir={tmp_path}", "train.steps=20", "train.seed=3"])
@@ -90,7 +90,8 @@ def test_text_probes_training_seed_and_geneval_ceiling_columns(tmp_path):
     write_status(run_dir, "completed", step=20)
     append_metrics(run_dir, {"val/loss": 0.9, "val/caption_gain": 0.0, "text/context_spread": 0.6}, 10)
     append_metrics(run_dir, {"val/loss": 0.5, "val/caption_gain": 0.02, "text/context_spread": 0.7}, 20)
-    write_json(run_dir / "metrics.json", {"val_loss": 0.5, "fid": 3.0, "geneval_ceiling_overall": 0.97})
+    write_json(run_dir / "metrics.json", {"val_loss": 0.5, "fid": 3.0, "geneval_ceiling_overall": 0.97,
+                                          "geneval_in_dist_overall": 0.4})
     row = table.run_rows(run_dir, "t", [0])[0]
     assert (row["train_seed"], row["val_loss"], row["caption_gain"], row["context_spread"],
-            row["geneval_ceiling"]) == (3, 0.5, 0.02, 0.7, 0.97)
+            row["geneval_ceiling"], row["geneval_in_dist"]) == (3, 0.5, 0.02, 0.7, 0.97, 0.4)
