@@ -2,6 +2,7 @@
 
     python -m harness.geneval prompts --out FILE [--n-per-tag 20] [--seed 0] [--split compositional]
     python -m harness.geneval export --metadata FILE --run RUN_DIR --out DIR [--images-per-prompt 4] [--seed 0]
+                                     [--cfg SCALE] [--temperature T]   (default: the run's sampling)
     python -m harness.geneval score DIR
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from harness.data.shapes import SPLITS
-from harness.errors import cli_main
+from harness.errors import UserError, cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--images-per-prompt", type=int, default=4)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--cfg", type=float, help="classifier-free guidance scale (>= 1; default: the run's)")
+    e.add_argument("--temperature", type=float, help="sampling temperature (> 0; default: the run's)")
     s = sub.add_parser("score", help="score a GenEval-layout folder with the shapes detector")
     s.add_argument("dir")
     return parser
@@ -45,9 +48,17 @@ def main(argv: list[str] | None = None) -> None:
         from harness.geneval.prompts import read_jsonl
 
         read_jsonl(args.metadata)  # fail on a bad prompt file before loading a model
+        if args.cfg is not None and args.cfg < 1:
+            raise UserError("cfg", f"must be >= 1 (1 = no guidance), got {args.cfg}")
+        if args.temperature is not None and args.temperature <= 0:
+            raise UserError("temperature", f"must be > 0, got {args.temperature}")
         from harness.sampling import Sampler  # imported here: only export needs a model
 
-        out = export(args.metadata, Sampler.from_run(args.run), args.out, args.images_per_prompt, args.seed, args.batch_size)
+        sampler = Sampler.from_run(args.run)
+        for field, value in (("cfg", args.cfg), ("temperature", args.temperature)):
+            if value is not None:
+                sampler.cfg.sample[field] = value
+        out = export(args.metadata, sampler, args.out, args.images_per_prompt, args.seed, args.batch_size)
         print(f"wrote samples to {out}")
     else:
         from harness.geneval.export import score

@@ -122,6 +122,40 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert f"{bad}:1: missing key 'tag'" in capsys.readouterr().err
 
 
+def test_cli_export_samples_at_the_guidance_and_temperature_asked(tmp_path, metadata_file, monkeypatch, capsys):
+    """``--cfg`` / ``--temperature`` replace the run's sampling settings for the export (the
+    scales of calibration item 24); out of range, one line naming the option, exit 2."""
+    from omegaconf import OmegaConf
+
+    import harness.sampling
+
+    class Guided(RenderingSampler):
+        def __init__(self):
+            super().__init__(FIXTURE)
+            self.cfg = OmegaConf.create({"sample": {"cfg": 5.0, "temperature": 0.975}})
+            self.seen: list[tuple[float, float]] = []
+
+        def generate(self, prompts, seed):
+            self.seen.append((self.cfg.sample.cfg, self.cfg.sample.temperature))
+            return super().generate(prompts, seed)
+
+    made = []
+    monkeypatch.setattr(harness.sampling.Sampler, "from_run", lambda run: made.append(Guided()) or made[-1])
+    main(["export", "--metadata", str(metadata_file), "--run", str(tmp_path), "--out", str(tmp_path / "a"),
+          "--cfg", "2"])
+    main(["export", "--metadata", str(metadata_file), "--run", str(tmp_path), "--out", str(tmp_path / "b"),
+          "--temperature", "1.1"])
+    assert set(made[0].seen) == {(2.0, 0.975)} and set(made[1].seen) == {(5.0, 1.1)}
+    capsys.readouterr()
+    for option, value in (("--cfg", "0.5"), ("--temperature", "0")):
+        with pytest.raises(SystemExit) as e:
+            main(["export", "--metadata", str(metadata_file), "--run", str(tmp_path), "--out",
+                  str(tmp_path / "c"), option, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"error: {option[2:]}: ") and len(err.splitlines()) == 1
+    assert len(made) == 2, "rejected before a model is loaded"
+
+
 def test_cli_module_imports_without_a_sampler():
     code = "import sys; sys.modules['harness.sampling'] = None; import harness.geneval.__main__"
     subprocess.run([sys.executable, "-c", code], check=True)
