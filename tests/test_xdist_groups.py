@@ -34,16 +34,22 @@ HOOK = ("import importlib.util\n"
         "def pytest_configure(config):\n    config.addinivalue_line('markers', 'slow: minutes')\n")
 
 
-def test_a_group_runs_on_one_worker(tmp_path):
+def run_suite(tmp_path: Path, tests: str) -> str:
+    """``tests`` as a test file beside the suite's hook, run as ``make test`` runs (two workers);
+    what its tests wrote to the file ``$OUT``."""
     (tmp_path / "conftest.py").write_text(HOOK)
-    (tmp_path / "test_grouped.py").write_text(GROUPED)
-    out = tmp_path / "workers.txt"
+    (tmp_path / "test_suite.py").write_text(tests)
+    out = tmp_path / "out.txt"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
                           "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
                          cwd=tmp_path, env={**os.environ, "OUT": str(out)},
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    workers = out.read_text().split()
+    return out.read_text()
+
+
+def test_a_group_runs_on_one_worker(tmp_path):
+    workers = run_suite(tmp_path, GROUPED).split()
     assert len(workers) == 6 and len(set(workers)) == 1, workers
 
 
@@ -67,16 +73,9 @@ def test_slow(i):
 
 def test_slow_tests_are_handed_out_first(tmp_path):
     """Written last in their file, the two slow tests are each worker's first."""
-    (tmp_path / "conftest.py").write_text(HOOK)
-    (tmp_path / "test_ordered.py").write_text(ORDERED)
-    out = tmp_path / "order.txt"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
-                          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
-                         cwd=tmp_path, env={**os.environ, "OUT": str(out)},
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
+    order = run_suite(tmp_path, ORDERED)
     first: dict[str, str] = {}
-    for line in out.read_text().splitlines():
+    for line in order.splitlines():
         worker, name = line.split()
         first.setdefault(worker, name)
-    assert sorted(first.values()) == ["slow0", "slow1"], out.read_text()
+    assert sorted(first.values()) == ["slow0", "slow1"], order
