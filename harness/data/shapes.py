@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from harness.errors import UserError, check_choice
-from harness.registry import GENEVAL_TAGS, LAYOUTS, NUISANCES, PALETTE, UNNAMED_COLORS
+from harness.registry import GENEVAL_TAGS, HELD_OUT_TAGS, LAYOUTS, NUISANCES, PALETTE, UNNAMED_COLORS
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = dict(zip(PALETTE, [
@@ -441,7 +441,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     check_choice("split", split, SPLITS)
     tag = GENEVAL_TAGS[rng.integers(len(GENEVAL_TAGS))] if tag is None else tag
     check_choice("tag", tag, GENEVAL_TAGS)
-    want_held_out = split == "compositional" and tag in ("counting", "position", "color_attr")
+    want_held_out = split == "compositional" and tag in HELD_OUT_TAGS
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
         if tag not in COLOR_TAGS:

@@ -21,7 +21,8 @@ Metrics are logged to the run's ``metrics.jsonl`` and MLflow run (step = trainin
 
 Seeds: the run's ``eval.seed`` writes ``metrics.json`` and the folders ``geneval/``,
 ``geneval-in-dist/``, ``fid/generated/``; any other seed writes ``metrics-seed<s>.json``,
-``geneval-seed<s>/``, ``geneval-in-dist-seed<s>/``, ``fid/generated-seed<s>/`` and logs ``eval_seed<s>/<name>``, leaving the status alone.
+``geneval-seed<s>/``, ``geneval-in-dist-seed<s>/``, ``fid/generated-seed<s>/`` and logs
+``eval_seed<s>/<name>``, leaving the status alone.
 Resuming: generated images are kept (FID in whole batches, GenEval by its export's chunks) with a
 manifest of what produced them; a rerun generates only what is missing and recomputes the metrics.
 """
