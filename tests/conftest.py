@@ -27,13 +27,21 @@ def _isolate(tmp_path_factory):
     yield
 
 
+def session_dir(tmp_path_factory, name: str) -> Path:
+    """A folder ``name`` for the whole test session, the same one for every xdist worker (beside
+    the workers' own base temp dirs)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent / f"shared-{name}" if os.environ.get("PYTEST_XDIST_WORKER") else base / name
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 @pytest.fixture(scope="session")
 def stage0_root(tmp_path_factory) -> Path:
     """A results dir whose stage0/ (tokenizers, rendered data) is shared by the session: by every
     xdist worker, too (stage 0's file locks let one worker build what the others wait for)."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent / "shared-results" if os.environ.get("PYTEST_XDIST_WORKER") else base / "results"
-    (root / "stage0").mkdir(parents=True, exist_ok=True)
+    root = session_dir(tmp_path_factory, "results")
+    (root / "stage0").mkdir(exist_ok=True)
     return root
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from harness.evaluate import features
 from harness.io import file_lock
+from tests.conftest import session_dir
 
 REPO = Path(__file__).resolve().parents[2]
 # A feature net that trains in seconds; it stands in for the default one (minutes of CPU), whose
@@ -27,9 +28,7 @@ def sweep_stage0(tmp_path_factory) -> Path:
     """``stage0/`` shared by the sweep tests, by every xdist worker too: tokenizers are trained by
     the first sweep that needs them (stage 0's file locks make the others wait); the FID feature
     net is the tiny one, at the default spec's path."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent / "shared-sweep-stage0" if os.environ.get("PYTEST_XDIST_WORKER") else base / "sweep-stage0"
-    root.mkdir(parents=True, exist_ok=True)
+    root = session_dir(tmp_path_factory, "sweep-stage0")
     with file_lock(root / "features.lock"):
         tiny = features.ensure_feature_net(RESOLUTION, root, TINY_FEATURES)
         default = features.feature_dir(RESOLUTION, root, features.DEFAULT_SPEC)
