@@ -141,6 +141,9 @@ class ModelConfig:
                                     **POSITIVE)
     learn_sigma: bool = knob(False, "diffusion head learns its variance (MAR/improved DDPM: eps and "
                              "an interpolation of log-variances, plus the variational-bound term)")
+    diffusion_prediction: str = knob("eps", "what the diffusion head predicts: eps (MAR's) or v, "
+                                     "the velocity (weights high-noise steps more)",
+                                     choices=("eps", "v"))
     mask_ratio_min: float = knob(0.7, "random order: lowest masking ratio of the truncated normal",
                                  gt=0, le=1)
     mask_ratio_std: float = knob(0.25, "random order: spread of the masking ratio", **NON_NEGATIVE)
@@ -255,6 +258,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # Fields added after runs existed: left out of the key while at these defaults, so the keys (and
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
+                         "model.diffusion_prediction": "eps",
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
                          "data.unnamed_color": "random",

@@ -2,9 +2,9 @@
 
 The transformer's output ``z`` for a token conditions a small MLP denoiser (residual blocks with
 AdaLN) that predicts the noise added to that token: a cosine schedule over ``steps`` training
-timesteps, epsilon-prediction, and several (t, noise) draws per token per step (the "diffusion
-batch multiplier") because the head is cheap next to the transformer. Sampling is DDPM respaced to
-fewer steps; the predicted clean token is clipped to +-x0_clip (tokens are unit-variance latents;
+timesteps, epsilon-prediction (MAR's; or velocity prediction, ``prediction="v"``), and several
+(t, noise) draws per token per step (the "diffusion batch multiplier") because the head is cheap
+next to the transformer. Sampling is DDPM respaced to fewer steps; the predicted clean token is clipped to +-x0_clip (tokens are unit-variance latents;
 near t=T the prediction divides by sqrt(alpha_bar) ~ 1e-4 and would amplify any error); temperature
 scales the noise of each reverse step; classifier-free guidance combines
 the conditional and unconditional halves' epsilon, both halves sharing one noise draw.
@@ -14,6 +14,14 @@ By default each reverse step uses the posterior variance (fixed, "sigma small").
 outputs a value v per channel that interpolates the step's log-variance between the posterior
 variance (v=-1) and beta_t (v=+1), trained by the variational bound (VB) with the predicted mean
 held fixed, so the epsilon-MSE alone trains the mean.
+
+With ``prediction="v"`` the denoiser's output is the velocity sqrt(a) eps - sqrt(1-a) x0 (Salimans
+& Ho, 2022; not the variance value above) and the loss is its MSE. In terms of the clean token,
+the epsilon-MSE weights an error by the signal-to-noise ratio a/(1-a), which vanishes at high
+noise, where a token's mode (e.g. an object's colour) is chosen; the velocity MSE weights it by
+SNR + 1. Everything downstream (the VB term, guidance, the sampler) converts the velocity to
+epsilon first: the conversion is linear in the output at a fixed x_t, so guidance on the velocity
+equals guidance on epsilon.
 """
 from __future__ import annotations
 
@@ -143,8 +151,11 @@ class DiffLoss(nn.Module):
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int,
                  steps: int = 1000, batch_mul: int = 4, x0_clip: float = 10.0,
-                 learn_sigma: bool = False):
+                 learn_sigma: bool = False, prediction: str = "eps"):
         super().__init__()
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        self.prediction = prediction
         self.x0_clip = x0_clip
         self.token_dim = token_dim
         self.steps = steps
@@ -175,12 +186,23 @@ class DiffLoss(nn.Module):
                             dtype=target.dtype)
         ac = self.alphas_cumprod[t][:, None]
         x_t = ac.sqrt() * target + (1 - ac).sqrt() * noise
-        eps = self.net(x_t, t, z)
+        out = self.net(x_t, t, z).float()
+        if self.prediction == "v":
+            goal = ac.sqrt() * noise - (1 - ac).sqrt() * target
+        else:
+            goal = noise
         if not self.learn_sigma:
-            return F.mse_loss(eps.float(), noise.float())
-        eps, v = eps.float().split(self.token_dim, dim=-1)
-        vb = self.vb_bits(target.float(), x_t.float(), t, eps.detach(), v)
-        return F.mse_loss(eps, noise.float()) + vb.mean()
+            return F.mse_loss(out, goal.float())
+        out, v = out.split(self.token_dim, dim=-1)
+        eps = self.to_eps(out.detach(), x_t, ac)
+        vb = self.vb_bits(target.float(), x_t.float(), t, eps, v)
+        return F.mse_loss(out, goal.float()) + vb.mean()
+
+    def to_eps(self, out: Tensor, x_t: Tensor, ac: Tensor) -> Tensor:
+        """The epsilon that the denoiser's output stands for at x_t and cumulative alpha ``ac``."""
+        if self.prediction == "v":
+            return (1 - ac).sqrt() * x_t + ac.sqrt() * out
+        return out
 
     def vb_bits(self, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor, v: Tensor) -> Tensor:
         """Per-row VB term in bits per channel: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for
@@ -220,11 +242,13 @@ class DiffLoss(nn.Module):
         times = self.net.time(timestep_embedding(ts)).to(cond.dtype)
         for i, ac in enumerate(acs):
             ac_prev = acs[i + 1] if i + 1 < len(acs) else torch.ones_like(ac)
-            eps = self.net.denoise(torch.cat([x, x]) if guided else x, times[i] + cond)
+            x_in = torch.cat([x, x]) if guided else x
+            eps = self.net.denoise(x_in, times[i] + cond)
             v = None
             if self.learn_sigma:
                 eps, v = eps.split(self.token_dim, dim=-1)
                 v = v[:n]
+            eps = self.to_eps(eps, x_in, ac)
             if guided:
                 eps_c, eps_u = eps.chunk(2)
                 w = cfg if not torch.is_tensor(cfg) else cfg.view(-1, 1)

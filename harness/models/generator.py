@@ -47,7 +47,8 @@ class Generator(nn.Module):
     def __init__(self, token: str, order: str, num_tokens: int, depth: int, width: int, heads: int,
                  mlp_ratio: float = 4.0, token_dim: int = 4, codebook_size: int = 256,
                  head_width: int | None = None, head_depth: int = 3, diffusion_steps: int = 1000,
-                 diffusion_batch_mul: int = 4, learn_sigma: bool = False, mask_ratio_min: float = 0.7,
+                 diffusion_batch_mul: int = 4, learn_sigma: bool = False,
+                 diffusion_prediction: str = "eps", mask_ratio_min: float = 0.7,
                  mask_ratio_std: float = 0.25, final_norm: bool = True, logits_init_std: float = 0.0):
         super().__init__()
         self.token, self.order = token, order
@@ -74,7 +75,8 @@ class Generator(nn.Module):
             nn.init.zeros_(self.head.bias)
         else:
             self.diffloss = DiffLoss(token_dim, width, head_width or width, head_depth,
-                                     diffusion_steps, diffusion_batch_mul, learn_sigma=learn_sigma)
+                                     diffusion_steps, diffusion_batch_mul, learn_sigma=learn_sigma,
+                                     prediction=diffusion_prediction)
 
     @property
     def causal(self) -> bool:

@@ -1,5 +1,5 @@
-"""The diffusion head learns a known 2-D Gaussian mixture and samples it back; with learn_sigma
-its loss and sampler follow MAR's learned-variance formulas."""
+"""The diffusion head learns a known 2-D Gaussian mixture and samples it back, predicting epsilon
+or the velocity; with learn_sigma its loss and sampler follow MAR's learned-variance formulas."""
 import math
 
 import pytest
@@ -18,11 +18,12 @@ def mixture(n, gen):
 ON_ONE_WORKER = pytest.mark.xdist_group("diffloss-trained-head")
 
 
-@pytest.fixture(scope="module")
-def trained_head():
+@pytest.fixture(scope="module", params=["eps", "v"])
+def trained_head(request):
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    head = DiffLoss(token_dim=2, cond_dim=4, width=64, depth=3, steps=1000, batch_mul=4)
+    head = DiffLoss(token_dim=2, cond_dim=4, width=64, depth=3, steps=1000, batch_mul=4,
+                    prediction=request.param)
     opt = torch.optim.Adam(head.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
     z = torch.zeros(256, 4)
@@ -40,12 +41,27 @@ def test_diffusion_head_samples_a_gaussian_mixture(trained_head):
     head = trained_head
     samples = head.sample(torch.zeros(4000, 4), temperature=1.0, num_steps=50,
                           generator=torch.Generator().manual_seed(1))
-    ref, _ = mixture(4000, torch.Generator().manual_seed(2))
-    torch.testing.assert_close(samples.mean(0), ref.mean(0), atol=0.15, rtol=0)
-    torch.testing.assert_close(torch.cov(samples.T), torch.cov(ref.T), atol=0.25, rtol=0)
     # bimodal: few samples between the modes
     between = ((samples[:, 0] > -0.8) & (samples[:, 0] < 0.8)).float().mean()
     assert between < 0.08
+    # each mode: its weight (1/2), its mean and its spread (0.3)
+    means = torch.tensor([[-2.0, 0.0], [2.0, 1.0]])
+    for side, mean in zip((samples[:, 0] < 0, samples[:, 0] > 0), means):
+        assert abs(side.float().mean().item() - 0.5) < 0.05
+        torch.testing.assert_close(samples[side].mean(0), mean, atol=0.15, rtol=0)
+        torch.testing.assert_close(samples[side].std(0), torch.full((2,), 0.3), atol=0.06, rtol=0)
+
+
+def test_velocity_converts_to_the_noise_it_stands_for():
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(64, 3, generator=gen), torch.randn(64, 3, generator=gen)
+    ac = torch.rand(64, 1, generator=gen).clamp(1e-4, 1 - 1e-4)
+    x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+    velocity = ac.sqrt() * noise - (1 - ac).sqrt() * x0
+    head = DiffLoss(token_dim=3, cond_dim=4, width=8, depth=1, steps=10, prediction="v")
+    torch.testing.assert_close(head.to_eps(velocity, x_t, ac), noise)
+    eps_head = DiffLoss(token_dim=3, cond_dim=4, width=8, depth=1, steps=10)
+    assert eps_head.to_eps(noise, x_t, ac) is noise
 
 
 def test_guided_sampling_uses_one_batched_call_and_shares_noise():
