@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError, check_choice, one_line
-from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, LADDERS, LAYOUTS, NUISANCES, ORDERS,
-                              SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS, UNNAMED_COLORS,
-                              size_spec)
+from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, DIFFUSION_PREDICTIONS, LADDERS, LAYOUTS,
+                              NUISANCES, ORDERS, SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS,
+                              UNNAMED_COLORS, size_spec)
 
 # ``tokens``: token shards pre-encoded by ``python -m harness.tokenizers.shards``, streamed (#19).
 DATASETS = ("shapes", "folder", "webdataset", "coco", "tokens")
@@ -143,7 +143,7 @@ class ModelConfig:
                              "an interpolation of log-variances, plus the variational-bound term)")
     diffusion_prediction: str = knob("eps", "what the diffusion head predicts: eps (MAR's) or v, "
                                      "the velocity (weights high-noise steps more)",
-                                     choices=("eps", "v"))
+                                     choices=DIFFUSION_PREDICTIONS)
     mask_ratio_min: float = knob(0.7, "random order: lowest masking ratio of the truncated normal",
                                  gt=0, le=1)
     mask_ratio_std: float = knob(0.25, "random order: spread of the masking ratio", **NON_NEGATIVE)

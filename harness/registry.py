@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 TOKENS = ("discrete", "continuous")  # VQ codes + softmax head | KL latents + diffusion head
 ORDERS = ("raster", "random")  # causal next-token (GPT) | bidirectional masked (MAR/BERT)
+DIFFUSION_PREDICTIONS = ("eps", "v")  # what the diffusion head predicts: noise (MAR) | velocity
 # (token, order) pairs, and their names "<token>-<order>" (--variants continuous-random,...)
 VARIANT_PAIRS = tuple((t, o) for t in TOKENS for o in ORDERS)
 VARIANTS = tuple(f"{t}-{o}" for t, o in VARIANT_PAIRS)

@@ -4,10 +4,11 @@ The transformer's output ``z`` for a token conditions a small MLP denoiser (resi
 AdaLN) that predicts the noise added to that token: a cosine schedule over ``steps`` training
 timesteps, epsilon-prediction (MAR's; or velocity prediction, ``prediction="v"``), and several
 (t, noise) draws per token per step (the "diffusion batch multiplier") because the head is cheap
-next to the transformer. Sampling is DDPM respaced to fewer steps; the predicted clean token is clipped to +-x0_clip (tokens are unit-variance latents;
-near t=T the prediction divides by sqrt(alpha_bar) ~ 1e-4 and would amplify any error); temperature
-scales the noise of each reverse step; classifier-free guidance combines
-the conditional and unconditional halves' epsilon, both halves sharing one noise draw.
+next to the transformer. Sampling is DDPM respaced to fewer steps; the predicted clean token is
+clipped to +-x0_clip (tokens are unit-variance latents; near t=T the prediction divides by
+sqrt(alpha_bar) ~ 1e-4 and would amplify any error); temperature scales the noise of each reverse
+step; classifier-free guidance combines the conditional and unconditional halves' epsilon, both
+halves sharing one noise draw.
 
 By default each reverse step uses the posterior variance (fixed, "sigma small"). With
 ``learn_sigma`` the head is MAR's: as in improved DDPM (Nichol & Dhariwal, 2021) the denoiser also
@@ -30,6 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from harness.registry import DIFFUSION_PREDICTIONS
 
 
 def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
@@ -153,8 +156,8 @@ class DiffLoss(nn.Module):
                  steps: int = 1000, batch_mul: int = 4, x0_clip: float = 10.0,
                  learn_sigma: bool = False, prediction: str = "eps"):
         super().__init__()
-        if prediction not in ("eps", "v"):
-            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        if prediction not in DIFFUSION_PREDICTIONS:
+            raise ValueError(f"prediction must be one of {DIFFUSION_PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
         self.x0_clip = x0_clip
         self.token_dim = token_dim
@@ -243,12 +246,12 @@ class DiffLoss(nn.Module):
         for i, ac in enumerate(acs):
             ac_prev = acs[i + 1] if i + 1 < len(acs) else torch.ones_like(ac)
             x_in = torch.cat([x, x]) if guided else x
-            eps = self.net.denoise(x_in, times[i] + cond)
+            out = self.net.denoise(x_in, times[i] + cond)
             v = None
             if self.learn_sigma:
-                eps, v = eps.split(self.token_dim, dim=-1)
+                out, v = out.split(self.token_dim, dim=-1)
                 v = v[:n]
-            eps = self.to_eps(eps, x_in, ac)
+            eps = self.to_eps(out, x_in, ac)
             if guided:
                 eps_c, eps_u = eps.chunk(2)
                 w = cfg if not torch.is_tensor(cfg) else cfg.view(-1, 1)

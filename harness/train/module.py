@@ -55,7 +55,8 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
         token_dim=token_dim, codebook_size=codebook_size, head_width=m.head_width,
         head_depth=m.head_depth, diffusion_steps=m.diffusion_steps,
         diffusion_batch_mul=m.diffusion_batch_mul, learn_sigma=m.learn_sigma,
-        diffusion_prediction=m.diffusion_prediction, mask_ratio_min=m.mask_ratio_min, mask_ratio_std=m.mask_ratio_std,
+        diffusion_prediction=m.diffusion_prediction, mask_ratio_min=m.mask_ratio_min,
+        mask_ratio_std=m.mask_ratio_std,
         final_norm=m.final_norm, logits_init_std=m.logits_init_std)
     return nets
 
