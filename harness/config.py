@@ -147,6 +147,9 @@ class ModelConfig:
     mask_ratio_min: float = knob(0.7, "random order: lowest masking ratio of the truncated normal",
                                  gt=0, le=1)
     mask_ratio_std: float = knob(0.25, "random order: spread of the masking ratio", **NON_NEGATIVE)
+    mask_ratio_uniform: float = knob(0.0, "random order: fraction of training batches whose ratio "
+                                     "is drawn uniformly on (0, 1] instead (contexts where most "
+                                     "tokens are known, as in the last sampling steps)", ge=0, le=1)
     final_norm: bool = knob(True, "LayerNorm on the transformer's output before the head (GPT's "
                             "ln_f, MAR's decoder_norm)")
     logits_init_std: float = knob(0.0, "discrete: init std of the logits layer (0: zeros, muP's "
@@ -258,7 +261,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # Fields added after runs existed: left out of the key while at these defaults, so the keys (and
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
-                         "model.diffusion_prediction": "eps",
+                         "model.diffusion_prediction": "eps", "model.mask_ratio_uniform": 0.0,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
                          "data.unnamed_color": "random",

@@ -75,14 +75,17 @@ def train_flops(cfg: DictConfig, token_dim: int, codebook_size: int,
 
 def mean_mask_ratio(cfg: DictConfig) -> float:
     """Random order: the expected masked fraction, the mean of N(1, mask_ratio_std) truncated to
-    [mask_ratio_min, 1] (0.867 at MAR's 0.7 and 0.25)."""
+    [mask_ratio_min, 1] (0.867 at MAR's 0.7 and 0.25), mixed with weight mask_ratio_uniform with
+    U(0, 1)'s 0.5."""
     m = cfg.model
     if m.mask_ratio_std == 0 or m.mask_ratio_min >= 1:
-        return 1.0
-    a = (m.mask_ratio_min - 1.0) / m.mask_ratio_std
-    pdf = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
-    mass = 0.5 * math.erf(-a / math.sqrt(2))  # Phi(0) - Phi(a)
-    return 1.0 + m.mask_ratio_std * (pdf - 1 / math.sqrt(2 * math.pi)) / mass
+        truncated = 1.0
+    else:
+        a = (m.mask_ratio_min - 1.0) / m.mask_ratio_std
+        pdf = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+        mass = 0.5 * math.erf(-a / math.sqrt(2))  # Phi(0) - Phi(a)
+        truncated = 1.0 + m.mask_ratio_std * (pdf - 1 / math.sqrt(2 * math.pi)) / mass
+    return (1 - m.mask_ratio_uniform) * truncated + m.mask_ratio_uniform * 0.5
 
 
 def executed_step_flops(cfg: DictConfig, token_dim: int, codebook_size: int,

@@ -6,7 +6,9 @@
   learned start token, sampling one token at a time with a KV cache.
 - ``random`` order is MAR/BERT-like: bidirectional self-attention over the sequence with a random
   subset replaced by a mask embedding (a fresh order per sample, the masked fraction drawn from a
-  truncated normal on [mask_ratio_min, 1]); loss on masked tokens; sampling fills the sequence in
+  truncated normal on [mask_ratio_min, 1], MAR's, optionally mixed with a uniform on (0, 1] so
+  that the contexts of the last sampling steps, where most tokens are known, are trained too);
+  loss on masked tokens; sampling fills the sequence in
   a few steps on a cosine schedule. Validation (``validation_loss``) masks each sample at a fixed
   ratio instead: a grid over the training distribution, so the loss does not depend on the batch.
 Every layer reads the text through cross-attention. All randomness takes an optional
@@ -36,11 +38,32 @@ def truncated_normal_quantile(u: Tensor, low: float, std: float) -> Tensor:
     return normal.icdf(a + u * (b - a)).clamp(low, 1.0)
 
 
-def truncated_normal_ratio(n: int, low: float, std: float, generator: torch.Generator | None,
-                           device: torch.device) -> Tensor:
-    """Mask ratios ~ N(1, std) truncated to [low, 1], by inverse-CDF sampling."""
+def mask_ratio_quantile(u: Tensor, low: float, std: float, uniform: float = 0.0) -> Tensor:
+    """The mask ratio at quantile ``u`` (CPU, in [0, 1]) of the training distribution: MAR's
+    N(1, std) truncated to [low, 1], mixed with weight ``uniform`` with U(0, 1) (found by bisection
+    on the mixture's CDF; without the mixture, the truncated normal's quantile exactly)."""
+    if uniform == 0:
+        return truncated_normal_quantile(u, low, std)
+    normal = torch.distributions.Normal(1.0, std)
+    a, b = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
+
+    def cdf(r: Tensor) -> Tensor:
+        tn = ((normal.cdf(r) - a) / (b - a)).clamp(0.0, 1.0) * (r >= low)
+        return (1 - uniform) * tn + uniform * r
+
+    lo, hi = torch.zeros_like(u), torch.ones_like(u)
+    for _ in range(40):  # 2^-40: exact to float precision
+        mid = (lo + hi) / 2
+        below = cdf(mid) < u
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return hi
+
+
+def mask_ratio(n: int, low: float, std: float, uniform: float, generator: torch.Generator | None,
+               device: torch.device) -> Tensor:
+    """``n`` training mask ratios (``mask_ratio_quantile``'s distribution), by inverse-CDF sampling."""
     u = torch.rand(n, generator=generator, device=device)
-    return truncated_normal_quantile(u.cpu(), low, std).to(device)
+    return mask_ratio_quantile(u.cpu(), low, std, uniform).to(device)
 
 
 class Generator(nn.Module):
@@ -49,12 +72,13 @@ class Generator(nn.Module):
                  head_width: int | None = None, head_depth: int = 3, diffusion_steps: int = 1000,
                  diffusion_batch_mul: int = 4, learn_sigma: bool = False,
                  diffusion_prediction: str = "eps", mask_ratio_min: float = 0.7,
-                 mask_ratio_std: float = 0.25, final_norm: bool = True, logits_init_std: float = 0.0):
+                 mask_ratio_std: float = 0.25, mask_ratio_uniform: float = 0.0, final_norm: bool = True, logits_init_std: float = 0.0):
         super().__init__()
         self.token, self.order = token, order
         self.num_tokens, self.width = num_tokens, width
         self.token_dim, self.codebook_size = token_dim, codebook_size
         self.mask_ratio_min, self.mask_ratio_std = mask_ratio_min, mask_ratio_std
+        self.mask_ratio_uniform = mask_ratio_uniform
         if token == "discrete":
             self.embed = nn.Embedding(codebook_size, width)
         else:
@@ -104,7 +128,8 @@ class Generator(nn.Module):
     def random_mask(self, batch: int, generator: torch.Generator | None,
                     device: torch.device) -> Tensor:
         """MAR training mask: a fresh random order per sample, one masked count per batch."""
-        ratio = truncated_normal_ratio(1, self.mask_ratio_min, self.mask_ratio_std, generator, device)
+        ratio = mask_ratio(1, self.mask_ratio_min, self.mask_ratio_std, self.mask_ratio_uniform,
+                           generator, device)
         n_masked = max(1, int(math.ceil(ratio.item() * self.num_tokens)))
         order = torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(dim=1)
         masked = torch.zeros(batch, self.num_tokens, dtype=torch.bool, device=device)
@@ -138,8 +163,8 @@ class Generator(nn.Module):
         the fixed grid (``VAL_RATIOS``) in an order drawn from its own generator, seeded by j and
         returned to draw the rest of the sample's randomness (diffusion) from."""
         index = torch.arange(first, first + batch)
-        ratios = truncated_normal_quantile((index % VAL_RATIOS + 0.5) / VAL_RATIOS,
-                                           self.mask_ratio_min, self.mask_ratio_std)
+        ratios = mask_ratio_quantile((index % VAL_RATIOS + 0.5) / VAL_RATIOS, self.mask_ratio_min,
+                                     self.mask_ratio_std, self.mask_ratio_uniform)
         masks, generators = [], []
         for j, ratio in zip(index.tolist(), ratios.tolist()):
             g = torch.Generator(device=device).manual_seed(VAL_SEED + j)

@@ -56,7 +56,7 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
         head_depth=m.head_depth, diffusion_steps=m.diffusion_steps,
         diffusion_batch_mul=m.diffusion_batch_mul, learn_sigma=m.learn_sigma,
         diffusion_prediction=m.diffusion_prediction, mask_ratio_min=m.mask_ratio_min,
-        mask_ratio_std=m.mask_ratio_std,
+        mask_ratio_std=m.mask_ratio_std, mask_ratio_uniform=m.mask_ratio_uniform,
         final_norm=m.final_norm, logits_init_std=m.logits_init_std)
     return nets
 

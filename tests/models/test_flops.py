@@ -10,7 +10,7 @@ from harness.data.datasets import caption_vocabulary
 from harness.models.flops import (aligner_flops, executed_flops, forward_flops,
                                   head_flops_per_token, mean_mask_ratio, text_encoder_flops,
                                   train_flops, trainable_parameters)
-from harness.models.generator import truncated_normal_ratio
+from harness.models.generator import mask_ratio
 from harness.train.module import build_networks, counted_parameters
 
 from tests.conftest import SMOKE
@@ -86,9 +86,13 @@ def test_executed_flops_term_by_term():
 
 def test_mean_mask_ratio_is_the_samplers_mean():
     cfg = config.load([])
-    draws = truncated_normal_ratio(200_000, cfg.model.mask_ratio_min, cfg.model.mask_ratio_std,
-                                   torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert mean_mask_ratio(cfg) == pytest.approx(draws.mean().item(), abs=2e-3)
+    m = cfg.model
+    for uniform in (0.0, 0.25):
+        m.mask_ratio_uniform = uniform
+        draws = mask_ratio(200_000, m.mask_ratio_min, m.mask_ratio_std, uniform,
+                           torch.Generator().manual_seed(0), torch.device("cpu"))
+        assert mean_mask_ratio(cfg) == pytest.approx(draws.mean().item(), abs=2e-3)
+    m.mask_ratio_uniform = 0.0
     assert mean_mask_ratio(cfg) == pytest.approx(0.867, abs=1e-3)
     cfg.model.mask_ratio_std = 0.0
     assert mean_mask_ratio(cfg) == 1.0

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from harness.models.generator import VAL_RATIOS, Generator, truncated_normal_ratio
+from harness.models.generator import (VAL_RATIOS, Generator, mask_ratio, mask_ratio_quantile,
+                                      truncated_normal_quantile)
 
 L, W, T = 16, 32, 5
 
@@ -64,12 +65,28 @@ def test_random_order_does_not_leak_masked_content(token):
 
 
 def test_mask_ratio_is_truncated_normal():
-    r = truncated_normal_ratio(20000, 0.7, 0.25, torch.Generator().manual_seed(0), torch.device("cpu"))
+    r = mask_ratio(20000, 0.7, 0.25, 0.0, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert r.min() >= 0.7 and r.max() <= 1.0
     # N(1, 0.25) truncated to [0.7, 1]: mean 1 - 0.25 (phi(0) - phi(-1.2)) / (Phi(0) - Phi(-1.2))
     assert abs(r.mean().item() - 0.8670) < 0.005
     # density rises towards 1: more mass in the top half of the interval
     assert (r > 0.85).float().mean() > 0.55
+
+
+def test_mask_ratio_mixed_with_uniform():
+    """A fraction ``uniform`` of the ratios comes from U(0, 1): the contexts of late sampling steps."""
+    r = mask_ratio(40000, 0.7, 0.25, 0.25, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert r.min() >= 0.0 and r.max() <= 1.0
+    # below MAR's 0.7 only the uniform part: P(r < x) = 0.25 x
+    for x in (0.2, 0.5, 0.7):
+        assert (r < x).float().mean().item() == pytest.approx(0.25 * x, abs=0.01)
+    assert r.mean().item() == pytest.approx(0.75 * 0.8670 + 0.25 * 0.5, abs=0.005)
+    # without the mixture the quantile is the truncated normal's, exactly (earlier runs' masks)
+    u = torch.linspace(0, 1, 33)
+    assert torch.equal(mask_ratio_quantile(u, 0.7, 0.25, 0.0), truncated_normal_quantile(u, 0.7, 0.25))
+    # the mixture's quantile is monotone and spans (0, 1]
+    q = mask_ratio_quantile(u, 0.7, 0.25, 0.25)
+    assert (q.diff() >= 0).all() and q[0] < 1e-6 and q[-1] == pytest.approx(1.0)
 
 
 def test_validation_masks_sample_j_at_grid_ratio_j_whatever_its_batch():
