@@ -8,9 +8,9 @@
   subset replaced by a mask embedding (a fresh order per sample, the masked fraction drawn from a
   truncated normal on [mask_ratio_min, 1], MAR's, optionally mixed with a uniform on (0, 1] so
   that the contexts of the last sampling steps, where most tokens are known, are trained too);
-  loss on masked tokens; sampling fills the sequence in
-  a few steps on a cosine schedule. Validation (``validation_loss``) masks each sample at a fixed
-  ratio instead: a grid over the training distribution, so the loss does not depend on the batch.
+  loss on masked tokens; sampling fills the sequence in a few steps on a cosine schedule.
+  Validation (``validation_loss``) masks each sample at a fixed ratio instead: a grid over the
+  training distribution, so the loss does not depend on the batch.
 Every layer reads the text through cross-attention. All randomness takes an optional
 ``torch.Generator`` so validation loss and sampling are reproducible.
 """
@@ -72,7 +72,8 @@ class Generator(nn.Module):
                  head_width: int | None = None, head_depth: int = 3, diffusion_steps: int = 1000,
                  diffusion_batch_mul: int = 4, learn_sigma: bool = False,
                  diffusion_prediction: str = "eps", mask_ratio_min: float = 0.7,
-                 mask_ratio_std: float = 0.25, mask_ratio_uniform: float = 0.0, final_norm: bool = True, logits_init_std: float = 0.0):
+                 mask_ratio_std: float = 0.25, mask_ratio_uniform: float = 0.0,
+                 final_norm: bool = True, logits_init_std: float = 0.0):
         super().__init__()
         self.token, self.order = token, order
         self.num_tokens, self.width = num_tokens, width
