@@ -31,10 +31,15 @@ VAL_RATIOS = 16
 VAL_SEED = 10_007
 
 
+def _truncated_normal(low: float, std: float):
+    """N(1, std) and its CDF at the truncation bounds ``low`` and 1."""
+    normal = torch.distributions.Normal(1.0, std)
+    return normal, normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
+
+
 def truncated_normal_quantile(u: Tensor, low: float, std: float) -> Tensor:
     """The mask ratio at quantile ``u`` (CPU, in [0, 1]) of N(1, std) truncated to [low, 1]."""
-    normal = torch.distributions.Normal(1.0, std)
-    a, b = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
+    normal, a, b = _truncated_normal(low, std)
     return normal.icdf(a + u * (b - a)).clamp(low, 1.0)
 
 
@@ -44,12 +49,10 @@ def mask_ratio_quantile(u: Tensor, low: float, std: float, uniform: float = 0.0)
     on the mixture's CDF; without the mixture, the truncated normal's quantile exactly)."""
     if uniform == 0:
         return truncated_normal_quantile(u, low, std)
-    normal = torch.distributions.Normal(1.0, std)
-    a, b = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(1.0))
+    normal, a, b = _truncated_normal(low, std)
 
-    def cdf(r: Tensor) -> Tensor:
-        tn = ((normal.cdf(r) - a) / (b - a)).clamp(0.0, 1.0) * (r >= low)
-        return (1 - uniform) * tn + uniform * r
+    def cdf(r: Tensor) -> Tensor:  # the truncated normal's CDF is 0 below low, 1 at 1
+        return (1 - uniform) * ((normal.cdf(r) - a) / (b - a)).clamp(0.0, 1.0) + uniform * r
 
     lo, hi = torch.zeros_like(u), torch.ones_like(u)
     for _ in range(40):  # 2^-40: exact to float precision
