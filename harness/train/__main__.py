@@ -17,9 +17,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. model.token=discrete")
     args = parser.parse_args(argv)
     cfg = config.load(args.overrides, args.config)
+    from lightning.pytorch.utilities import rank_zero_only
+
     from harness.train.run import train
 
-    print(train(cfg))
+    run = train(cfg)
+    # one line, from rank 0: the other ranks of a multi-process run train the same run, and their
+    # prints would interleave with its own on a shared stdout
+    if rank_zero_only.rank == 0:
+        print(run)
 
 
 if __name__ == "__main__":

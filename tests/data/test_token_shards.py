@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from harness import config
 from harness.data import token_shards as TS
 from harness.errors import UserError
+from harness.run_dir import RunDir
 from harness.run_status import read_status
 from harness.tokenizers.shards import encode_shards
 from harness.tracking import store
@@ -199,10 +200,8 @@ def test_two_gloo_processes_with_two_workers_each_train_on_token_shards(shards, 
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900,
         check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    # every rank prints the run directory; other output may interleave
-    runs = {Path(line) for line in out.stdout.splitlines() if line.startswith(str(results_dir / "runs"))}
-    assert len(runs) == 1, out.stdout[-2000:]
-    run = runs.pop()
+    run, = (r.path for r in RunDir.all_in(results_dir))
+    assert out.stdout.count(str(run)) == 1, out.stdout[-2000:]  # printed by rank 0 only
     assert read_status(run)["status"] == "trained", out.stdout[-2000:]
     losses = val_losses(run)
     assert sorted(losses) == [0, 3, 6] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
