@@ -1,6 +1,7 @@
 """Run a sweep's jobs: ``debug`` (in this process, through submitit), ``local`` (processes forked
 from a server that imported the harness once, at most ``max_parallel`` at once) or ``slurm``
-(submitit job arrays); stage 0 always first.
+(submitit job arrays); stage 0 always first, and a run only once the stage-0 artefacts it needs
+are built.
 
 The local launcher keeps its own queue and starts a job only when a slot frees (submitit's local
 executor would start every job at once, each paying ~11 s of imports). On SLURM, stage 0 is a job (an array when
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import one_line
 from harness.run_dir import RunDir
-from harness.sweep import forkserver, records, status
+from harness.sweep import forkserver, plan, records, status
 from harness.sweep.forkserver import ForkedJob
 from harness.sweep.jobs import RunJob, Stage0Job
 from harness.sweep.live import View
@@ -110,24 +111,28 @@ def run_debug(sweep: Sweep) -> None:
 # ---- local ----------------------------------------------------------------------------------
 
 def run_capped(items: list, submit: Callable, cap: int, tick: Callable[[list], None] | None = None,
-               every: float = 30.0, poll: float = 0.1) -> list:
-    """Submit ``items`` so that at most ``cap`` jobs are alive; call ``tick(queued_items)`` every
-    ``every`` seconds. Ctrl-C cancels the live jobs (their runs resume on the next launch)."""
+               every: float = 30.0, poll: float = 0.1,
+               ready: Callable[[object], bool] = lambda item: True) -> list:
+    """Submit ``items`` in order so that at most ``cap`` jobs are alive, each once ``ready(item)``
+    (an item that is not ready yet lets later ones pass); call ``tick(queued_items)`` every
+    ``every`` seconds. Ctrl-C, or an error from ``ready``, cancels the live jobs (their runs
+    resume on the next launch)."""
     queue, active, jobs = list(items), [], []
     last = time.monotonic()
     try:
         while queue or active:
             active = [j for j in active if not j.done()]
-            while queue and len(active) < cap:
-                job = submit(queue.pop(0))
+            free = cap - len(active)
+            for item in [i for i in queue if ready(i)][:free] if free > 0 else []:
+                queue.remove(item)
+                job = submit(item)
                 active.append(job)
                 jobs.append(job)
             if tick is not None and time.monotonic() - last >= every:
                 tick(queue)
                 last = time.monotonic()
-            if active:
-                time.sleep(poll)
-    except KeyboardInterrupt:
+            time.sleep(poll)
+    except BaseException:
         for j in active:
             j.cancel(check=False)
         raise
@@ -140,24 +145,56 @@ def largest_first(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda run: run.cost, reverse=True)
 
 
+class Stage0Builds:
+    """A local sweep's stage-0 jobs, by artefact. A run may start once every artefact it needs
+    (``plan.stage0_needs``) is built, so one token type's runs train while the other's tokenizer
+    is still being built; a failed build stops the sweep with :class:`Stage0Failed`."""
+
+    def __init__(self, tasks: list[Stage0Task]):
+        self.tasks = {t.path: t for t in tasks}  # to build in this sweep; others exist already
+        self.jobs: dict[Path, object] = {}
+        self.built: set[Path] = set()
+        self._needs: dict[str, list[Path]] = {}  # run key -> its artefacts (hashing configs is slow)
+
+    def add(self, task: Stage0Task, job) -> None:
+        self.jobs[task.path] = job
+
+    def ready(self, item: Stage0Task | Run) -> bool:
+        """Stage-0 tasks at once; a run when every artefact it needs is built."""
+        if isinstance(item, Stage0Task):
+            return True
+        if item.key not in self._needs:
+            self._needs[item.key] = [t.path for t in plan.stage0_needs(item)]
+        for path in self._needs[item.key]:
+            if path not in self.tasks or path in self.built:
+                continue
+            job = self.jobs.get(path)
+            if job is None or not job.done():
+                return False
+            _check_stage0([job], [self.tasks[path]])
+            self.built.add(path)
+        return True
+
+
 def run_local(sweep: Sweep) -> None:
-    """Processes on this machine, ``launcher.local.max_parallel`` at a time."""
+    """Processes on this machine, ``launcher.local.max_parallel`` at a time: stage 0 first, then
+    the runs, longest first, each as soon as its own stage-0 artefacts are built."""
     spec = sweep.spec.launcher.local
     forkserver.context()  # started already by the CLI (harness.sweep.__main__), or now
+    builds = Stage0Builds(sweep.stage0)
 
-    def submit_stage0(task: Stage0Task):
-        return ForkedJob(_stage0_job(task), task.path.parent / "jobs", spec.timeout_min)
-
-    _check_stage0(run_capped(sweep.stage0, submit_stage0, spec.max_parallel,
-                             lambda queued: sweep.show(), sweep.view.interval), sweep.stage0)
-
-    def submit_run(run: Run):
-        job = ForkedJob(sweep.job(run), RunDir(run.dir).jobs, spec.timeout_min)
-        records.write_job(run.dir, "local", job.job_id, sweep.name)
+    def submit(item: Stage0Task | Run):
+        if isinstance(item, Stage0Task):
+            job = ForkedJob(_stage0_job(item), item.path.parent / "jobs", spec.timeout_min)
+            builds.add(item, job)
+            return job
+        job = ForkedJob(sweep.job(item), RunDir(item.dir).jobs, spec.timeout_min)
+        records.write_job(item.dir, "local", job.job_id, sweep.name)
         return job
 
-    run_capped(largest_first(sweep.todo), submit_run, spec.max_parallel, sweep.show,
-               sweep.view.interval)
+    run_capped([*sweep.stage0, *largest_first(sweep.todo)], submit, spec.max_parallel,
+               lambda queued: sweep.show([q for q in queued if isinstance(q, Run)]),
+               sweep.view.interval, ready=builds.ready)
 
 
 # ---- slurm ----------------------------------------------------------------------------------

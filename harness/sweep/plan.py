@@ -124,24 +124,29 @@ def sweep_dir(runs: list[Run], name: str) -> Path:
     return results_dir(runs) / name
 
 
-def stage0_tasks(runs: list[Run]) -> list[Stage0Task]:
-    """The distinct stage-0 artefacts the runs need, in first-use order: a tokenizer per token
-    type (and tokenizer config), the features of a frozen text encoder, and for the shapes world
-    the FID feature net; none for token shards (``data.name=tokens``: encoded beforehand)."""
+def stage0_needs(run: Run) -> list[Stage0Task]:
+    """The stage-0 artefacts one run needs before it trains: its token type's tokenizer (for its
+    tokenizer config), the features of a frozen text encoder, and for the shapes world the FID
+    feature net; none for token shards (``data.name=tokens``: encoded beforehand)."""
     from harness.evaluate.features import feature_dir
     from harness.text.cache import text_cache_dir
     from harness.tokenizers.stage0 import tokenizer_dir
 
+    cfg = run.cfg
+    if cfg.data.name == "tokens":  # token shards carry their tokenizer and text features
+        return []
+    needs = [Stage0Task("tokenizer", run.token, tokenizer_dir(cfg, run.token), cfg)]
+    if cfg.text.encoder != "learned":
+        needs.append(Stage0Task("text", "", text_cache_dir(cfg), cfg))
+    if cfg.data.name == "shapes" and not cfg.eval.inception_path:
+        needs.append(Stage0Task("features", "", feature_dir(cfg.data.resolution, cfg.results_dir), cfg))
+    return needs
+
+
+def stage0_tasks(runs: list[Run]) -> list[Stage0Task]:
+    """The distinct stage-0 artefacts the runs need (``stage0_needs``), in first-use order."""
     tasks: dict[Path, Stage0Task] = {}
     for run in runs:
-        cfg = run.cfg
-        if cfg.data.name == "tokens":  # token shards carry their tokenizer and text features
-            continue
-        tasks.setdefault(tokenizer_dir(cfg, run.token), Stage0Task("tokenizer", run.token,
-                                                                   tokenizer_dir(cfg, run.token), cfg))
-        if cfg.text.encoder != "learned":
-            tasks.setdefault(text_cache_dir(cfg), Stage0Task("text", "", text_cache_dir(cfg), cfg))
-        if cfg.data.name == "shapes" and not cfg.eval.inception_path:
-            path = feature_dir(cfg.data.resolution, cfg.results_dir)
-            tasks.setdefault(path, Stage0Task("features", "", path, cfg))
+        for task in stage0_needs(run):
+            tasks.setdefault(task.path, task)
     return list(tasks.values())
