@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import one_line
 from harness.run_dir import RunDir
-from harness.sweep import forkserver, plan, records, status
+from harness.sweep import forkserver, plan, records
 from harness.sweep.forkserver import ForkedJob
 from harness.sweep.jobs import RunJob, Stage0Job
 from harness.sweep.live import View
