@@ -72,7 +72,22 @@ def _loss_fits(records: Sequence[FitRecord], variants) -> list[dict]:
     return rows
 
 
-def _fid_gap(obs: pd.DataFrame) -> list[dict]:
+def fid_floors(runs: pd.DataFrame) -> dict[str, float]:
+    """Mean ``fid_floor`` (a perfect generator's FID through the tokenizer,
+    ``harness/evaluate/floor.py``) per token type of a runs table; empty without that column."""
+    if "fid_floor" not in runs.columns or "token" not in runs.columns:
+        return {}
+    values = pd.to_numeric(runs["fid_floor"], errors="coerce")
+    return {str(t): float(v.mean()) for t, v in values.groupby(runs["token"]) if v.notna().any()}
+
+
+def _floor_note(floors: dict[str, float], tokens: Sequence[str]) -> str:
+    if not all(t in floors for t in tokens):
+        return ""
+    return "; FID floor " + " vs ".join(f"{floors[t]:.2f}" for t in tokens)
+
+
+def _fid_gap(obs: pd.DataFrame, floors: dict[str, float]) -> list[dict]:
     rows = []
     for order in ("random", "raster"):
         at = _largest(obs, "fid", [("continuous", order), ("discrete", order)])
@@ -88,7 +103,8 @@ def _fid_gap(obs: pd.DataFrame) -> list[dict]:
         rows.append(_row(2, claim, f"{order} order, size {at['size'].iloc[0]}",
                          f"FID continuous {c[0]:.2f} (sd {c[1]:.2f}, n={c[3]}) vs discrete "
                          f"{d[0]:.2f} (sd {d[1]:.2f}, n={d[3]}); gap {gap:.2f}, "
-                         f"seed spread {spread:.2f}", ok, "one seed: no spread"))
+                         f"seed spread {spread:.2f}" + _floor_note(floors, ("continuous", "discrete")),
+                         ok, "one seed: no spread"))
     return rows
 
 
@@ -110,7 +126,7 @@ def _geneval_order(obs: pd.DataFrame) -> dict:
                 f"(SE {se:.3f})", ok)
 
 
-def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord]) -> list[dict]:
+def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float]) -> list[dict]:
     rows = []
     for metric, sign, param, word in (("fid", 1, "alpha", "falls"),
                                       ("geneval_overall", 1, "slope", "rises")):
@@ -121,6 +137,8 @@ def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord]) -> list[dict]
                  .groupby("size").agg(params=("params", "mean"), value=("value", "mean"))
                  .sort_values("params"))
         trail = " → ".join(f"{v:.3g}" for v in means["value"])
+        if metric == "fid":
+            trail += _floor_note(floors, ("continuous",))
         if rec is None:
             rows.append(_row(4, claim, "continuous/random", f"means by size: {trail}", None,
                              "no fit"))
@@ -144,9 +162,12 @@ def _fluid_geneval(obs: pd.DataFrame) -> dict:
                 f"GenEval overall {mean:.3f} (sd {sd:.3f}, n={n}); samples: samples.png", mean >= GENEVAL_TARGET)
 
 
-def check(obs: pd.DataFrame, records: Sequence[FitRecord]) -> pd.DataFrame:
-    """One row per tested claim (see the module docstring)."""
+def check(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float] | None = None
+          ) -> pd.DataFrame:
+    """One row per tested claim (see the module docstring). ``floors`` (:func:`fid_floors`), when
+    given, are quoted beside the FID evidence: a model's FID reads against them, not 0."""
+    floors = floors or {}
     variants = sorted(set(zip(obs["token"], obs["order"]))) if len(obs) else []
-    rows = _loss_fits(records, variants) + _fid_gap(obs) + [_geneval_order(obs)]
-    rows += _fluid_trends(obs, records) + [_fluid_geneval(obs)]
+    rows = _loss_fits(records, variants) + _fid_gap(obs, floors) + [_geneval_order(obs)]
+    rows += _fluid_trends(obs, records, floors) + [_fluid_geneval(obs)]
     return pd.DataFrame(rows, columns=COLUMNS)

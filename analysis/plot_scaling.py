@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     corr, notes = correlations(obs)
     note(notes)
     win = winners(obs, records)
-    claims = hypotheses.check(obs, records)
+    claims = hypotheses.check(obs, records, hypotheses.fid_floors(completed))
     for name, frame in (("fits", fits), ("extrapolation", extrap), ("correlations", corr),
                         ("winners", win), ("hypotheses", claims)):
         write_text(out / f"{name}.csv", frame.to_csv(index=False))

@@ -10,6 +10,7 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
     metrics.json             the evaluation of the run's own eval seed; metrics-seed<s>.json others
     fid/generated[-seed<s>]/, geneval[-seed<s>]/, samples/   what evaluation generated
     geneval-in-dist[-seed<s>]/   GenEval on prompts of seen combinations (``eval.geneval_in_distribution``)
+    guidance/                FID by guidance scale, when asked for (``python -m harness.evaluate.guidance``)
     jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
 
 Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
@@ -131,6 +132,14 @@ class RunDir:
         return self.path / f"geneval-in-dist{self._suffix(seed, default_seed)}"
 
     samples = property(lambda self: self.path / "samples")
+
+    def guidance_images(self, scale: float, seed: int, default_seed: int) -> Path:
+        """FID samples at guidance scale ``scale`` (``harness.evaluate.guidance``)."""
+        return self.path / "guidance" / f"cfg{scale:g}{self._suffix(seed, default_seed)}"
+
+    def guidance_fid(self, seed: int, default_seed: int) -> Path:
+        """FID by guidance scale (``harness.evaluate.guidance``)."""
+        return self.path / "guidance" / f"fid{self._suffix(seed, default_seed)}.json"
 
     # ---- sweep jobs (harness.sweep.records) -------------------------------------------------
     jobs = property(lambda self: self.path / "jobs")

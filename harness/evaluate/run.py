@@ -14,6 +14,10 @@ For a run whose status is "trained" or "completed", computes
   geneval_ceiling_<tag>, geneval_ceiling_overall   (shapes world) the same GenEval of the run's
                       tokenizer's reconstructions of true scenes: what a perfect generator would
                       score through this tokenizer (``harness/geneval/ceiling.py``, cached)
+  fid_floor fid_floor_sd fid_floor_real   (shapes world, reference from the data) the FID of the
+                      tokenizer's reconstructions of fresh true scenes, its spread over draws, and
+                      the FID of the fresh scenes themselves: what a perfect generator would score
+                      (``floor.py``, cached)
 and draws ``samples/grid.png`` (the first generated FID images) and ``samples/fixed_prompts.png``
 (:data:`FIXED_PROMPTS`, seed :data:`FIXED_SEED`: the same strip for every run, to compare runs).
 Metrics are logged to the run's ``metrics.jsonl`` and MLflow run (step = training steps, keys
@@ -45,12 +49,13 @@ from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataset
 from harness.errors import UserError
 from harness.evaluate import fid
+from harness.evaluate.floor import ensure_fid_floor
 from harness.faults import fault
 from harness.geneval.ceiling import ensure_geneval_ceiling
 from harness.geneval.export import export, grid, score
 from harness.geneval.prompts import make_prompts
 from harness.io import read_json, write_bytes, write_json, write_text
-from harness.registry import GENEVAL_TAGS, HELD_OUT_TAGS
+from harness.registry import FID_FLOOR, GENEVAL_TAGS, HELD_OUT_TAGS
 from harness.sampling import Sampler, pick_device
 from harness.tokenizers.stage0 import load_tokenizer, load_tokens
 from harness.tracking import store
@@ -139,7 +144,7 @@ def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference
     return validation_loss(module, loader)
 
 
-def _fresh_folder(folder: Path, manifest: dict) -> None:
+def fresh_folder(folder: Path, manifest: dict) -> None:
     """Keep ``folder`` for resuming only if it was made by the same ``manifest``; else empty it."""
     path = folder / "manifest.json"
     if path.exists() and read_json(path) != manifest:
@@ -190,7 +195,7 @@ def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dic
     e = cfg.eval
     prompts = [p for p in make_prompts(e.geneval_prompts_per_tag, seed, split) if p["tag"] in tags]
     text = "".join(json.dumps(p) + "\n" for p in prompts)
-    _fresh_folder(folder, {**manifest, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    fresh_folder(folder, {**manifest, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(),
                            "images_per_prompt": e.images_per_prompt, "batch_size": e.batch_size})
     path = write_text(folder / "prompts.jsonl", text)
     total = len(prompts) * e.images_per_prompt
@@ -278,7 +283,7 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     manifest = {"seed": seed, "step": step, "sample": OmegaConf.to_container(cfg.sample)}
     generated = run.fid_generated(seed, cfg.eval.seed)
     captions = reference.captions()
-    _fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
+    fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
                               "batch_size": cfg.eval.batch_size})
     generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size,
                     run.progress)
@@ -289,6 +294,9 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
         ceiling = ensure_geneval_ceiling(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg.data,
                                          cfg.eval.geneval_prompts_per_tag, cfg.eval.images_per_prompt)
         metrics.update({f"geneval_ceiling_{k}": v for k, v in ceiling.items() if k != "true_overall"})
+        if cfg.eval.reference.source == "data":
+            floor = ensure_fid_floor(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg, reference, space)
+            metrics.update({k: floor[k] for k in FID_FLOOR})
     images = write_samples(sampler, run_dir, generated) if default else []
     metrics.update(eval_seconds=time.time() - start, fid_samples=len(captions), fid_features=space.name,
                    geneval_images=cfg.eval.geneval_prompts_per_tag * cfg.eval.images_per_prompt

@@ -41,17 +41,20 @@ def true_scenes(data: DictConfig, n_per_tag: int, images_per_prompt: int, seed: 
 
 
 @torch.no_grad()
+def reconstruct(tokenizer, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """``tokenizer``'s reconstructions (decode of encode) of uint8 images (N, H, W, 3)."""
+    out = [to_uint8(tokenizer.decode(tokenizer.encode(to_float(torch.from_numpy(images[i:i + batch])))))
+           for i in range(0, len(images), batch)]
+    return np.concatenate(out)
+
+
 def geneval_ceiling(tokenizer, data: DictConfig, n_per_tag: int = 16, images_per_prompt: int = 4,
                     seed: int = 0, batch: int = 256) -> dict[str, float]:
     """Per-tag and overall shapes-GenEval accuracy of ``tokenizer``'s reconstructions (an object
     with ``encode``/``decode`` of float images in [-1, 1]) of true scenes; also of the true renders
     themselves (``true_overall``, 1.0 unless the world or the rules changed)."""
     images, metas = true_scenes(data, n_per_tag, images_per_prompt, seed)
-    recon = []
-    for i in range(0, len(images), batch):
-        x = to_float(torch.from_numpy(images[i: i + batch]))
-        recon.append(to_uint8(tokenizer.decode(tokenizer.encode(x))))
-    recon = np.concatenate(recon)
+    recon = reconstruct(tokenizer, images, batch)
     scored = [{"tag": m["tag"], "correct": score_image(img, m)} for img, m in zip(recon, metas)]
     truth = [{"tag": m["tag"], "correct": score_image(img, m)} for img, m in zip(images, metas)]
     return {**summarize(scored), "true_overall": summarize(truth)["overall"]}

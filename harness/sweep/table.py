@@ -27,7 +27,7 @@ from harness.sweep import records
 # info.json fields copied into every row
 SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
 COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps", "train_seed",
-           *METRICS, *TEXT_PROBES, "geneval_ceiling", "geneval_in_dist", "status", "run_dir", "seed")
+           *METRICS, *TEXT_PROBES, "geneval_ceiling", "geneval_in_dist", "fid_floor", "status", "run_dir", "seed")
 TABLE = "runs.csv"
 
 
@@ -116,6 +116,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row.update({k: v for k, v in (metrics or {}).items() if k in METRICS})
         row["geneval_ceiling"] = (metrics or {}).get("geneval_ceiling_overall")
         row["geneval_in_dist"] = (metrics or {}).get("geneval_in_dist_overall")
+        row["fid_floor"] = (metrics or {}).get("fid_floor")
         if state == "failed":  # its last val loss (before a NaN, say) is no result of the run
             row.update({k: None for k in (*METRICS, *TEXT_PROBES)})
         rows.append(row)

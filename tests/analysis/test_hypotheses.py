@@ -61,6 +61,21 @@ def test_hypotheses_fail_when_the_effects_are_absent():
     assert by_h[5] == ["fails"]  # 0.5 < 0.6
 
 
+def test_fid_floors_are_quoted_beside_the_fid_evidence():
+    runs = pd.DataFrame({"token": ["continuous", "continuous", "discrete", "discrete"],
+                         "fid_floor": [1.0, 1.2, 3.0, None]})
+    floors = hypotheses.fid_floors(runs)
+    assert floors == pytest.approx({"continuous": 1.1, "discrete": 3.0})
+    assert hypotheses.fid_floors(runs.drop(columns="fid_floor")) == {}
+    obs = study()
+    records, _ = fit_table(obs, ("params",), n_boot=50)
+    table = hypotheses.check(obs, records, floors)
+    assert all(e.endswith("; FID floor 1.10 vs 3.00") for e in table[table["hypothesis"] == 2]["evidence"])
+    fid_trend = table[table["claim"].str.startswith("Fluid: fid")]["evidence"].iloc[0]
+    assert "; FID floor 1.10;" in fid_trend
+    assert table.drop(columns="evidence").equals(hypotheses.check(obs, records).drop(columns="evidence"))
+
+
 def test_one_seed_makes_spread_claims_untestable():
     table = verdicts(study(seeds=1))
     for h in (2, 3):

@@ -18,7 +18,7 @@ from harness.errors import UserError
 from harness.evaluate import features
 from harness.evaluate.run import FIXED_PROMPTS, evaluate, metrics_path
 from harness.geneval.prompts import is_held_out_prompt, read_jsonl
-from harness.registry import EVAL_METRICS, GENEVAL_IN_DIST, GENEVAL_TAGS, HELD_OUT_TAGS
+from harness.registry import EVAL_METRICS, FID_FLOOR, GENEVAL_IN_DIST, GENEVAL_TAGS, HELD_OUT_TAGS
 from harness.evaluate.__main__ import main
 from harness.tracking import store
 from harness.run_dir import RunDir
@@ -60,6 +60,9 @@ def test_metrics_json_has_every_metric_and_the_run_is_completed(evaluated):
     # six tags held out, three of them again in distribution; 2 prompts each, 2 images per prompt
     assert written["fid_samples"] == 32 and written["geneval_images"] == (6 + 3) * 2 * 2 and written["step"] == 20
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    # the floor: what a perfect generator would score, through the run's tokenizer
+    assert all(math.isfinite(written[k]) and written[k] >= 0 for k in FID_FLOOR)
+    assert written["fid_floor_real"] > 0
 
 
 def test_geneval_in_distribution_beside_the_held_out_prompts(evaluated, tmp_path):
@@ -139,6 +142,28 @@ def test_rerun_reuses_samples_and_other_seeds_write_their_own_file(evaluated):
     assert json.loads((run_dir / "metrics.json").read_text())["seed"] == 0
     assert json.loads(main_metrics)["fid"] == metrics["fid"]
     assert any(r["key"] == "eval_seed1/fid" for r in store.read_metrics(run_dir))
+
+
+def test_fid_by_guidance_scale_matches_evaluation_at_the_runs_own_scale(evaluated, capsys):
+    from harness.evaluate.guidance import guidance_fid, main as guidance_main
+
+    run_dir, metrics, _ = evaluated
+    own = config.load_saved(RunDir(run_dir).config).sample.cfg
+    table = guidance_fid(run_dir, [own, 1.0])
+    assert table[f"{own:g}"]["fid"] == pytest.approx(metrics["fid"], rel=1e-9)  # evaluation's protocol
+    assert table["1"]["fid"] != metrics["fid"]  # no guidance: other images
+    written = run_dir / "guidance" / "fid.json"
+    assert json.loads(written.read_text()) == json.loads(json.dumps(table))
+    first = sorted((run_dir / "guidance" / "cfg1").glob("*.png"))[0]
+    stamp = first.stat().st_mtime_ns
+    again = guidance_fid(run_dir, [1.0])
+    assert first.stat().st_mtime_ns == stamp and again == table  # reused, merged with the first call
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        guidance_main([str(run_dir), "--cfg", "0.5"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --cfg:") and "\n" not in err
 
 
 def _fake_run(tmp_path, source, status: str, *overrides: str):

@@ -1,5 +1,6 @@
 """FID through torch-fidelity and clean-fid: zero on identical sets, equal across the libraries,
-offline, cached reference statistics, and a missing Inception file caught at once."""
+offline, cached reference statistics, a missing Inception file caught at once, and the FID floor
+(what a perfect generator scores: sampling noise, plus what its tokenizer loses)."""
 from __future__ import annotations
 
 import socket
@@ -14,7 +15,8 @@ from PIL import Image
 from harness import config
 from harness.data.datasets import rendered
 from harness.errors import UserError
-from harness.evaluate import features, fid
+from harness.evaluate import features, fid, floor
+from tests.fake_tokenizers import Blur, Identity
 
 TINY = features.FeatureSpec(channels=(16, 32, 64), dim=32, train_images=1024, test_images=256, steps=60,
                             batch_size=64)
@@ -86,6 +88,27 @@ def test_a_perturbed_set_is_far_and_the_libraries_agree(setup, perturbed):
     assert direct["fid"] == pytest.approx(m["fid"], rel=1e-9)
     assert direct["fid_cleanfid"] == pytest.approx(m["fid"], rel=1e-6)
     assert direct["precision"] == m["precision"] and direct["recall"] == m["recall"]
+
+
+def test_the_floor_of_a_perfect_tokenizer_is_the_sampling_noise_of_fid(setup):
+    cfg, space, reference, tmp = setup
+    work = tmp / "floor-identity"
+    out = floor.fid_floor(Identity(), fid.reference_source(cfg, N), reference, space, work, draws=2, batch_size=32)
+    assert out["fid_tokenized"] == pytest.approx(out["fid_real"], rel=1e-9)  # nothing lost
+    # fresh scenes (the test split), not the reference's own images: FID above 0, and each draw its own
+    assert min(out["fid_real"]) > 1e-3 and out["fid_real"][0] != out["fid_real"][1]
+    assert out["fid_floor"] == pytest.approx(np.mean(out["fid_tokenized"])) and out["fid_floor_sd"] > 0
+    assert not work.exists()  # the PNGs are measured, then removed
+
+
+def test_a_lossy_tokenizer_raises_the_floor_and_the_floor_is_cached(setup, tmp_path):
+    cfg, space, reference, _ = setup
+    tok_dir = tmp_path / "tokenizer-continuous-abc"
+    first = floor.ensure_fid_floor(tok_dir, Blur(), cfg, reference, space)
+    assert first["draws"] == floor.DRAWS and first["n"] == N and first["split"] == "test"
+    assert first["fid_floor"] > 2 * first["fid_floor_real"]
+    # cached beside the tokenizer: a second call reconstructs nothing
+    assert floor.ensure_fid_floor(tok_dir, None, cfg, reference, space) == first
 
 
 def test_counts_must_match(setup, tmp_path):

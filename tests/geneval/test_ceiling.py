@@ -2,28 +2,13 @@
 (1.0); one that loses the objects scores what an empty image does; the result is cached."""
 from __future__ import annotations
 
-import torch
 from omegaconf import OmegaConf
 
 from harness.geneval.ceiling import ensure_geneval_ceiling, geneval_ceiling
 from harness.registry import GENEVAL_TAGS
+from tests.fake_tokenizers import Blur, Identity
 
 DATA = OmegaConf.create({"layout": "grid", "cells": 4, "resolution": 32})
-
-
-class Identity:
-    def encode(self, images):
-        return images
-
-    def decode(self, tokens):
-        return tokens
-
-
-class Blur(Identity):
-    """Averages each 8x8 patch to one colour: shapes become squares of mixed colour."""
-
-    def decode(self, tokens):
-        return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(tokens, 8), scale_factor=8)
 
 
 def test_a_perfect_tokenizer_reaches_the_true_scenes_score():

@@ -1,0 +1,83 @@
+"""FID across classifier-free guidance scales of one trained run.
+
+    python -m harness.evaluate.guidance RUN_DIR --cfg 1 1.5 2 3 5 [--seed S]
+
+Evaluation samples at one guidance scale per variant (``sample.cfg``, the paper's), and FID depends
+on that scale more than on model size in the default study (calibration item 32 in
+``docs/results/cpu-study``); MAR reports FID with and without guidance and picks the scale per
+model. This measures the run's FID, precision and recall at each given scale on evaluation's own
+protocol (the reference set's captions, the eval seed's FID sampling stream), so the value at the
+run's ``sample.cfg`` equals ``metrics.json``'s ``fid``. Every scale is written as soon as it is
+measured to ``guidance/fid[-seed<s>].json`` (scale -> metrics, merged with earlier calls, written
+atomically, mirrored to MLflow under ``eval/``); images stay in ``guidance/cfg<scale>[-seed<s>]/``
+and a rerun generates only what is missing (evaluation's resume rule).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness import config as C
+from harness.errors import UserError, cli_main
+from harness.evaluate import fid
+from harness.evaluate.run import check_run, fresh_folder, generate_images, stream_seed
+from harness.io import read_json, write_json
+from harness.run_dir import RunDir
+from harness.sampling import Sampler
+from harness.tracking import store
+
+METRICS = ("fid", "fid_cleanfid", "precision", "recall")
+
+
+def check_scales(scales: list[float]) -> list[float]:
+    bad = [s for s in scales if not s >= 1.0]
+    if not scales or bad:
+        raise UserError("--cfg", f"guidance scales must be >= 1 (1 = no guidance), got {scales}")
+    return sorted(set(scales))
+
+
+def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = None) -> dict[str, dict]:
+    """``{scale: {fid, fid_cleanfid, precision, recall}}`` of the run at each of ``scales`` (and
+    whatever earlier calls measured for this seed); see the module docstring."""
+    scales = check_scales(scales)
+    run = RunDir(run_dir)
+    status = check_run(run.path)
+    cfg = C.load_saved(run.config)
+    seed = cfg.eval.seed if seed is None else int(seed)
+    space = fid.feature_space(cfg)
+    reference = fid.ensure_reference(cfg, space)
+    captions = reference.captions()
+    sampler = Sampler.from_run(run.path)
+    step = int(status.get("step", cfg.train.steps))
+    out = run.guidance_fid(seed, cfg.eval.seed)
+    table = read_json(out) if out.exists() else {}
+    store.log_artifacts(run.path, {out: "eval"}, cfg.tracking.uri)
+    for scale in scales:
+        sampler.cfg.sample.cfg = scale
+        folder = run.guidance_images(scale, seed, cfg.eval.seed)
+        fresh_folder(folder, {"seed": seed, "step": step, "sample": OmegaConf.to_container(sampler.cfg.sample), "n": len(captions),
+                               "reference": reference.directory.name, "batch_size": cfg.eval.batch_size})
+        generate_images(sampler, captions, folder, stream_seed(seed, "fid"), cfg.eval.batch_size)
+        measured = fid.fid_metrics(folder, reference, space, cfg.eval.batch_size, seed)
+        table[f"{scale:g}"] = {k: measured[k] for k in METRICS}
+        write_json(out, {k: table[k] for k in sorted(table, key=float)})
+    store.catch_up(run.path, cfg.tracking.uri)
+    return table
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.evaluate.guidance", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a run directory whose status is trained or completed")
+    parser.add_argument("--cfg", type=float, nargs="+", required=True, help="guidance scales (>= 1)")
+    parser.add_argument("--seed", type=int, default=None, help="eval seed (default: the run's eval.seed)")
+    args = parser.parse_args(argv)
+    print(json.dumps(guidance_fid(args.run_dir, args.cfg, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()
