@@ -135,7 +135,9 @@ def launch(spec, path: Path, launcher: str, runs, states, sweep_dir: Path, args)
         r.cfg.tracking.parent_run_id = parent_id
     _record(table_path, spec.name, runs)
     stage0 = [t for t in plan.stage0_tasks(todo) if not t.done]
-    view = View(spec.name, runs, todo, stage0, args.progress_every or spec.launcher.progress_every_s)
+    slots = spec.launcher.local.max_parallel if launcher == "local" else None
+    view = View(spec.name, runs, todo, stage0, args.progress_every or spec.launcher.progress_every_s,
+                slots=slots)
     sweep = launchers.Sweep(spec.name, spec, runs, todo, stage0, table_path, sweep_dir, view)
     try:
         if not todo:

@@ -36,22 +36,26 @@ def run_progress(run: Run) -> dict | None:
 
 
 def overall_eta(tracker: status.Progress, states: list[status.RunState],
-                running: dict[str, dict | None]) -> float | None:
+                running: dict[str, dict | None], slots: int | None = None) -> float | None:
     """Seconds left for the sweep: from the rate of runs finished in this session when there
-    are some; before that, from the running runs' own progress (each queued run assumed as long
-    as a running one, as many at once as are running now)."""
+    are some; before that, from the running runs' own progress: their time per unit of cost
+    (``tracker.costs``, the plan's relative cost of each run) times the queued runs' cost, shared
+    by ``slots`` runs at once (the launcher's cap; at least as many as are running now) but never
+    shorter than the costliest queued run, after the longest running run."""
     by_rate = tracker.rate_eta(states)
     if by_rate is not None:
         return by_rate
-    c = status.counts(states)
-    known = [p for p in running.values() if p and p["what"] == "train" and progress.eta_seconds(p) is not None]
+    known = {k: p for k, p in running.items()
+             if p and p["what"] == "train" and progress.eta_seconds(p) is not None}
     if not known:
         return None
-    remaining = max(progress.eta_seconds(p) for p in known)
-    per_run = sum((p["updated"] - p["started"]) / max(1, p["done"] - p.get("start", 0)) * p["total"]
-                  for p in known) / len(known)
-    waves = math.ceil((c["queued"] + c["pending"]) / max(1, c["running"]))
-    return remaining + waves * per_run
+    costs = tracker.costs or {}
+    remaining = max(progress.eta_seconds(p) for p in known.values())
+    per_cost = sum((p["updated"] - p["started"]) / max(1, p["done"] - p.get("start", 0)) * p["total"]
+                   / costs.get(k, 1.0) for k, p in known.items()) / len(known)
+    queued = [costs.get(s.key, 1.0) for s in states if s.state in ("queued", "pending")]
+    shared = sum(queued) / max(1, status.counts(states)["running"], slots or 0)
+    return remaining + max([shared, *queued]) * per_cost  # one run is not shared between slots
 
 
 class View:
@@ -59,10 +63,11 @@ class View:
     throttles itself), ``close()`` leaves the last state on screen."""
 
     def __init__(self, name: str, runs: list[Run], todo: list[Run], stage0: list[Stage0Task],
-                 every_s: float, console=None):
+                 every_s: float, console=None, slots: int | None = None):
         """``console``: a ``rich`` console to draw on (default: a live display when stdout is a
-        terminal, plain lines otherwise)."""
-        self.name, self.runs, self.stage0 = name, runs, list(stage0)
+        terminal, plain lines otherwise); ``slots``: how many runs the launcher runs at once
+        (None: as many as are running), for the ETA."""
+        self.name, self.runs, self.stage0, self.slots = name, runs, list(stage0), slots
         todo_keys = {r.key for r in todo}
         self.tracker = status.Progress(name, len(runs), len(runs) - len(todo),
                                        costs={r.key: r.cost for r in runs},
@@ -100,7 +105,7 @@ class View:
         running = {s.key: run_progress(by_key[s.key]) for s in states if s.state == "running"}
         if running and self.tracker.runs_start is None:
             self.tracker.runs_start = time.time()  # the rate of finished runs counts from here
-        eta = overall_eta(self.tracker, states, running)
+        eta = overall_eta(self.tracker, states, running, self.slots)
         summary = self.tracker.line(states, eta)
         if self._live is None:
             lines = [stage0_line(t) for t in self.stage0]  # once more when it is done

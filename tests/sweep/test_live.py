@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
 from rich.console import Console
 
 from harness import config as C, progress
@@ -12,8 +13,9 @@ from harness.io import write_json
 from harness.run_dir import RunDir
 from harness.run_status import write_status
 from harness.sweep import records
-from harness.sweep.live import View
+from harness.sweep.live import View, overall_eta
 from harness.sweep.plan import Run, Stage0Task
+from harness.sweep.status import Progress, RunState, duration
 
 
 def two_runs(tmp_path) -> list[Run]:
@@ -68,12 +70,31 @@ def test_plain_lines_show_stage0_each_running_run_and_the_sweep(tmp_path, capsys
     out = capsys.readouterr().out.splitlines()
     assert "[stage 0] tokenizer continuous: done" in out
     assert f"[run {runs[1].key}] train 30/120, loss 0.25, ETA 3m00s" in out
-    # the overall ETA before any run finished: this run's 3 min, then the queued one (4 min each)
+    # the overall ETA before any run finished: this run's 3 min, then the queued one, at this
+    # run's 4 min per its cost
     summary = [line for line in out if line.startswith("[sweep demo]")][0]
-    assert "1 running" in summary and "1 queued" in summary and summary.endswith("ETA 7m00s"), summary
+    queued = 240 * runs[0].cost / runs[1].cost
+    assert "1 running" in summary and "1 queued" in summary, summary
+    assert summary.endswith(f"ETA {duration(180 + queued)}"), summary
 
     view.refresh()  # within every_s of the last: nothing printed
     assert capsys.readouterr().out == ""
+
+
+def test_the_eta_before_any_run_finishes_shares_queued_cost_between_the_slots():
+    """One slot trains while the other still builds stage 0: the queued runs' cost is shared by
+    the launcher's two slots, not queued behind the one run that happens to be running."""
+    costs = {"big": 4.0, "a": 1.0, "b": 1.0, "c": 2.0}
+    tracker = Progress("demo", 4, 0, costs=costs)
+    now = time.time()
+    states = [RunState(k, "v", "s", "running" if k == "big" else "queued", "") for k in costs]
+    running = {"big": {"what": "train", "done": 50, "total": 100, "start": 0, "started": now - 400,
+                       "updated": now}}  # 800 s in all: 200 s per unit of cost, 400 s left
+    assert overall_eta(tracker, states, running) == pytest.approx(400 + 4 * 200)  # one slot: a, b, c one by one
+    assert overall_eta(tracker, states, running, slots=2) == pytest.approx(400 + 2 * 200)  # 4 units on 2 slots
+    assert overall_eta(tracker, states, running, slots=8) == pytest.approx(400 + 2 * 200)  # c alone takes 2 units
+    states[0] = RunState("big", "v", "s", "completed", "")
+    assert overall_eta(tracker, states, {}, slots=2) is not None  # from the finished runs' rate
 
 
 def test_a_terminal_gets_a_rich_live_display(tmp_path):
