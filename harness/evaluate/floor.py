@@ -38,7 +38,8 @@ def fresh_scenes(data: DictConfig, n: int, draws: int) -> np.ndarray:
     source = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
     source.val_size = draws * n  # the test split is sized like val
     ds = build_dataset(source, FLOOR_SPLIT)
-    return np.stack([ds.image(i) for i in range(draws * n)]).reshape(draws, n, *ds.image(0).shape)
+    images = np.stack([ds.image(i) for i in range(draws * n)])
+    return images.reshape(draws, n, *images.shape[1:])
 
 
 def fid_floor(tokenizer, data: DictConfig, reference: Reference, space: FeatureSpace, work: Path,

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from harness import config as C
 from harness.errors import UserError, cli_main
 from harness.evaluate import fid
-from harness.evaluate.run import check_run, fresh_folder, generate_images, stream_seed
+from harness.evaluate.run import check_run, fid_samples
 from harness.io import read_json, write_json
 from harness.run_dir import RunDir
 from harness.sampling import Sampler
@@ -49,7 +49,6 @@ def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = No
     seed = cfg.eval.seed if seed is None else int(seed)
     space = fid.feature_space(cfg)
     reference = fid.ensure_reference(cfg, space)
-    captions = reference.captions()
     sampler = Sampler.from_run(run.path)
     step = int(status.get("step", cfg.train.steps))
     out = run.guidance_fid(seed, cfg.eval.seed)
@@ -58,9 +57,8 @@ def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = No
     for scale in scales:
         sampler.cfg.sample.cfg = scale
         folder = run.guidance_images(scale, seed, cfg.eval.seed)
-        fresh_folder(folder, {"seed": seed, "step": step, "sample": OmegaConf.to_container(sampler.cfg.sample), "n": len(captions),
-                               "reference": reference.directory.name, "batch_size": cfg.eval.batch_size})
-        generate_images(sampler, captions, folder, stream_seed(seed, "fid"), cfg.eval.batch_size)
+        fid_samples(sampler, cfg, reference, folder, seed,
+                    {"seed": seed, "step": step, "sample": OmegaConf.to_container(sampler.cfg.sample)})
         measured = fid.fid_metrics(folder, reference, space, cfg.eval.batch_size, seed)
         table[f"{scale:g}"] = {k: measured[k] for k in METRICS}
         write_json(out, {k: table[k] for k in sorted(table, key=float)})

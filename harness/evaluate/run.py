@@ -144,7 +144,7 @@ def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference
     return validation_loss(module, loader)
 
 
-def fresh_folder(folder: Path, manifest: dict) -> None:
+def _fresh_folder(folder: Path, manifest: dict) -> None:
     """Keep ``folder`` for resuming only if it was made by the same ``manifest``; else empty it."""
     path = folder / "manifest.json"
     if path.exists() and read_json(path) != manifest:
@@ -171,6 +171,16 @@ def generate_images(sampler, captions: list[str], folder: Path, seed: int, batch
     return folder
 
 
+def fid_samples(sampler, cfg: DictConfig, reference: fid.Reference, folder: Path, seed: int, manifest: dict,
+                report: Path | None = None) -> Path:
+    """Evaluation's FID samples: one image per reference caption in ``folder`` from eval seed
+    ``seed``'s FID stream, kept for resuming while ``manifest`` (and the reference) stay the same."""
+    captions = reference.captions()
+    _fresh_folder(folder, {**manifest, "n": len(captions), "reference": reference.directory.name,
+                          "batch_size": cfg.eval.batch_size})
+    return generate_images(sampler, captions, folder, stream_seed(seed, "fid"), cfg.eval.batch_size, report)
+
+
 class _Progress:
     """A sampler whose ``generate`` also advances a progress bar and, when given, a progress file
     (the GenEval export has neither)."""
@@ -195,7 +205,7 @@ def run_geneval(sampler, cfg: DictConfig, folder: Path, seed: int, manifest: dic
     e = cfg.eval
     prompts = [p for p in make_prompts(e.geneval_prompts_per_tag, seed, split) if p["tag"] in tags]
     text = "".join(json.dumps(p) + "\n" for p in prompts)
-    fresh_folder(folder, {**manifest, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    _fresh_folder(folder, {**manifest, "prompts_sha256": hashlib.sha256(text.encode()).hexdigest(),
                            "images_per_prompt": e.images_per_prompt, "batch_size": e.batch_size})
     path = write_text(folder / "prompts.jsonl", text)
     total = len(prompts) * e.images_per_prompt
@@ -281,12 +291,9 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     sampler = Sampler.from_run(run_dir)
     metrics: dict = {"val_loss": run_validation_loss(run_dir, cfg, reference)}
     manifest = {"seed": seed, "step": step, "sample": OmegaConf.to_container(cfg.sample)}
-    generated = run.fid_generated(seed, cfg.eval.seed)
+    generated = fid_samples(sampler, cfg, reference, run.fid_generated(seed, cfg.eval.seed), seed, manifest,
+                            run.progress)
     captions = reference.captions()
-    fresh_folder(generated, {**manifest, "n": len(captions), "reference": reference.directory.name,
-                              "batch_size": cfg.eval.batch_size})
-    generate_images(sampler, captions, generated, stream_seed(seed, "fid"), cfg.eval.batch_size,
-                    run.progress)
     fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
     metrics.update(geneval_metrics(sampler, cfg, run, seed, manifest))
