@@ -83,11 +83,16 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         self.preempted = False
-        cfg = C.load(base=self.cfg)
-        _set_threads(cfg.train.threads)
         out = Path(self.run_dir)
         env = _job_env()
         rank = env.global_rank if env else 0
+        try:  # the code may have changed since the sweep planned the run: fail it, with the reason
+            cfg = C.load(base=self.cfg)
+        except Exception as e:
+            if rank == 0:
+                self._fail(out, e)
+            raise
+        _set_threads(cfg.train.threads)
         if rank != 0:
             from harness.train.run import train
 
@@ -142,7 +147,8 @@ class RunJob(submitit.helpers.Checkpointable):
         write_status(out, "failed", reason=reason)
         records.log_attempt(out, "failed", reason=reason, traceback=traceback.format_exc())
         _terminate_mlflow_run(out, self.cfg["tracking"]["uri"], "FAILED")
-        table.upsert(self.table_path, table.run_rows(out, self.sweep, self.seeds))
+        table.upsert(self.table_path, table.run_rows(out, self.sweep, self.seeds,
+                                                     OmegaConf.create(self.cfg)))
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time: the training checkpoints itself, so just requeue."""

@@ -99,3 +99,23 @@ def test_the_driver_reads_run_states_without_importing_the_training_stack(tmp_pa
             "assert 'lightning' not in sys.modules and 'torch' not in sys.modules, "
             "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning'))[:5]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_job_whose_config_the_code_no_longer_accepts_is_failed_with_the_reason(tmp_path):
+    """The code changed between planning and the job's start (a key it no longer knows): the run
+    is failed, with the key in its reason and its row in the table, not left 'not started'."""
+    import pytest
+
+    from harness.errors import UserError
+    from harness.sweep import table
+    from harness.sweep.jobs import RunJob
+
+    run = make_run(tmp_path)
+    job = RunJob(run.cfg, [0], "t", tmp_path / "runs.csv")
+    job.cfg["text"]["retired_knob"] = 1
+    with pytest.raises(UserError, match="retired_knob"):
+        job()
+    state = status.assess(run)
+    assert state.state == "failed" and "text.retired_knob: unknown key" in state.detail
+    [row] = table.read(tmp_path / "runs.csv")
+    assert row["status"] == "failed" and row["run_key"] == run.key
