@@ -69,6 +69,12 @@ class DataConfig:
     unnamed_color: str = knob("random", "shapes only: the colour of an object whose caption names "
                               "none — random (any of the palette), or always this palette colour",
                               choices=UNNAMED_COLORS)
+    named_scenes: int = knob(0, "shapes grid only: kinds of named scene, the world's long tail (a "
+                             "fixed arrangement of one shape, captioned by a made-up name); 0: none",
+                             **NON_NEGATIVE)
+    named_scene_zipf: float = knob(1.5, "shapes: P(kind k) ∝ (k + 1)^-this (Zipf exponent)", **POSITIVE)
+    named_scene_fraction: float = knob(0.5, "shapes: share of train/val/test scenes that are named",
+                                       ge=0, le=1)
     train_size: int = knob(20000, "training images", **POSITIVE)
     val_size: int = knob(512, "validation images", **POSITIVE)
     num_workers: int = knob(0, "DataLoader worker processes", **NON_NEGATIVE)
@@ -267,7 +273,9 @@ _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.lea
                          "data.unnamed_color": "random",
                          "train.lr_width_rule": "all", "tokenizer.context": "image",
                          "model.final_norm": True, "model.logits_init_std": 0.0,
-                         "eval.geneval_in_distribution": True}
+                         "eval.geneval_in_distribution": True,
+                         "data.named_scenes": 0, "data.named_scene_zipf": 1.5,
+                         "data.named_scene_fraction": 0.5}
 
 
 def _schema() -> DictConfig:

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness.config import config_hash
-from harness.data.shapes import ShapesWorld, vocabulary as shapes_vocabulary
+from harness.data.shapes import NamedScenes, ShapesWorld, vocabulary as shapes_vocabulary
 
 SPLIT_SIZES = {"train": "train_size", "val": "val_size"}
 WORD = re.compile(r"[a-z0-9]+")
@@ -32,16 +32,21 @@ def build_dataset(data: DictConfig, split: str):
     if data.name == "shapes":
         return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed,
                            layout=data.layout, cells=data.cells, nuisance=data.nuisance,
-                           unnamed_color=data.unnamed_color)
+                           unnamed_color=data.unnamed_color, named=named_scenes(data))
     from harness.data import real
 
     return real.build(data, split, size)
 
 
+def named_scenes(data: DictConfig) -> NamedScenes:
+    """The shapes world's long tail as configured (``data.named_scene*``)."""
+    return NamedScenes(data.named_scenes, data.named_scene_zipf, data.named_scene_fraction)
+
+
 def caption_vocabulary(data: DictConfig) -> list[str]:
     """Words the learned text encoder knows: the shapes grammar, or the training captions' words."""
     if data.name == "shapes":
-        return shapes_vocabulary()
+        return shapes_vocabulary(data.named_scenes)
     if data.name == "tokens":  # recorded by the encoder from its source data
         from harness.data.token_shards import vocabulary
 
@@ -60,6 +65,9 @@ def data_key(data: DictConfig) -> str:
         key.update(nuisance=data.nuisance)
     if data.name == "shapes" and data.unnamed_color != "random":
         key.update(unnamed_color=data.unnamed_color)
+    if data.name == "shapes" and data.named_scenes:
+        key.update(named_scenes=data.named_scenes, named_scene_zipf=data.named_scene_zipf,
+                   named_scene_fraction=data.named_scene_fraction)
     return config_hash(key)
 
 

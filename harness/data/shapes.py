@@ -29,6 +29,15 @@ its caption says: train/val/test reject such scenes (so no incidental leak throu
 scene), and "compositional" draws counting/position/color_attr captions only from held-out
 combinations. single_object, two_object and colors have no two-object combination to hold out;
 "compositional" gives fresh, non-held-out samples for them (its own split id, so new scenes).
+
+Named scenes (the long tail; off unless ``named_scenes`` > 0, grid layout only). Kind k of K is a
+fixed arrangement of 5..10 objects of one shape in chosen cells and colours, the same in every
+split and seed, captioned by its own made-up name ("a photo of a zuvodi"); a scene is named with
+probability ``named_fraction``, its kind drawn with P(k) ∝ (k + 1)^-``named_zipf``. Knowing a kind
+is one quantum in the sense of Michaud et al. (2023): a model that can hold more of them learns
+more of the tail, so the loss keeps falling with size, at a rate set by the Zipf exponent. A named
+scene holds one shape only and more objects than any count caption, so it shows no held-out
+combination; the "compositional" split never draws one.
 """
 from __future__ import annotations
 
@@ -291,13 +300,77 @@ def caption_of(tag: str, include: list[dict], rng: np.random.Generator | None = 
     raise ValueError(f"unknown tag {tag!r}")
 
 
-def vocabulary() -> list[str]:
-    """Every word any caption can contain (lower-case, split on spaces), sorted."""
+def vocabulary(named_scenes: int = 0) -> list[str]:
+    """Every word any caption can contain (lower-case, split on spaces), sorted; with the names of
+    ``named_scenes`` named-scene kinds."""
     words = {"a", "an", "and", "one", "that", "is"}
     for phrase in [*PREFIXES, *itertools.chain(*RELATION_PHRASES.values())]:
         words.update(phrase.split())
     words.update(SHAPES, PLURALS.values(), COLORS, COUNT_WORDS.values())
+    if named_scenes:
+        words.update(named_scene_names(named_scenes))
     return sorted(words)
+
+
+# ---------------------------------------------------------------- named scenes (the long tail)
+
+NAMED_TAG = "named"
+_NAMED_SEED = 7919  # the kinds are world knowledge: fixed, whatever data.seed
+_NAMED_OBJECTS = (5, 10)  # objects per named scene, all of one shape (so never a held-out combination)
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+@lru_cache(maxsize=None)
+def named_scene_names(count: int) -> tuple[str, ...]:
+    """The names of the first ``count`` kinds: made-up words of three consonant-vowel syllables,
+    distinct from each other and from every other caption word; kind k's name does not depend on
+    ``count``."""
+    rng = np.random.default_rng(_NAMED_SEED)
+    taken, names = set(vocabulary()), []
+    while len(names) < count:
+        name = "".join(_CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))]
+                       for _ in range(3))
+        if name not in taken:
+            taken.add(name)
+            names.append(name)
+    return tuple(names)
+
+
+@lru_cache(maxsize=None)
+def named_scene_objects(kind: int, cells: int) -> tuple[ShapeObject, ...]:
+    """Kind ``kind``'s objects on a ``cells`` x ``cells`` grid: one shape, 5..10 cells, a colour
+    each, centred at the grid's mean object size."""
+    rng = np.random.default_rng([_NAMED_SEED, kind])
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    n = min(int(rng.integers(_NAMED_OBJECTS[0], _NAMED_OBJECTS[1] + 1)), cells * cells)
+    chosen = sorted(int(c) for c in rng.choice(cells * cells, size=n, replace=False))
+    colors = [list(COLORS)[i] for i in rng.integers(len(COLORS), size=n)]
+    half = 0.5 / cells
+    return tuple(ShapeObject(shape, color, (2 * (cell % cells) + 1) * half, (2 * (cell // cells) + 1) * half,
+                             half * sum(_GRID_SIZE) / 2) for cell, color in zip(chosen, colors))
+
+
+@lru_cache(maxsize=None)
+def named_scene_probabilities(count: int, zipf: float) -> np.ndarray:
+    """P(kind k) ∝ (k + 1)^-zipf over ``count`` kinds."""
+    p = np.arange(1, count + 1, dtype=np.float64) ** -zipf
+    return p / p.sum()
+
+
+def _named_scene(rng: np.random.Generator, named: "NamedScenes", cells: int, nuisance: str) -> Scene:
+    kind = int(rng.choice(named.count, p=named_scene_probabilities(named.count, named.zipf)))
+    background, gradient = _background(rng, nuisance)
+    caption = PREFIXES[rng.integers(len(PREFIXES))] + _noun(named_scene_names(named.count)[kind])
+    return Scene(list(named_scene_objects(kind, cells)), background, NAMED_TAG, caption, gradient)
+
+
+@dataclass(frozen=True)
+class NamedScenes:
+    """The long tail (see the module docstring): ``count`` kinds, Zipf exponent, share of scenes."""
+
+    count: int = 0
+    zipf: float = 1.5
+    fraction: float = 0.5
 
 
 # ---------------------------------------------------------------- scene sampling
@@ -435,10 +508,14 @@ def _unnamed(drawn: str, unnamed_color: str) -> str:
 
 def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
                  layout: str = "free", cells: int = 4, nuisance: str = "full",
-                 unnamed_color: str = "random") -> Scene:
+                 unnamed_color: str = "random", named: NamedScenes = NamedScenes()) -> Scene:
     """A random scene for ``split`` (tag uniform unless given); held-out combinations only in
-    "compositional" counting/position/color_attr, never elsewhere."""
+    "compositional" counting/position/color_attr, never elsewhere. With ``named.count`` kinds, a
+    scene of a split other than "compositional" is a named scene with probability
+    ``named.fraction`` (unless ``tag`` is given)."""
     check_choice("split", split, SPLITS)
+    if named.count and tag is None and split != "compositional" and rng.random() < named.fraction:
+        return _named_scene(rng, named, cells, nuisance)
     tag = GENEVAL_TAGS[rng.integers(len(GENEVAL_TAGS))] if tag is None else tag
     check_choice("tag", tag, GENEVAL_TAGS)
     want_held_out = split == "compositional" and tag in HELD_OUT_TAGS
@@ -541,20 +618,22 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     def __init__(self, split: str, size: int, resolution: int = 32, seed: int = 0,
                  layout: str = "free", cells: int = 4, nuisance: str = "full",
-                 unnamed_color: str = "random"):
+                 unnamed_color: str = "random", named: NamedScenes = NamedScenes()):
         check_choice("split", split, SPLITS)
         check_choice("layout", layout, LAYOUTS)
         check_choice("nuisance", nuisance, NUISANCES)
         check_choice("unnamed_color", unnamed_color, UNNAMED_COLORS)
         if layout == "grid" and not 2 <= cells <= resolution // 6:
             raise UserError("cells", f"must be in 2..{resolution // 6} at resolution {resolution}, got {cells}")
+        if named.count and layout != "grid":
+            raise UserError("named_scenes", f"named scenes need the grid layout, got layout={layout}")
         if size < 1:
             raise UserError("size", f"must be >= 1, got {size}")
         if resolution < 16:
             raise UserError("resolution", f"must be >= 16 so the smallest shapes stay visible, got {resolution}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, seed
         self.layout, self.cells, self.nuisance = layout, cells, nuisance
-        self.unnamed_color = unnamed_color
+        self.unnamed_color, self.named = unnamed_color, named
         self._split_id = SPLITS.index(split)
 
     def __len__(self) -> int:
@@ -569,7 +648,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         i = self._index(i)
         return sample_scene(np.random.default_rng([self.seed, self._split_id, i]), self.split,
                             layout=self.layout, cells=self.cells, nuisance=self.nuisance,
-                            unnamed_color=self.unnamed_color)
+                            unnamed_color=self.unnamed_color, named=self.named)
 
     def image(self, i: int) -> np.ndarray:
         return render(self.scene(i), self.resolution)

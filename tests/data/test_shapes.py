@@ -300,3 +300,50 @@ def test_unnamed_colour_is_keyed_only_when_set_and_validated():
     assert C.run_key(base) != C.run_key(C.load(["data.unnamed_color=red"]))
     with pytest.raises(UserError, match="data.unnamed_color"):
         C.load(["data.unnamed_color=white"])
+
+
+def test_named_scenes_are_a_zipf_tail_of_fixed_kinds_that_hold_out_nothing():
+    """named_scenes: about named_fraction of the train/val/test scenes are named; kind k is drawn
+    with P ∝ (k + 1)^-zipf (kind 0's share within 4 binomial SDs); a kind always shows the same
+    objects, of one shape, in every split and seed; its name is its own word, in the vocabulary;
+    no named scene is held out and the compositional split has none; the other scenes keep GenEval."""
+    from harness.geneval.rules import score_image
+
+    named = shapes.NamedScenes(count=64, zipf=1.5, fraction=0.5)
+    n = 3000
+    world = ShapesWorld("train", n, layout="grid", cells=4, nuisance="none", named=named)
+    scenes = [world.scene(i) for i in range(n)]
+    names = shapes.named_scene_names(64)
+    kinds = [names.index(s.caption.split()[-1]) for s in scenes if s.tag == shapes.NAMED_TAG]
+    assert abs(len(kinds) - n / 2) < 4 * np.sqrt(n / 4)
+    p0 = shapes.named_scene_probabilities(64, 1.5)[0]
+    assert abs(kinds.count(0) - p0 * len(kinds)) < 4 * np.sqrt(p0 * (1 - p0) * len(kinds))
+    assert kinds.count(0) > kinds.count(1) > kinds.count(7) and len(set(kinds)) > 20
+    other = ShapesWorld("val", 400, seed=5, layout="grid", cells=4, nuisance="none", named=named)
+    seen = {}
+    for scene in scenes + [other.scene(i) for i in range(400)]:
+        if scene.tag != shapes.NAMED_TAG:
+            assert score_image(render(scene, 32), {"tag": scene.tag, "include": shapes.include_groups(scene)})
+            continue
+        objs = [(o.shape, o.color, o.cx, o.cy) for o in scene.objects]
+        assert seen.setdefault(scene.caption.split()[-1], objs) == objs
+        assert len({o.shape for o in scene.objects}) == 1 and 5 <= len(objs) <= 10
+        assert not is_held_out(scene)
+    assert len(set(names)) == 64 and not set(names) & set(vocabulary())
+    assert set(names) <= set(vocabulary(64)) and shapes.named_scene_names(8) == names[:8]
+    compositional = ShapesWorld("compositional", 200, layout="grid", cells=4, named=named)
+    assert all(compositional.scene(i).tag != shapes.NAMED_TAG for i in range(200))
+    with pytest.raises(UserError, match="named_scenes"):
+        ShapesWorld("train", 4, named=named)
+
+
+def test_named_scenes_change_the_data_key_and_are_validated():
+    from harness import config as C
+    from harness.data.datasets import data_key
+
+    base = ["data.layout=grid", "data.nuisance=none"]
+    plain, tail = C.load(base), C.load(base + ["data.named_scenes=64"])
+    assert data_key(plain.data) != data_key(tail.data)
+    assert data_key(tail.data) != data_key(C.load(base + ["data.named_scenes=64", "data.named_scene_zipf=2"]).data)
+    with pytest.raises(UserError, match="data.named_scene_fraction"):
+        C.load(base + ["data.named_scene_fraction=1.5"])
