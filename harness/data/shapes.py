@@ -357,11 +357,19 @@ def named_scene_probabilities(count: int, zipf: float) -> np.ndarray:
     return p / p.sum()
 
 
+def named_scene(kind: int, count: int, cells: int, prefix: str = PREFIXES[0],
+                background: tuple[int, int, int] = _PLAIN_BACKGROUND,
+                gradient: tuple[float, float] = (0.0, 0.0)) -> Scene:
+    """Kind ``kind`` (of ``count``) as a scene; by default its one picture, on the plain background,
+    captioned in GenEval's wording ("a photo of a ...")."""
+    caption = prefix + _noun(named_scene_names(count)[kind])
+    return Scene(list(named_scene_objects(kind, cells)), background, NAMED_TAG, caption, gradient)
+
+
 def _named_scene(rng: np.random.Generator, named: "NamedScenes", cells: int, nuisance: str) -> Scene:
     kind = int(rng.choice(named.count, p=named_scene_probabilities(named.count, named.zipf)))
     background, gradient = _background(rng, nuisance)
-    caption = PREFIXES[rng.integers(len(PREFIXES))] + _noun(named_scene_names(named.count)[kind])
-    return Scene(list(named_scene_objects(kind, cells)), background, NAMED_TAG, caption, gradient)
+    return named_scene(kind, named.count, cells, PREFIXES[rng.integers(len(PREFIXES))], background, gradient)
 
 
 @dataclass(frozen=True)

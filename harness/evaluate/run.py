@@ -18,6 +18,9 @@ For a run whose status is "trained" or "completed", computes
                       tokenizer's reconstructions of fresh true scenes, its spread over draws, and
                       the FID of the fresh scenes themselves: what a perfect generator would score
                       (``floor.py``, cached)
+  tail_kinds_learned tail_loss tail_gain_<a>_<b>   (shapes world with ``data.named_scenes``) how
+                      many named kinds the run has learned, the loss over named scenes and the
+                      caption gain by frequency rank (``tail.py``)
 and draws ``samples/grid.png`` (the first generated FID images) and ``samples/fixed_prompts.png``
 (:data:`FIXED_PROMPTS`, seed :data:`FIXED_SEED`: the same strip for every run, to compare runs).
 Metrics are logged to the run's ``metrics.jsonl`` and MLflow run (step = training steps, keys
@@ -50,6 +53,7 @@ from harness.data.tokens import TokenDataset
 from harness.errors import UserError
 from harness.evaluate import fid
 from harness.evaluate.floor import ensure_fid_floor
+from harness.evaluate.tail import run_tail_metrics
 from harness.faults import fault
 from harness.geneval.ceiling import ensure_geneval_ceiling
 from harness.geneval.export import export, grid, score
@@ -121,10 +125,21 @@ def reference_val_set(cfg: DictConfig, tok, reference: fid.Reference) -> TokenDa
     return TokenDataset(torch.cat(tokens), captions, text)
 
 
-def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference | None = None) -> float:
-    """``harness.train.run.validation_loss`` of the checkpoint's EMA networks over the run's val
-    set, batched as in training, so it equals the run's last logged ``val/loss``; with
-    ``eval.reference.source=coco``, over the ``reference`` draw instead."""
+def trained_module(run_dir: Path, cfg: DictConfig, tok) -> GeneratorModule:
+    """The run's networks with its latest checkpoint's weights (EMA included), in eval mode."""
+    ckpt = RunDir(run_dir).latest_checkpoint()
+    if ckpt is None:
+        raise UserError("run_dir", f"{RunDir(run_dir).checkpoints} holds no readable checkpoint")
+    module = GeneratorModule(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
+    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    return module.to(pick_device()).eval()
+
+
+def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference | None = None) -> dict:
+    """``val_loss``: ``harness.train.run.validation_loss`` of the checkpoint's EMA networks over the
+    run's val set, batched as in training, so it equals the run's last logged ``val/loss``; with
+    ``eval.reference.source=coco``, over the ``reference`` draw instead. With named scenes in the
+    shapes world, also the long tail's metrics (``harness.evaluate.tail``)."""
     run = RunDir(run_dir)
     tok_dir = read_json(run.stage0)["tokenizer"]
     tok = load_tokenizer(tok_dir)
@@ -134,14 +149,12 @@ def run_validation_loss(run_dir: Path, cfg: DictConfig, reference: fid.Reference
         val_set = TokenDataset(*load_tokens(tok_dir, "val"))
     else:  # cached features of the frozen text encoder come with the stage-0 data; token shards: their val subset
         val_set = prepare_data(cfg)[2]
-    ckpt = run.latest_checkpoint()
-    if ckpt is None:
-        raise UserError("run_dir", f"{run.checkpoints} holds no readable checkpoint")
-    module = GeneratorModule(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
-    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
-    module.to(pick_device()).eval()
+    module = trained_module(run_dir, cfg, tok)
     loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False)
-    return validation_loss(module, loader)
+    metrics = {"val_loss": validation_loss(module, loader)}
+    if cfg.data.name == "shapes" and cfg.data.named_scenes:
+        metrics.update(run_tail_metrics(module, tok, cfg))
+    return metrics
 
 
 def _fresh_folder(folder: Path, manifest: dict) -> None:
@@ -289,7 +302,7 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     reference = fid.ensure_reference(cfg, space)
     step = int(status.get("step", cfg.train.steps))
     sampler = Sampler.from_run(run_dir)
-    metrics: dict = {"val_loss": run_validation_loss(run_dir, cfg, reference)}
+    metrics: dict = run_validation_loss(run_dir, cfg, reference)
     manifest = {"seed": seed, "step": step, "sample": OmegaConf.to_container(cfg.sample)}
     generated = fid_samples(sampler, cfg, reference, run.fid_generated(seed, cfg.eval.seed), seed, manifest,
                             run.progress)

@@ -24,10 +24,14 @@ from harness.registry import METRICS, TEXT_PROBES
 from harness.run_dir import RunDir
 from harness.sweep import records
 
+# the shapes world's long tail (data.named_scenes): what the run learned of it and the world's Zipf
+# exponent, which the analysis's quantization check reads (blank without named scenes)
+TAIL = ("tail_kinds_learned", "tail_loss", "named_scene_zipf")
 # info.json fields copied into every row
 SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
 COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps", "train_seed",
-           *METRICS, *TEXT_PROBES, "geneval_ceiling", "geneval_in_dist", "fid_floor", "status", "run_dir", "seed")
+           *METRICS, *TEXT_PROBES, "geneval_ceiling", "geneval_in_dist", "fid_floor", *TAIL, "status", "run_dir",
+           "seed")
 TABLE = "runs.csv"
 
 
@@ -117,6 +121,10 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row["geneval_ceiling"] = (metrics or {}).get("geneval_ceiling_overall")
         row["geneval_in_dist"] = (metrics or {}).get("geneval_in_dist_overall")
         row["fid_floor"] = (metrics or {}).get("fid_floor")
+        row["tail_kinds_learned"] = (metrics or {}).get("tail_kinds_learned")
+        row["tail_loss"] = (metrics or {}).get("tail_loss")
+        named = cfg.data.name == "shapes" and OmegaConf.select(cfg, "data.named_scenes", default=0)
+        row["named_scene_zipf"] = cfg.data.named_scene_zipf if named else None
         if state == "failed":  # its last val loss (before a NaN, say) is no result of the run
             row.update({k: None for k in (*METRICS, *TEXT_PROBES)})
         rows.append(row)

@@ -95,3 +95,19 @@ def test_text_probes_training_seed_and_geneval_ceiling_columns(tmp_path):
     row = table.run_rows(run_dir, "t", [0])[0]
     assert (row["train_seed"], row["val_loss"], row["caption_gain"], row["context_spread"],
             row["geneval_ceiling"], row["geneval_in_dist"]) == (3, 0.5, 0.02, 0.7, 0.97, 0.4)
+
+
+def test_tail_columns_are_filled_for_a_world_with_named_scenes_and_blank_without(tmp_path):
+    """What a run learned of the long tail and the world's Zipf exponent (for the analysis's
+    quantization check); a world without named scenes leaves them blank."""
+    tail = {"val_loss": 0.5, "tail_kinds_learned": 31.0, "tail_loss": 0.04}
+    for named, expected in ((0, (None, None, None)), (64, (31.0, 0.04, 1.25))):
+        cfg = C.load(["model.size=xs", f"results_dir={tmp_path}", "data.layout=grid",
+                      f"data.named_scenes={named}", "data.named_scene_zipf=1.25"])
+        run_dir = tmp_path / "runs" / C.run_key(cfg)
+        run_dir.mkdir(parents=True)
+        C.save(cfg, run_dir / "config.yaml")
+        write_status(run_dir, "completed", step=20)
+        write_json(run_dir / "metrics.json", tail if named else {"val_loss": 0.5})
+        row = table.run_rows(run_dir, "t", [0])[0]
+        assert tuple(row[c] for c in table.TAIL) == expected

@@ -1,0 +1,83 @@
+"""What a run knows of the shapes world's long tail (``data.named_scenes``): the quantization
+model's learning curve (Michaud et al. 2023), measured kind by kind.
+
+Every named kind has one picture: its objects on the world's plain background. The run's EMA
+networks score it twice, with the kind's own caption and with the caption of the kind half the
+ranks away (the same picture and randomness, another name); the difference is what the name is
+worth to the model, the kind's caption gain. A kind counts as learned when its name removes at
+least half of its picture's loss (own-caption loss <= half the other-caption loss).
+
+  tail_kinds_learned      how many kinds are learned
+  tail_loss               the loss expected over named scenes (each kind's own-caption loss,
+                          weighted by its frequency)
+  tail_gain_<a>_<b>       mean caption gain of the kinds of frequency ranks a..b (1-based)
+
+The analysis fits kinds learned against parameters, n ∝ N^β, and compares the loss exponent with
+the quantization model's prediction: with P(kind k) ∝ k^-z, the loss the unlearned kinds carry
+falls as n^-(z-1), so as N^-(z-1)β.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from harness.data.datasets import to_float
+from harness.data.shapes import NamedScenes, named_scene, named_scene_probabilities, render
+from harness.data.tokens import TokenDataset
+
+REPEATS = 4  # fresh randomness (masks, diffusion noise) per scoring, averaged
+_BUCKETS = (1, 9, 33, 129, 513, 2049)
+
+
+def kind_data(named: NamedScenes, cells: int, resolution: int, tok, text_encoder: str, max_len: int
+              ) -> tuple[TokenDataset, TokenDataset]:
+    """(own captions, other captions): each kind's picture through the run's tokenizer, with
+    its own caption and with the caption of kind (k + K/2) mod K."""
+    scenes = [named_scene(k, named.count, cells) for k in range(named.count)]
+    images = np.stack([render(scene, resolution) for scene in scenes])
+    with torch.no_grad():
+        tokens = torch.cat([tok.encode(to_float(torch.from_numpy(images[i:i + 256]))).cpu()
+                            for i in range(0, len(images), 256)])
+    own = [scene.caption for scene in scenes]
+    other = own[named.count // 2:] + own[:named.count // 2]
+    text = [None, None]
+    if text_encoder != "learned":
+        from harness.text.cache import encode_captions
+        from harness.text.encoders import HFTextEncoder
+
+        encoder = HFTextEncoder(text_encoder, max_len)
+        text = [encode_captions(encoder, own), encode_captions(encoder, other)]
+    return TokenDataset(tokens, own, text[0]), TokenDataset(tokens, other, text[1])
+
+
+@torch.no_grad()
+def kind_losses(module, data: TokenDataset) -> np.ndarray:
+    """Each kind's loss under the module's EMA networks, averaged over ``REPEATS`` draws of the
+    probe's fixed randomness (seeded by the index it is given, the same for every caption set)."""
+    out = np.zeros(len(data))
+    for k in range(len(data)):
+        batch = {key: (v[None].to(module.device) if torch.is_tensor(v) else [v])
+                 for key, v in data[k].items()}
+        out[k] = np.mean([module(batch, k + r * len(data), k + r * len(data)).item() for r in range(REPEATS)])
+    return out
+
+
+def tail_metrics(own: np.ndarray, other: np.ndarray, named: NamedScenes) -> dict[str, float]:
+    """The module docstring's metrics from each kind's own- and other-caption loss."""
+    gain = other - own
+    p = named_scene_probabilities(named.count, named.zipf)
+    out = {"tail_kinds_learned": float((own <= 0.5 * other).sum()), "tail_loss": float((p * own).sum())}
+    for lo, hi in zip(_BUCKETS, _BUCKETS[1:]):
+        if lo <= named.count:
+            out[f"tail_gain_{lo}_{min(hi - 1, named.count)}"] = float(gain[lo - 1:hi - 1].mean())
+    return out
+
+
+def run_tail_metrics(module, tok, cfg: DictConfig) -> dict[str, float]:
+    """:func:`tail_metrics` of a trained module on its run's named kinds."""
+    from harness.data.datasets import named_scenes
+
+    named = named_scenes(cfg.data)
+    own, other = kind_data(named, cfg.data.cells, cfg.data.resolution, tok, cfg.text.encoder, cfg.text.max_len)
+    return tail_metrics(kind_losses(module, own), kind_losses(module, other), named)
