@@ -1,7 +1,7 @@
 """The Fluid paper's findings as testable hypotheses, checked on a sweep's measurements.
 
-1. Validation loss falls with size in every variant: the preferred power-law fit against
-   parameters has R² >= 0.95 and an exponent whose 95% interval excludes 0.
+1. Validation loss falls with size in every variant: a power-law fit against parameters (with
+   offset or pure) has R² >= 0.95 and an exponent whose 95% interval excludes 0.
 2. Continuous tokens give lower FID than discrete at the largest size, for both orders, by more
    than the seed-to-seed spread (the larger max-min range of FID over sampling seeds of the two).
 3. With continuous tokens, random order gives higher GenEval than raster at the largest size by
@@ -56,19 +56,27 @@ def _row(h: int, claim: str, variant: str, evidence: str, ok: bool | None, why: 
 
 
 def _loss_fits(records: Sequence[FitRecord], variants) -> list[dict]:
+    """H1 per variant: holds when either power law, with offset or pure, has R² >= R2_TARGET and
+    an exponent > 0 whose interval excludes 0 (the issue's "pure or with offset"); the evidence
+    quotes both, the one that holds first."""
     rows = []
+    claim = f"val loss power law (offset or pure) R² >= {R2_TARGET}, α's 95% CI excludes 0"
     for token, order in variants:
-        rec = preferred(records, "val_loss", token, order, "params")
         name = f"{token}/{order}"
-        claim = f"val loss power law R² >= {R2_TARGET}, α's 95% CI excludes 0"
-        if rec is None:
+        found = [r for r in records if (r.metric, r.token, r.order, r.x) == ("val_loss", token, order, "params")]
+        found.sort(key=lambda r: ("offset", "power").index(r.form) if r.form in ("offset", "power") else 2)
+        if not found:
             rows.append(_row(1, claim, name, "", None, "no val_loss fit (fewer than 3 sizes?)"))
             continue
-        alpha = rec.fit.params["alpha"]
-        lo, hi = rec.boot.interval("alpha")
-        ok = rec.fit.r2 >= R2_TARGET and (lo > 0 or hi < 0) and alpha > 0
-        rows.append(_row(1, claim, name, f"{rec.form}: α = {alpha:.3g} [{lo:.3g}, {hi:.3g}], "
-                         f"R² = {rec.fit.r2:.3f}, {rec.fit.n_sizes} sizes", ok))
+        parts, ok = [], []
+        for rec in found:
+            alpha = rec.fit.params["alpha"]
+            lo, hi = rec.boot.interval("alpha")
+            ok.append(rec.fit.r2 >= R2_TARGET and (lo > 0 or hi < 0) and alpha > 0)
+            parts.append(f"{rec.form}: α = {alpha:.3g} [{lo:.3g}, {hi:.3g}], R² = {rec.fit.r2:.3f}")
+        holding_first = sorted(range(len(found)), key=lambda i: not ok[i])
+        evidence = "; ".join(parts[i] for i in holding_first) + f"; {found[0].fit.n_sizes} sizes"
+        rows.append(_row(1, claim, name, evidence, any(ok)))
     return rows
 
 

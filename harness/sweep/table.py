@@ -24,9 +24,9 @@ from harness.registry import METRICS, TEXT_PROBES
 from harness.run_dir import RunDir
 from harness.sweep import records
 
-# the shapes world's long tail (data.named_scenes): what the run learned of it and the world's Zipf
-# exponent, which the analysis's quantization check reads (blank without named scenes)
-TAIL = ("tail_kinds_learned", "tail_loss", "named_scene_zipf")
+# the shapes world's long tail (data.named_scenes): what the run learned of it, and the world's kinds
+# and Zipf exponent, which the analysis's quantization check reads (blank without named scenes)
+TAIL = ("tail_kinds_learned", "tail_loss", "named_scenes", "named_scene_zipf")
 # info.json fields copied into every row
 SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
 COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps", "train_seed",
@@ -124,6 +124,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row["tail_kinds_learned"] = (metrics or {}).get("tail_kinds_learned")
         row["tail_loss"] = (metrics or {}).get("tail_loss")
         named = cfg.data.name == "shapes" and OmegaConf.select(cfg, "data.named_scenes", default=0)
+        row["named_scenes"] = cfg.data.named_scenes if named else None
         row["named_scene_zipf"] = cfg.data.named_scene_zipf if named else None
         if state == "failed":  # its last val loss (before a NaN, say) is no result of the run
             row.update({k: None for k in (*METRICS, *TEXT_PROBES)})

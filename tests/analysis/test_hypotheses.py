@@ -105,3 +105,29 @@ def test_text_use_has_one_row_per_trained_model_in_size_order():
     assert table["geneval_overall"].tolist() == pytest.approx([0.1, 0.3])
     assert table["geneval_in_dist"].iloc[1] == pytest.approx(0.6) and math.isnan(table["geneval_in_dist"].iloc[0])
     assert text_use(runs.drop(columns=["caption_gain"])).empty
+
+
+def test_h1_holds_through_either_power_law_and_quotes_both():
+    """The issue's "pure or with offset": a variant whose offset fit misses the bar but whose pure
+    power law meets it holds; with both missing it fails."""
+    import dataclasses
+
+    obs = study()
+    records, _ = fit_table(obs, ("params",), n_boot=100)
+
+    def h1(recs):
+        rows = hypotheses.check(obs, recs)
+        return rows[(rows["hypothesis"] == 1) & (rows["variant"] == "discrete/raster")].iloc[0]
+
+    row = h1(records)
+    assert row["verdict"] == "holds" and "offset: α" in row["evidence"] and "power: α" in row["evidence"]
+
+    def worse(rec, form):
+        if (rec.metric, rec.token, rec.order, rec.form) != ("val_loss", "discrete", "raster", form):
+            return rec
+        return dataclasses.replace(rec, fit=dataclasses.replace(rec.fit, r2=0.5))
+
+    only_power = [worse(r, "offset") for r in records]
+    row = h1(only_power)
+    assert row["verdict"] == "holds" and row["evidence"].startswith("power: α")
+    assert h1([worse(r, "power") for r in only_power])["verdict"] == "fails"

@@ -101,7 +101,7 @@ def test_tail_columns_are_filled_for_a_world_with_named_scenes_and_blank_without
     """What a run learned of the long tail and the world's Zipf exponent (for the analysis's
     quantization check); a world without named scenes leaves them blank."""
     tail = {"val_loss": 0.5, "tail_kinds_learned": 31.0, "tail_loss": 0.04}
-    for named, expected in ((0, (None, None, None)), (64, (31.0, 0.04, 1.25))):
+    for named, expected in ((0, (None, None, None, None)), (64, (31.0, 0.04, 64, 1.25))):
         cfg = C.load(["model.size=xs", f"results_dir={tmp_path}", "data.layout=grid",
                       f"data.named_scenes={named}", "data.named_scene_zipf=1.25"])
         run_dir = tmp_path / "runs" / C.run_key(cfg)
