@@ -12,7 +12,8 @@ and the extrapolation to the paper's sizes use ``params`` fits whatever ``--x`` 
 loss-vs-FLOPs figure ``train_flops``.
 
 Writes into --out (default: the folder ``analysis/`` beside runs.csv): fits.csv,
-extrapolation.csv, correlations.csv, winners.csv, report.md and the figures (PNG + PDF), then
+extrapolation.csv, correlations.csv, winners.csv, hypotheses.csv, quantization.csv (the long
+tail's measured vs predicted exponent), report.md and the figures (PNG + PDF), then
 logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits beside runs.csv.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import figures, hypotheses
+from analysis import figures, hypotheses, quantization
 from analysis.fitting import (
     FIT_COLUMNS, X_AXES, correlations, extrapolate, fit_table, observations, split_by_status,
     winners)
@@ -250,8 +251,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     note(notes)
     win = winners(obs, records)
     claims = hypotheses.check(obs, records, hypotheses.fid_floors(completed))
+    tail, notes = quantization.check(completed, args.n_boot, args.seed, args.ci_method)
+    note(notes)
     for name, frame in (("fits", fits), ("extrapolation", extrap), ("correlations", corr),
-                        ("winners", win), ("hypotheses", claims)):
+                        ("winners", win), ("hypotheses", claims), ("quantization", tail)):
         write_text(out / f"{name}.csv", frame.to_csv(index=False))
 
     figures.scaling_figure(obs, records, args.x, out)
@@ -267,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         sweep=sweep, source=source, x=args.x, n_runs=len(runs), n_completed=len(completed),
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
         figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
-        method=args.ci_method, hypotheses=claims, text_use=text_use(completed)))
+        method=args.ci_method, hypotheses=claims, text_use=text_use(completed),
+        quantization=tail))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))
     print(f"wrote {out} in {time.time() - t0:.1f}s")

@@ -60,6 +60,8 @@ class ReportInputs:
     """analysis.hypotheses.check's table: the paper's findings, each with a verdict."""
     text_use: pd.DataFrame = field(default_factory=pd.DataFrame)
     """``text_use``'s table: per trained model, whether it reads its caption."""
+    quantization: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """analysis.quantization.check's table: measured vs predicted loss exponent of the long tail."""
 
 
 TEXT_USE_COLUMNS = ("token", "order", "size", "train_seed", "caption_gain", "context_spread",
@@ -220,6 +222,27 @@ def _hypotheses(table: pd.DataFrame) -> str:
             + _table(["#", "claim", "variant", "evidence", "verdict"], rows) + "\n")
 
 
+def _quantization(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "Not checked (the runs carry no tail metrics: a world without named scenes).\n"
+    rows = [(f"{r.token}/{r.order}", f"{r.kinds}, {fmt(r.zipf, 3)}", r.kinds_learned,
+             _ci(r.beta, r.beta_ci_low, r.beta_ci_high),
+             _ci(r.alpha_predicted, r.alpha_predicted_ci_low, r.alpha_predicted_ci_high),
+             _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high), fmt(r.alpha_r2, 3), f"**{r.verdict}**")
+            for r in table.itertuples()]
+    return ("The named scenes are a long tail of K kinds with Zipf frequencies (P(kind k) ∝ k^-z). "
+            "In the quantization model (Michaud et al. 2023; `analysis/quantization.py`) a model "
+            "that has learned the n most frequent kinds is left with the loss of the rest, in "
+            "proportion to their probability mass M(n); the predicted exponent is that of "
+            "M(n(N)), from the kinds each size learned (for an infinite tail it would be "
+            "(z−1)·β). Kinds learned by size, smallest first; exponents against params with 95% "
+            "bootstrap intervals; `consistent` when the predicted and measured intervals "
+            "overlap.\n\n"
+            + _table(["variant", "K, z", "kinds learned", "β (kinds ∝ N^β)",
+                      "predicted α (unlearned mass)", "measured α (tail loss)", "R² (tail loss)",
+                      "verdict"], rows) + "\n")
+
+
 def render(inp: ReportInputs) -> str:
     """The report's Markdown text."""
     parts = [f"# Scaling analysis: {inp.sweep}\n",
@@ -230,6 +253,7 @@ def render(inp: ReportInputs) -> str:
     parts += ["## The paper's findings\n", _hypotheses(inp.hypotheses),
               "## Does each model read its caption?\n", _text_use(inp.text_use),
               "## Scaling exponents\n", _exponents(inp.fits),
+              "## The long tail: measured vs predicted exponent\n", _quantization(inp.quantization),
               "## Which variant wins at the largest size\n", _winners(inp.winners),
               "## Correlation with validation loss\n", _correlations(inp.correlations),
               "## Extrapolation to the paper's ladder\n", _extrapolation(inp.extrapolation),
