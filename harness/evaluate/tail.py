@@ -12,9 +12,8 @@ least half of its picture's loss (own-caption loss <= half the other-caption los
                           weighted by its frequency)
   tail_gain_<a>_<b>       mean caption gain of the kinds of frequency ranks a..b (1-based)
 
-The analysis fits kinds learned against parameters, n ∝ N^β, and compares the loss exponent with
-the quantization model's prediction: with P(kind k) ∝ k^-z, the loss the unlearned kinds carry
-falls as n^-(z-1), so as N^-(z-1)β.
+``analysis/quantization.py`` compares how the tail loss falls with size with what the kinds
+learned predict: the probability mass of the kinds not learned (the quantization model).
 """
 from __future__ import annotations
 
