@@ -15,6 +15,10 @@ Evaluation computes it once per tokenizer, feature space and reference set, cach
 stage-0 tokenizer (``ensure_fid_floor``) and writes it into every run's ``metrics.json``: a
 model's FID reads against ``fid_floor`` (not 0), and FID differences between models are only
 resolved beyond ``fid_floor_sd``.
+
+The draws are independent of the reference set's captions, while evaluation generates from them.
+Where a caption fixes its picture (``data.named_scenes``), a generator that knows the names can
+score below this floor (calibration item 35): there it is the floor of an unconditional draw.
 """
 from __future__ import annotations
 

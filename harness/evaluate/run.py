@@ -16,7 +16,8 @@ For a run whose status is "trained" or "completed", computes
                       score through this tokenizer (``harness/geneval/ceiling.py``, cached)
   fid_floor fid_floor_sd fid_floor_real   (shapes world, reference from the data) the FID of the
                       tokenizer's reconstructions of fresh true scenes, its spread over draws, and
-                      the FID of the fresh scenes themselves: what a perfect generator would score
+                      the FID of the fresh scenes themselves: what a perfect generator would score (an
+                      unconditional one where captions fix pictures: named scenes)
                       (``floor.py``, cached)
   tail_kinds_learned tail_loss tail_gain_<a>_<b>   (shapes world with ``data.named_scenes``) how
                       many named kinds the run has learned, the loss over named scenes and the
