@@ -63,8 +63,8 @@ def _loss_fits(records: Sequence[FitRecord], variants) -> list[dict]:
     claim = f"val loss power law (offset or pure) R² >= {R2_TARGET}, α's 95% CI excludes 0"
     for token, order in variants:
         name = f"{token}/{order}"
-        found = [r for r in records if (r.metric, r.token, r.order, r.x) == ("val_loss", token, order, "params")]
-        found.sort(key=lambda r: ("offset", "power").index(r.form) if r.form in ("offset", "power") else 2)
+        found = sorted((r for r in records if (r.metric, r.token, r.order, r.x)
+                        == ("val_loss", token, order, "params")), key=lambda r: r.form != "offset")
         if not found:
             rows.append(_row(1, claim, name, "", None, "no val_loss fit (fewer than 3 sizes?)"))
             continue

@@ -116,14 +116,10 @@ def reference_val_set(cfg: DictConfig, tok, reference: fid.Reference) -> TokenDa
     for start in range(0, len(paths), cfg.eval.batch_size):
         images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths[start:start + cfg.eval.batch_size]])
         tokens.append(tok.encode(to_float(torch.from_numpy(images))).cpu())
-    captions = reference.captions()
-    text = None
-    if cfg.text.encoder != "learned":
-        from harness.text.cache import encode_captions
-        from harness.text.encoders import HFTextEncoder
+    from harness.text.cache import caption_features
 
-        text = encode_captions(HFTextEncoder(cfg.text.encoder, cfg.text.max_len), captions)
-    return TokenDataset(torch.cat(tokens), captions, text)
+    captions = reference.captions()
+    return TokenDataset(torch.cat(tokens), captions, caption_features(cfg.text, captions))
 
 
 def trained_module(run_dir: Path, cfg: DictConfig, tok) -> GeneratorModule:

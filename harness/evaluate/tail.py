@@ -29,25 +29,23 @@ REPEATS = 4  # fresh randomness (masks, diffusion noise) per scoring, averaged
 _BUCKETS = (1, 9, 33, 129, 513, 2049)
 
 
-def kind_data(named: NamedScenes, cells: int, resolution: int, tok, text_encoder: str, max_len: int
+def kind_data(named: NamedScenes, cells: int, resolution: int, tok, text: DictConfig
               ) -> tuple[TokenDataset, TokenDataset]:
     """(own captions, other captions): each kind's picture through the run's tokenizer, with
-    its own caption and with the caption of kind (k + K/2) mod K."""
+    its own caption and with the caption of kind (k + K/2) mod K (``text``: the run's text
+    config, for a frozen encoder's features)."""
+    from harness.text.cache import caption_features
+
     scenes = [named_scene(k, named.count, cells) for k in range(named.count)]
     images = np.stack([render(scene, resolution) for scene in scenes])
     with torch.no_grad():
         tokens = torch.cat([tok.encode(to_float(torch.from_numpy(images[i:i + 256]))).cpu()
                             for i in range(0, len(images), 256)])
+    half = named.count // 2
     own = [scene.caption for scene in scenes]
-    other = own[named.count // 2:] + own[:named.count // 2]
-    text = [None, None]
-    if text_encoder != "learned":
-        from harness.text.cache import encode_captions
-        from harness.text.encoders import HFTextEncoder
-
-        encoder = HFTextEncoder(text_encoder, max_len)
-        text = [encode_captions(encoder, own), encode_captions(encoder, other)]
-    return TokenDataset(tokens, own, text[0]), TokenDataset(tokens, other, text[1])
+    own_text = caption_features(text, own)
+    other_text = None if own_text is None else {k: torch.cat([v[half:], v[:half]]) for k, v in own_text.items()}
+    return TokenDataset(tokens, own, own_text), TokenDataset(tokens, own[half:] + own[:half], other_text)
 
 
 @torch.no_grad()
@@ -78,5 +76,5 @@ def run_tail_metrics(module, tok, cfg: DictConfig) -> dict[str, float]:
     from harness.data.datasets import named_scenes
 
     named = named_scenes(cfg.data)
-    own, other = kind_data(named, cfg.data.cells, cfg.data.resolution, tok, cfg.text.encoder, cfg.text.max_len)
+    own, other = kind_data(named, cfg.data.cells, cfg.data.resolution, tok, cfg.text)
     return tail_metrics(kind_losses(module, own), kind_losses(module, other), named)

@@ -32,6 +32,16 @@ def encode_captions(encoder, captions: list[str], batch_size: int = 256) -> dict
     return {"text_feats": torch.cat(feats), "text_mask": torch.cat(masks)}
 
 
+def caption_features(text: DictConfig, captions: list[str]) -> dict[str, torch.Tensor] | None:
+    """``captions`` under the run's frozen encoder (``text.encoder``), uncached: for caption sets
+    built at evaluation. None for a learned text path, which reads the captions' tokens."""
+    if text.encoder == "learned":
+        return None
+    from harness.text.encoders import HFTextEncoder
+
+    return encode_captions(HFTextEncoder(text.encoder, text.max_len), captions)
+
+
 def ensure_text_features(cfg: DictConfig) -> dict[str, dict[str, torch.Tensor]]:
     """Features of every train/val caption under the frozen encoder ``cfg.text.encoder``."""
     def build(tmp: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from harness.data.shapes import NamedScenes, named_scene_names, named_scene_probabilities
 from harness.evaluate import tail
@@ -35,7 +36,8 @@ class KnowsFirstKinds:
 
 def test_kind_losses_pair_each_picture_with_its_own_and_a_far_caption():
     named = NamedScenes(K, 1.5, 0.5)
-    own, other = tail.kind_data(named, cells=4, resolution=32, tok=Identity(), text_encoder="learned", max_len=16)
+    own, other = tail.kind_data(named, cells=4, resolution=32, tok=Identity(),
+                                 text=OmegaConf.create({"encoder": "learned", "max_len": 16}))
     assert own.tokens.shape == (K, 3, 32, 32) and torch.equal(own.tokens, other.tokens)
     module = KnowsFirstKinds(known=5)
     metrics = tail.tail_metrics(tail.kind_losses(module, own), tail.kind_losses(module, other), named)
