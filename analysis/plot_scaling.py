@@ -13,7 +13,8 @@ loss-vs-FLOPs figure ``train_flops``.
 
 Writes into --out (default: the folder ``analysis/`` beside runs.csv): fits.csv,
 extrapolation.csv, correlations.csv, winners.csv, hypotheses.csv, quantization.csv (the long
-tail's measured vs predicted exponent), report.md and the figures (PNG + PDF), then
+tail's measured vs predicted exponent), guidance.csv (FID vs size at the guidance scales
+``python -m harness.evaluate.guidance`` measured), report.md and the figures (PNG + PDF), then
 logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits beside runs.csv.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import figures, hypotheses, quantization
+from analysis import figures, guidance, hypotheses, quantization
 from analysis.fitting import (
     FIT_COLUMNS, X_AXES, correlations, extrapolate, fit_table, observations, split_by_status,
     winners)
@@ -150,18 +151,28 @@ def check_columns(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def sample_cells(completed: pd.DataFrame, bases: Sequence[Path]) -> dict:
+def run_dirs(completed: pd.DataFrame, bases: Sequence[Path]) -> dict[str, Path]:
+    """run key -> its run directory, where the table's ``run_dir`` (absolute, or relative to
+    one of ``bases``) exists on this machine."""
+    found: dict[str, Path] = {}
+    if "run_dir" not in completed.columns:
+        return found
+    for key, run_dir in zip(completed["run_key"], completed["run_dir"]):
+        if pd.isna(run_dir) or key in found:
+            continue
+        candidates = [Path(run_dir)] if Path(run_dir).is_absolute() else [base / run_dir for base in bases]
+        there = next((c for c in candidates if c.is_dir()), None)
+        if there is not None:
+            found[key] = there
+    return found
+
+
+def sample_cells(completed: pd.DataFrame, dirs: dict[str, Path]) -> dict:
     """(token, order, size) -> each configuration's fixed_prompts.png (None where absent)."""
     cells: dict[tuple[str, str, str], Path | None] = {}
     for key, group in completed.groupby(["token", "order", "size"], sort=False):
-        found = None
-        for run_dir in group.get("run_dir", pd.Series(dtype=str)).dropna().astype(str):
-            candidates = [Path(run_dir)] if Path(run_dir).is_absolute() else \
-                [base / run_dir for base in bases]
-            found = next((c / SAMPLES for c in candidates if (c / SAMPLES).is_file()), None)
-            if found:
-                break
-        cells[key] = found
+        pictures = (dirs[k] / SAMPLES for k in group["run_key"] if k in dirs)
+        cells[key] = next((p for p in pictures if p.is_file()), None)
     return cells
 
 
@@ -253,8 +264,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     claims = hypotheses.check(obs, records, hypotheses.fid_floors(completed))
     tail, notes = quantization.check(completed, args.n_boot, args.seed, args.ci_method)
     note(notes)
+    bases = [Path.cwd()] + ([home] if home.resolve() != Path.cwd().resolve() else [])
+    dirs = run_dirs(completed, bases)
+    scales, notes = guidance.scan(completed, dirs, args.n_boot, args.seed, args.ci_method)
+    note(notes)
     for name, frame in (("fits", fits), ("extrapolation", extrap), ("correlations", corr),
-                        ("winners", win), ("hypotheses", claims), ("quantization", tail)):
+                        ("winners", win), ("hypotheses", claims), ("quantization", tail),
+                        ("guidance", scales)):
         write_text(out / f"{name}.csv", frame.to_csv(index=False))
 
     figures.scaling_figure(obs, records, args.x, out)
@@ -262,8 +278,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     figures.loss_vs_flops_figure(obs, records, out)
     sizes = (completed.groupby("size")["params"].median().sort_values().index.tolist()
              if len(completed) else [])
-    bases = [Path.cwd()] + ([home] if home.resolve() != Path.cwd().resolve() else [])
-    _, notes = figures.samples_figure(sample_cells(completed, bases), sizes, out)
+    _, notes = figures.samples_figure(sample_cells(completed, dirs), sizes, out)
     note(notes)
 
     write_report(out / "report.md", ReportInputs(
@@ -271,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
         figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
         method=args.ci_method, hypotheses=claims, text_use=text_use(completed),
-        quantization=tail))
+        quantization=tail, guidance=scales))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))
     print(f"wrote {out} in {time.time() - t0:.1f}s")

@@ -62,6 +62,8 @@ class ReportInputs:
     """``text_use``'s table: per trained model, whether it reads its caption."""
     quantization: pd.DataFrame = field(default_factory=pd.DataFrame)
     """analysis.quantization.check's table: measured vs predicted loss exponent of the long tail."""
+    guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """analysis.guidance.scan's table: FID vs size at each guidance scale measured."""
 
 
 TEXT_USE_COLUMNS = ("token", "order", "size", "train_seed", "caption_gain", "context_spread",
@@ -243,6 +245,19 @@ def _quantization(table: pd.DataFrame) -> str:
                       "verdict"], rows) + "\n")
 
 
+def _guidance(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ("None measured (`python -m harness.evaluate.guidance RUN --cfg ...` measures a "
+                "run's FID at other guidance scales).\n")
+    rows = [(f"{r.token}/{r.order}", f"{r.cfg:g}", r.fid_by_size, _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high),
+             fmt(r.r2, 3), "yes" if r.falls else "no") for r in table.itertuples()]
+    return ("FID at guidance scales other than the runs' own, measured by "
+            "`python -m harness.evaluate.guidance` (`analysis/guidance.py`): per variant and scale, "
+            "FID by size (smallest first, seeds averaged) and a pure power law against params "
+            "with its 95% bootstrap interval; `falls` when the interval excludes 0.\n\n"
+            + _table(["variant", "guidance", "FID by size", "α [95% CI]", "R²", "falls"], rows) + "\n")
+
+
 def render(inp: ReportInputs) -> str:
     """The report's Markdown text."""
     parts = [f"# Scaling analysis: {inp.sweep}\n",
@@ -254,6 +269,7 @@ def render(inp: ReportInputs) -> str:
               "## Does each model read its caption?\n", _text_use(inp.text_use),
               "## Scaling exponents\n", _exponents(inp.fits),
               "## The long tail: measured vs predicted exponent\n", _quantization(inp.quantization),
+              "## FID at other guidance scales\n", _guidance(inp.guidance),
               "## Which variant wins at the largest size\n", _winners(inp.winners),
               "## Correlation with validation loss\n", _correlations(inp.correlations),
               "## Extrapolation to the paper's ladder\n", _extrapolation(inp.extrapolation),
