@@ -80,22 +80,26 @@ def _loss_fits(records: Sequence[FitRecord], variants) -> list[dict]:
     return rows
 
 
-def fid_floors(runs: pd.DataFrame) -> dict[str, float]:
+def fid_floors(runs: pd.DataFrame, column: str = "fid_floor") -> dict[str, float]:
     """Mean ``fid_floor`` (a perfect generator's FID through the tokenizer,
-    ``harness/evaluate/floor.py``) per token type of a runs table; empty without that column."""
-    if "fid_floor" not in runs.columns or "token" not in runs.columns:
+    ``harness/evaluate/floor.py``; ``fid_floor_matched``: drawn for the reference's own captions)
+    per token type of a runs table; empty without that column."""
+    if column not in runs.columns or "token" not in runs.columns:
         return {}
-    values = pd.to_numeric(runs["fid_floor"], errors="coerce")
+    values = pd.to_numeric(runs[column], errors="coerce")
     return {str(t): float(v.mean()) for t, v in values.groupby(runs["token"]) if v.notna().any()}
 
 
-def _floor_note(floors: dict[str, float], tokens: Sequence[str]) -> str:
+def _floor_note(floors: dict[str, float], matched: dict[str, float], tokens: Sequence[str]) -> str:
     if not all(t in floors for t in tokens):
         return ""
-    return "; FID floor " + " vs ".join(f"{floors[t]:.2f}" for t in tokens)
+    note = "; FID floor " + " vs ".join(f"{floors[t]:.2f}" for t in tokens)
+    if all(t in matched for t in tokens):
+        note += " (caption-matched " + " vs ".join(f"{matched[t]:.2f}" for t in tokens) + ")"
+    return note
 
 
-def _fid_gap(obs: pd.DataFrame, floors: dict[str, float]) -> list[dict]:
+def _fid_gap(obs: pd.DataFrame, floors: dict[str, float], matched: dict[str, float]) -> list[dict]:
     rows = []
     for order in ("random", "raster"):
         at = _largest(obs, "fid", [("continuous", order), ("discrete", order)])
@@ -111,7 +115,7 @@ def _fid_gap(obs: pd.DataFrame, floors: dict[str, float]) -> list[dict]:
         rows.append(_row(2, claim, f"{order} order, size {at['size'].iloc[0]}",
                          f"FID continuous {c[0]:.2f} (sd {c[1]:.2f}, n={c[3]}) vs discrete "
                          f"{d[0]:.2f} (sd {d[1]:.2f}, n={d[3]}); gap {gap:.2f}, "
-                         f"seed spread {spread:.2f}" + _floor_note(floors, ("continuous", "discrete")),
+                         f"seed spread {spread:.2f}" + _floor_note(floors, matched, ("continuous", "discrete")),
                          ok, "one seed: no spread"))
     return rows
 
@@ -134,7 +138,8 @@ def _geneval_order(obs: pd.DataFrame) -> dict:
                 f"(SE {se:.3f})", ok)
 
 
-def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float]) -> list[dict]:
+def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float],
+                  matched: dict[str, float]) -> list[dict]:
     rows = []
     for metric, sign, param, word in (("fid", 1, "alpha", "falls"),
                                       ("geneval_overall", 1, "slope", "rises")):
@@ -146,7 +151,7 @@ def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[
                  .sort_values("params"))
         trail = " → ".join(f"{v:.3g}" for v in means["value"])
         if metric == "fid":
-            trail += _floor_note(floors, ("continuous",))
+            trail += _floor_note(floors, matched, ("continuous",))
         if rec is None:
             rows.append(_row(4, claim, "continuous/random", f"means by size: {trail}", None,
                              "no fit"))
@@ -170,12 +175,13 @@ def _fluid_geneval(obs: pd.DataFrame) -> dict:
                 f"GenEval overall {mean:.3f} (sd {sd:.3f}, n={n}); samples: samples.png", mean >= GENEVAL_TARGET)
 
 
-def check(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float] | None = None
-          ) -> pd.DataFrame:
-    """One row per tested claim (see the module docstring). ``floors`` (:func:`fid_floors`), when
-    given, are quoted beside the FID evidence: a model's FID reads against them, not 0."""
-    floors = floors or {}
+def check(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float] | None = None,
+          matched: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per tested claim (see the module docstring). ``floors`` and the caption-matched
+    ``matched`` (:func:`fid_floors`), when given, are quoted beside the FID evidence: a model's
+    FID reads against them, not 0."""
+    floors, matched = floors or {}, matched or {}
     variants = sorted(set(zip(obs["token"], obs["order"]))) if len(obs) else []
-    rows = _loss_fits(records, variants) + _fid_gap(obs, floors) + [_geneval_order(obs)]
-    rows += _fluid_trends(obs, records, floors) + [_fluid_geneval(obs)]
+    rows = _loss_fits(records, variants) + _fid_gap(obs, floors, matched) + [_geneval_order(obs)]
+    rows += _fluid_trends(obs, records, floors, matched) + [_fluid_geneval(obs)]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     corr, notes = correlations(obs)
     note(notes)
     win = winners(obs, records)
-    claims = hypotheses.check(obs, records, hypotheses.fid_floors(completed))
+    claims = hypotheses.check(obs, records, hypotheses.fid_floors(completed),
+                              hypotheses.fid_floors(completed, "fid_floor_matched"))
     tail, notes = quantization.check(completed, args.n_boot, args.seed, args.ci_method)
     note(notes)
     bases = [Path.cwd()] + ([home] if home.resolve() != Path.cwd().resolve() else [])

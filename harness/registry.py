@@ -102,8 +102,9 @@ LOWER_IS_BETTER = {"val_loss": True, "fid": True} | {m: False for m in GENEVAL_M
 # GenEval of the tokenizer's reconstructions of true scenes (shapes world): the most a model can score
 GENEVAL_CEILING = tuple(m.replace("geneval_", "geneval_ceiling_", 1) for m in GENEVAL_METRICS)
 # FID of a perfect generator (shapes world): its tokenizer's reconstructions of fresh true scenes,
-# their spread over independent draws, and the fresh scenes themselves (harness/evaluate/floor.py)
-FID_FLOOR = ("fid_floor", "fid_floor_sd", "fid_floor_real")
+# their spread over independent draws, the fresh scenes themselves, and the reconstructions of
+# scenes redrawn for the reference set's own captions with their spread (harness/evaluate/floor.py)
+FID_FLOOR = ("fid_floor", "fid_floor_sd", "fid_floor_real", "fid_floor_matched", "fid_floor_matched_sd")
 # The tags whose GenEval prompts (the "compositional" split) show only combinations held out of
 # training; scored again on prompts of seen combinations (the "train" split), they tell composing
 # anew apart from not having learnt the skill at all

@@ -574,6 +574,20 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "fre
     return Scene(objs, background, meta.get("tag", ""), meta.get("prompt", ""), gradient)
 
 
+
+def redraw(scene: Scene, rng: np.random.Generator, layout: str = "free", cells: int = 4,
+           nuisance: str = "full", unnamed_color: str = "random") -> Scene:
+    """Another scene for ``scene``'s caption, what a generator that follows captions perfectly may
+    draw for it: a named scene is its one picture (on a fresh background draw), any other scene
+    is drawn afresh from what its caption says (``include_groups``, ``scene_from_metadata``)."""
+    if scene.tag == NAMED_TAG:
+        background, gradient = _background(rng, nuisance)
+        return Scene(list(scene.objects), background, scene.tag, scene.caption, gradient)
+    meta = {"tag": scene.tag, "prompt": scene.caption, "include": include_groups(scene)}
+    return scene_from_metadata(meta, rng, layout=layout, cells=cells, nuisance=nuisance,
+                               unnamed_color=unnamed_color)
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -660,6 +674,12 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     def image(self, i: int) -> np.ndarray:
         return render(self.scene(i), self.resolution)
+
+    def redrawn(self, i: int, draw: int) -> np.ndarray:
+        """Image of draw ``draw`` of another scene for example ``i``'s caption (``redraw``)."""
+        rng = np.random.default_rng([self.seed, self._split_id, self._index(i), draw, 1])  # 5 words: its own stream
+        return render(redraw(self.scene(i), rng, self.layout, self.cells, self.nuisance, self.unnamed_color),
+                      self.resolution)
 
     def caption(self, i: int) -> str:
         return self.scene(i).caption

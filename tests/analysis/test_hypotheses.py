@@ -74,6 +74,11 @@ def test_fid_floors_are_quoted_beside_the_fid_evidence():
     fid_trend = table[table["claim"].str.startswith("Fluid: fid")]["evidence"].iloc[0]
     assert "; FID floor 1.10;" in fid_trend
     assert table.drop(columns="evidence").equals(hypotheses.check(obs, records).drop(columns="evidence"))
+    # the caption-matched floor beside it, where the runs carry it
+    matched = hypotheses.fid_floors(runs.assign(fid_floor_matched=[0.5, 0.7, 0.9, 1.1]), "fid_floor_matched")
+    with_matched = hypotheses.check(obs, records, floors, matched)
+    assert all(e.endswith("; FID floor 1.10 vs 3.00 (caption-matched 0.60 vs 1.00)")
+               for e in with_matched[with_matched["hypothesis"] == 2]["evidence"])
 
 
 def test_one_seed_makes_spread_claims_untestable():

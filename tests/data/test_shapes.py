@@ -347,3 +347,23 @@ def test_named_scenes_change_the_data_key_and_are_validated():
     assert data_key(tail.data) != data_key(C.load(base + ["data.named_scenes=64", "data.named_scene_zipf=2"]).data)
     with pytest.raises(UserError, match="data.named_scene_fraction"):
         C.load(base + ["data.named_scene_fraction=1.5"])
+
+
+def test_a_redrawn_scene_says_what_its_caption_says_and_a_named_one_is_its_picture():
+    """``redrawn`` (the caption-matched FID floor's draws): a named scene is its one picture again;
+    any other keeps the objects its caption names (shape, count, named colour) in a new draw."""
+    world = ShapesWorld("val", 200, layout="grid", cells=4, nuisance="none",
+                        named=shapes.NamedScenes(count=16, zipf=1.5, fraction=0.5))
+    moved = 0
+    for i in range(len(world)):
+        scene, again = world.scene(i), world.redrawn(i, draw=0)
+        if scene.tag == shapes.NAMED_TAG:
+            assert np.array_equal(again, world.image(i)) and np.array_equal(again, world.redrawn(i, 1))
+            continue
+        rng = np.random.default_rng([0, i])
+        other = shapes.redraw(scene, rng, "grid", 4, "none")
+        if scene.tag != "position":  # its relation: test_scene_from_metadata_satisfies_the_prompt
+            assert shapes.include_groups(other) == shapes.include_groups(scene)
+        moved += not np.array_equal(again, world.image(i))
+        assert np.array_equal(again, world.redrawn(i, 0)) and again.shape == world.image(i).shape
+    assert moved > 50  # grid scenes are drawn again, not copied

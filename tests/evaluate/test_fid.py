@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from harness import config
-from harness.data.datasets import rendered
+from harness.data.datasets import build_dataset, rendered
 from harness.errors import UserError
 from harness.evaluate import features, fid, floor
 from tests.fake_tokenizers import Blur, Identity
@@ -98,7 +98,19 @@ def test_the_floor_of_a_perfect_tokenizer_is_the_sampling_noise_of_fid(setup):
     # fresh scenes (the test split), not the reference's own images: FID above 0, and each draw its own
     assert min(out["fid_real"]) > 1e-3 and out["fid_real"][0] != out["fid_real"][1]
     assert out["fid_floor"] == pytest.approx(np.mean(out["fid_tokenized"])) and out["fid_floor_sd"] > 0
+    # scenes redrawn for the reference's own captions: two draws of their own
+    assert len(out["fid_matched"]) == 2 and out["fid_matched"][0] != out["fid_matched"][1]
+    assert out["fid_floor_matched"] == pytest.approx(np.mean(out["fid_matched"])) and out["fid_floor_matched_sd"] > 0
     assert not work.exists()  # the PNGs are measured, then removed
+
+
+def test_where_every_caption_fixes_its_picture_the_matched_draws_are_the_reference():
+    data = config.load(["data.layout=grid", "data.nuisance=none", "data.named_scenes=8",
+                        "data.named_scene_fraction=1.0", f"data.val_size={N}"]).data
+    val = build_dataset(data, "val")
+    images = np.stack([val.image(i) for i in range(N)])
+    matched = floor.caption_matched_scenes(data, N, draws=2)
+    assert matched.shape == (2, *images.shape) and all(np.array_equal(m, images) for m in matched)
 
 
 def test_a_lossy_tokenizer_raises_the_floor_and_the_floor_is_cached(setup, tmp_path):
