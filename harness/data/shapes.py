@@ -574,7 +574,6 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "fre
     return Scene(objs, background, meta.get("tag", ""), meta.get("prompt", ""), gradient)
 
 
-
 def redraw(scene: Scene, rng: np.random.Generator, layout: str = "free", cells: int = 4,
            nuisance: str = "full", unnamed_color: str = "random") -> Scene:
     """Another scene for ``scene``'s caption, what a generator that follows captions perfectly may
@@ -677,7 +676,8 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     def redrawn(self, i: int, draw: int) -> np.ndarray:
         """Image of draw ``draw`` of another scene for example ``i``'s caption (``redraw``)."""
-        rng = np.random.default_rng([self.seed, self._split_id, self._index(i), draw, 1])  # 5 words: its own stream
+        # the scene itself is drawn from [seed, split, i]; a longer key is a stream of its own
+        rng = np.random.default_rng([self.seed, self._split_id, self._index(i), draw, 1])
         return render(redraw(self.scene(i), rng, self.layout, self.cells, self.nuisance, self.unnamed_color),
                       self.resolution)
 
