@@ -409,6 +409,15 @@ def stable_seed(seed: int, *key: object) -> int:
     return seed * 1_000_003 + zlib.crc32("|".join(map(str, key)).encode())
 
 
+def power_exponent(x, y, groups, n_boot: int, seed: int, method: str, key: Sequence[object]
+                   ) -> tuple[float, tuple[float, float], float]:
+    """(exponent, its 95% bootstrap interval, R²) of a pure power law y = A·x^-exponent, with
+    resamples seeded by ``key`` (:func:`stable_seed`)."""
+    fit = fit_curve(x, y, "power", groups=groups)
+    boot = bootstrap_fit(fit, n_boot, stable_seed(seed, *key), method)
+    return fit.params["alpha"], boot.interval("alpha"), fit.r2
+
+
 # ---------------------------------------------------------------------------------------------
 # From the runs table to fits
 

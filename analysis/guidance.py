@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from analysis.fitting import bootstrap_fit, fit_curve, stable_seed
+from analysis.fitting import power_exponent
 from harness.io import read_json
 from harness.run_dir import RunDir
 
@@ -60,11 +60,10 @@ def scan(runs: pd.DataFrame, run_dirs: dict[str, Path], n_boot: int = 500, seed:
             notes.append(f"guidance: {name} is measured at {len(means)} "
                          f"size{'s' * (len(means) != 1)} (needs {MIN_SIZES}); not fitted")
             continue
-        fit = fit_curve(part["params"], part["fid"], "power", groups=part["size"])
-        lo, hi = bootstrap_fit(fit, n_boot, stable_seed(seed, "guidance", token, order, cfg),
-                               method).interval("alpha")
+        alpha, (lo, hi), r2 = power_exponent(part["params"], part["fid"], part["size"], n_boot, seed,
+                                             method, ("guidance", token, order, cfg))
         rows.append({"token": token, "order": order, "cfg": cfg, "n_sizes": len(means),
                      "fid_by_size": " → ".join(f"{v:.3g}" for v in means["fid"]),
-                     "alpha": fit.params["alpha"], "alpha_ci_low": lo, "alpha_ci_high": hi,
-                     "r2": fit.r2, "falls": bool(np.isfinite(lo) and lo > 0)})
+                     "alpha": alpha, "alpha_ci_low": lo, "alpha_ci_high": hi, "r2": r2,
+                     "falls": bool(np.isfinite(lo) and lo > 0)})
     return pd.DataFrame(rows, columns=COLUMNS), notes

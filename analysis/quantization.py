@@ -24,12 +24,10 @@ the measured α away from the prediction. ``quantization.csv`` holds the numbers
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 
-from analysis.fitting import bootstrap_fit, fit_curve, stable_seed
+from analysis.fitting import power_exponent
 from harness.data.shapes import named_scene_probabilities
 
 NEEDED = ("tail_kinds_learned", "tail_loss", "named_scenes", "named_scene_zipf")
@@ -42,14 +40,6 @@ COLUMNS = ["token", "order", "kinds", "zipf", "n_sizes", "kinds_learned", "beta"
 def unlearned_mass(kinds_learned: float, kinds: int, zipf: float) -> float:
     """M(n): the probability of the kinds past the n most frequent (n rounded)."""
     return float(named_scene_probabilities(kinds, zipf)[int(round(kinds_learned)):].sum())
-
-
-def _fit(x, y, groups, n_boot: int, seed: int, method: str, key: Sequence[object]):
-    """(exponent, its 95% interval, R²) of a pure power law y = A·x^-exponent."""
-    fit = fit_curve(x, y, "power", groups=groups)
-    boot = bootstrap_fit(fit, n_boot, stable_seed(seed, *key), method)
-    lo, hi = boot.interval("alpha")
-    return fit.params["alpha"], (lo, hi), fit.r2
 
 
 def check(runs: pd.DataFrame, n_boot: int = 500, seed: int = 0, method: str = "residual"
@@ -81,11 +71,13 @@ def check(runs: pd.DataFrame, n_boot: int = 500, seed: int = 0, method: str = "r
         x, groups = part["params"].to_numpy(float), part["size"].to_numpy(object)
         mass = [unlearned_mass(n, kinds, z) for n in part["tail_kinds_learned"]]
         key = ("quantization", token, order)
-        neg_beta, (b_lo, b_hi), beta_r2 = _fit(x, part["tail_kinds_learned"], groups, n_boot, seed,
-                                               method, (*key, "kinds"))
-        predicted, (p_lo, p_hi), predicted_r2 = _fit(x, mass, groups, n_boot, seed, method, (*key, "mass"))
-        alpha, (a_lo, a_hi), alpha_r2 = _fit(x, part["tail_loss"], groups, n_boot, seed, method,
-                                             (*key, "tail_loss"))
+
+        def fit(y, what: str):
+            return power_exponent(x, y, groups, n_boot, seed, method, (*key, what))
+
+        neg_beta, (b_lo, b_hi), beta_r2 = fit(part["tail_kinds_learned"], "kinds")
+        predicted, (p_lo, p_hi), predicted_r2 = fit(mass, "mass")
+        alpha, (a_lo, a_hi), alpha_r2 = fit(part["tail_loss"], "tail_loss")
         known = np.isfinite([p_lo, p_hi, a_lo, a_hi]).all()
         verdict = ("untestable" if not known
                    else "consistent" if p_lo <= a_hi and a_lo <= p_hi else "inconsistent")
