@@ -82,9 +82,10 @@ def compare(base: pd.DataFrame, ablated: pd.DataFrame) -> tuple[pd.DataFrame, li
                          "spread_base": r["spread_b"], "spread_ablated": r["spread_a"],
                          "base_better": bool(sign * diff > 0),
                          "beyond_spread": bool(abs(diff) > noise) if noise > 0 else np.nan})
-    table = pd.DataFrame(rows, columns=COLUMNS)  # rows are in METRICS order already
-    return table.sort_values(["token", "order", "params"], kind="stable").sort_values(
-        "metric", key=lambda m: m.map(list(METRICS).index), kind="stable").reset_index(drop=True), notes
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    rank = table["metric"].map(list(METRICS).index)  # metrics in METRICS order, models by size
+    table = table.assign(rank=rank).sort_values(["rank", "token", "order", "params"], kind="stable")
+    return table.drop(columns="rank").reset_index(drop=True), notes
 
 
 def render(table: pd.DataFrame, notes: Sequence[str], name: str) -> str:
