@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fitting import split_by_status
+from analysis.runs_table import read_runs_tables
 from harness.errors import UserError, cli_main
 from harness.io import write_text
 
@@ -111,8 +112,10 @@ def render(table: pd.DataFrame, notes: Sequence[str], name: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablation", description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=Path, required=True, help="the base sweep's runs.csv")
-    p.add_argument("--ablated", type=Path, required=True, help="the ablated sweep's runs.csv")
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="the base sweep's runs.csv (several: read as one table)")
+    p.add_argument("--ablated", type=Path, nargs="+", required=True,
+                   help="the ablated sweep's runs.csv (several: read as one table)")
     p.add_argument("--name", default="ablated", help="what the ablated sweep changed, for the report")
     p.add_argument("--out", type=Path, required=True, help="folder for ablation.csv and ablation.md")
     return p
@@ -121,12 +124,8 @@ def parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parser().parse_args(argv)
-    tables = []
-    for flag, path in (("--runs", args.runs), ("--ablated", args.ablated)):
-        if not path.is_file():
-            raise UserError(flag, f"{path} does not exist")
-        tables.append(pd.read_csv(path))
-    table, notes = compare(*tables)
+    table, notes = compare(read_runs_tables(args.runs, "--runs"),
+                           read_runs_tables(args.ablated, "--ablated"))
     write_text(args.out / "ablation.csv", table.to_csv(index=False))
     out = args.out / "ablation.md"
     write_text(out, render(table, notes, args.name))

@@ -41,6 +41,7 @@ from analysis.fitting import (
     FIT_COLUMNS, X_AXES, correlations, extrapolate, fit_table, observations, split_by_status,
     winners)
 from analysis.report import ReportInputs, text_use, write_report
+from analysis.runs_table import read_runs_tables
 from harness.errors import UserError, check_choice, cli_main, one_line
 from harness.io import write_text
 from harness.tracking import tracking_uri
@@ -63,7 +64,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="plot_scaling", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--runs", type=Path, help="runs.csv of a sweep (default: the latest one)")
+    src.add_argument("--runs", type=Path, nargs="+", help="runs.csv of a sweep (default: the latest "
+                     "one); several are read as one table, e.g. a second training seed's folder")
     src.add_argument("--experiment", help="read the sweep's child runs from this MLflow experiment")
     p.add_argument("--out", type=Path, help="output folder (default: analysis/ beside runs.csv)")
     p.add_argument("--x", default="params", help=f"x axis of the main figures: {X_AXES} (params: "
@@ -86,15 +88,6 @@ def latest_runs_csv(results: Path = Path("results")) -> Path:
     if not found:
         raise UserError("--runs", f"no {results}/*/runs.csv found; pass --runs or --experiment")
     return found[-1]
-
-
-def read_runs_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError("--runs", f"no such file: {path}")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError("--runs", f"cannot read {path} as CSV: {one_line(e)}")
 
 
 def read_runs_mlflow(experiment: str) -> tuple[pd.DataFrame, str | None]:
@@ -201,9 +194,9 @@ def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path, str, str |
         sweep, home = args.experiment, Path("results") / args.experiment
         source = f"mlflow:{tracking_uri()}#{args.experiment}"
     else:
-        csv = args.runs if args.runs is not None else latest_runs_csv()
-        runs = read_runs_csv(csv)
-        home, source = csv.parent, str(csv)
+        csvs = args.runs if args.runs is not None else [latest_runs_csv()]
+        runs = read_runs_tables(csvs)
+        home, source = csvs[0].parent, " + ".join(map(str, csvs))
         named = runs["sweep"].dropna() if "sweep" in runs.columns else pd.Series(dtype=str)
         sweep = str(named.iloc[0]) if len(named) else home.name
     if (home / "parent_run_id").is_file():
@@ -265,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
                               hypotheses.fid_floors(completed, "fid_floor_matched"))
     tail, notes = quantization.check(completed, args.n_boot, args.seed, args.ci_method)
     note(notes)
-    bases = [Path.cwd()] + ([home] if home.resolve() != Path.cwd().resolve() else [])
+    bases: list[Path] = []  # where a relative run_dir may live: here, or beside any runs.csv read
+    for base in [Path.cwd(), home, *(p.parent for p in args.runs or [])]:
+        if all(base.resolve() != b.resolve() for b in bases):
+            bases.append(base)
     dirs = run_dirs(completed, bases)
     scales, notes = guidance.scan(completed, dirs, args.n_boot, args.seed, args.ci_method)
     note(notes)

@@ -120,6 +120,7 @@ def test_a_failed_run_is_refused_by_evaluate_and_left_out_of_the_table_and_the_a
 
     from analysis import plot_scaling
     from analysis.fitting import observations, split_by_status
+    from analysis.runs_table import read_runs_csv
 
     spec = OmegaConf.load(REPO / "sweeps" / "smoke.yaml")
     spec.name = "faulty"
@@ -162,7 +163,7 @@ def test_a_failed_run_is_refused_by_evaluate_and_left_out_of_the_table_and_the_a
     assert all(rows[good.name][k] != "" for k in METRICS), rows[good.name]
 
     # the analysis leaves it out and says so
-    completed, excluded = split_by_status(plot_scaling.read_runs_csv(csv))
+    completed, excluded = split_by_status(read_runs_csv(csv))
     assert list(excluded["run_key"]) == [bad.name] and list(completed["run_key"]) == [good.name]
     assert set(observations(completed)[0]["run_key"]) == {good.name}
     capsys.readouterr()
