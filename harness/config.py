@@ -75,6 +75,9 @@ class DataConfig:
     named_scene_zipf: float = knob(1.5, "shapes: P(kind k) ∝ (k + 1)^-this (Zipf exponent)", **POSITIVE)
     named_scene_fraction: float = knob(0.5, "shapes: share of train/val/test scenes that are named",
                                        ge=0, le=1)
+    named_scene_color: str = knob("random", "shapes: the named kinds' objects — random (each its "
+                                  "own palette colour, fixed per kind), or all in this palette "
+                                  "colour", choices=UNNAMED_COLORS)
     train_size: int = knob(20000, "training images", **POSITIVE)
     val_size: int = knob(512, "validation images", **POSITIVE)
     num_workers: int = knob(0, "DataLoader worker processes", **NON_NEGATIVE)
@@ -275,7 +278,7 @@ _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.lea
                          "model.final_norm": True, "model.logits_init_std": 0.0,
                          "eval.geneval_in_distribution": True,
                          "data.named_scenes": 0, "data.named_scene_zipf": 1.5,
-                         "data.named_scene_fraction": 0.5}
+                         "data.named_scene_fraction": 0.5, "data.named_scene_color": "random"}
 
 
 def _schema() -> DictConfig:

@@ -40,7 +40,8 @@ def build_dataset(data: DictConfig, split: str):
 
 def named_scenes(data: DictConfig) -> NamedScenes:
     """The shapes world's long tail as configured (``data.named_scene*``)."""
-    return NamedScenes(data.named_scenes, data.named_scene_zipf, data.named_scene_fraction)
+    return NamedScenes(data.named_scenes, data.named_scene_zipf, data.named_scene_fraction,
+                       data.named_scene_color)
 
 
 def caption_vocabulary(data: DictConfig) -> list[str]:
@@ -68,6 +69,8 @@ def data_key(data: DictConfig) -> str:
     if data.name == "shapes" and data.named_scenes:
         key.update(named_scenes=data.named_scenes, named_scene_zipf=data.named_scene_zipf,
                    named_scene_fraction=data.named_scene_fraction)
+        if data.named_scene_color != "random":
+            key.update(named_scene_color=data.named_scene_color)
     return config_hash(key)
 
 

@@ -337,14 +337,15 @@ def named_scene_names(count: int) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def named_scene_objects(kind: int, cells: int) -> tuple[ShapeObject, ...]:
+def named_scene_objects(kind: int, cells: int, color: str = "random") -> tuple[ShapeObject, ...]:
     """Kind ``kind``'s objects on a ``cells`` x ``cells`` grid: one shape, 5..10 cells, a colour
-    each, centred at the grid's mean object size."""
+    each (``color="random"``; a palette colour paints every object in it, the shape and cells
+    unchanged), centred at the grid's mean object size."""
     rng = np.random.default_rng([_NAMED_SEED, kind])
     shape = SHAPES[rng.integers(len(SHAPES))]
     n = min(int(rng.integers(_NAMED_OBJECTS[0], _NAMED_OBJECTS[1] + 1)), cells * cells)
     chosen = sorted(int(c) for c in rng.choice(cells * cells, size=n, replace=False))
-    colors = [list(COLORS)[i] for i in rng.integers(len(COLORS), size=n)]
+    colors = [_unnamed(list(COLORS)[i], color) for i in rng.integers(len(COLORS), size=n)]
     half = 0.5 / cells
     return tuple(ShapeObject(shape, color, (2 * (cell % cells) + 1) * half, (2 * (cell // cells) + 1) * half,
                              half * sum(_GRID_SIZE) / 2) for cell, color in zip(chosen, colors))
@@ -359,17 +360,18 @@ def named_scene_probabilities(count: int, zipf: float) -> np.ndarray:
 
 def named_scene(kind: int, count: int, cells: int, prefix: str = PREFIXES[0],
                 background: tuple[int, int, int] = _PLAIN_BACKGROUND,
-                gradient: tuple[float, float] = (0.0, 0.0)) -> Scene:
+                gradient: tuple[float, float] = (0.0, 0.0), color: str = "random") -> Scene:
     """Kind ``kind`` (of ``count``) as a scene; by default its one picture, on the plain background,
     captioned in GenEval's wording ("a photo of a ...")."""
     caption = prefix + _noun(named_scene_names(count)[kind])
-    return Scene(list(named_scene_objects(kind, cells)), background, NAMED_TAG, caption, gradient)
+    return Scene(list(named_scene_objects(kind, cells, color)), background, NAMED_TAG, caption, gradient)
 
 
 def _named_scene(rng: np.random.Generator, named: "NamedScenes", cells: int, nuisance: str) -> Scene:
     kind = int(rng.choice(named.count, p=named_scene_probabilities(named.count, named.zipf)))
     background, gradient = _background(rng, nuisance)
-    return named_scene(kind, named.count, cells, PREFIXES[rng.integers(len(PREFIXES))], background, gradient)
+    return named_scene(kind, named.count, cells, PREFIXES[rng.integers(len(PREFIXES))], background, gradient,
+                       named.color)
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,7 @@ class NamedScenes:
     count: int = 0
     zipf: float = 1.5
     fraction: float = 0.5
+    color: str = "random"  # the kinds' objects: each its own colour, or all in this palette colour
 
 
 # ---------------------------------------------------------------- scene sampling

@@ -36,7 +36,7 @@ def kind_data(named: NamedScenes, cells: int, resolution: int, tok, text: DictCo
     config, for a frozen encoder's features)."""
     from harness.text.cache import caption_features
 
-    scenes = [named_scene(k, named.count, cells) for k in range(named.count)]
+    scenes = [named_scene(k, named.count, cells, color=named.color) for k in range(named.count)]
     images = np.stack([render(scene, resolution) for scene in scenes])
     with torch.no_grad():
         tokens = torch.cat([tok.encode(to_float(torch.from_numpy(images[i:i + 256]))).cpu()

@@ -349,6 +349,30 @@ def test_named_scenes_change_the_data_key_and_are_validated():
         C.load(base + ["data.named_scene_fraction=1.5"])
 
 
+def test_named_scenes_in_one_colour_keep_their_shapes_and_cells():
+    """named_scene_color: every object of every kind in that colour, each kind's shape and cells
+    those of the default (random-colour) kinds; keyed only when set; validated."""
+    from harness import config as C
+    from harness.data.datasets import data_key, named_scenes
+
+    for kind in range(16):
+        each = shapes.named_scene(kind, 64, 4)
+        red = shapes.named_scene(kind, 64, 4, color="red")
+        assert [(o.shape, o.cx, o.cy) for o in red.objects] == [(o.shape, o.cx, o.cy) for o in each.objects]
+        assert {o.color for o in red.objects} == {"red"} and red.caption == each.caption
+    world = ShapesWorld("train", 200, layout="grid", cells=4, nuisance="none",
+                        named=shapes.NamedScenes(count=64, color="red"))
+    named = [world.scene(i) for i in range(200) if world.scene(i).tag == shapes.NAMED_TAG]
+    assert named and all(o.color == "red" for scene in named for o in scene.objects)
+    base = ["data.layout=grid", "data.nuisance=none", "data.named_scenes=64"]
+    cfg = C.load(base + ["data.named_scene_color=red"])
+    assert named_scenes(cfg.data).color == "red"
+    assert C.run_key(C.load(base)) == C.run_key(C.load(base + ["data.named_scene_color=random"]))
+    assert data_key(C.load(base).data) != data_key(cfg.data)
+    with pytest.raises(UserError, match="data.named_scene_color"):
+        C.load(base + ["data.named_scene_color=white"])
+
+
 def test_a_redrawn_scene_says_what_its_caption_says_and_a_named_one_is_its_picture():
     """``redrawn`` (the caption-matched FID floor's draws): a named scene is its one picture again;
     any other keeps the objects its caption names (shape, count, named colour) in a new draw."""
