@@ -373,6 +373,32 @@ def test_named_scenes_in_one_colour_keep_their_shapes_and_cells():
         C.load(base + ["data.named_scene_color=white"])
 
 
+def test_every_data_field_that_shapes_the_scenes_is_in_the_data_key(tmp_path):
+    """data_key lists its fields by hand (earlier worlds keep their keys), so a new DataConfig
+    field must be added there or its stage-0 caches would be shared: every field is either
+    shown to change the key of the named grid world or named here as not shaping the data."""
+    import dataclasses
+
+    from harness import config as C
+    from harness.data.datasets import data_key
+
+    base = ["data.layout=grid", "data.nuisance=none", "data.named_scenes=64"]
+    changed = {"name": "data.name=folder", "path": f"data.path={tmp_path}", "resolution": "data.resolution=64",
+               "seed": "data.seed=1", "layout": "data.layout=free", "cells": "data.cells=2",
+               "nuisance": "data.nuisance=full", "unnamed_color": "data.unnamed_color=red",
+               "named_scenes": "data.named_scenes=32", "named_scene_zipf": "data.named_scene_zipf=2",
+               "named_scene_fraction": "data.named_scene_fraction=0.25",
+               "named_scene_color": "data.named_scene_color=red", "train_size": "data.train_size=100",
+               "val_size": "data.val_size=10"}
+    not_content = {"num_workers"}
+    (tmp_path / "other").mkdir()
+    fields = {f.name for f in dataclasses.fields(C.DataConfig)}
+    assert fields == set(changed) | not_content, "a new data field: key it in data_key, then list it here"
+    for field, override in changed.items():
+        start = base + [f"data.path={tmp_path / 'other'}"] if field == "name" else base  # a folder needs one
+        assert data_key(C.load(start + [override]).data) != data_key(C.load(start).data), field
+
+
 def test_a_redrawn_scene_says_what_its_caption_says_and_a_named_one_is_its_picture():
     """``redrawn`` (the caption-matched FID floor's draws): a named scene is its one picture again;
     any other keeps the objects its caption names (shape, count, named colour) in a new draw."""
