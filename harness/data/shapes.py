@@ -647,6 +647,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         check_choice("layout", layout, LAYOUTS)
         check_choice("nuisance", nuisance, NUISANCES)
         check_choice("unnamed_color", unnamed_color, UNNAMED_COLORS)
+        check_choice("named_scene_color", named.color, UNNAMED_COLORS)
         if layout == "grid" and not 2 <= cells <= resolution // 6:
             raise UserError("cells", f"must be in 2..{resolution // 6} at resolution {resolution}, got {cells}")
         if named.count and layout != "grid":
