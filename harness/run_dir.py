@@ -11,6 +11,8 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
     fid/generated[-seed<s>]/, geneval[-seed<s>]/, samples/   what evaluation generated
     geneval-in-dist[-seed<s>]/   GenEval on prompts of seen combinations (``eval.geneval_in_distribution``)
     guidance/                FID by guidance scale, when asked for (``python -m harness.evaluate.guidance``)
+    occupancy.json           object probability per cell on counting scenes, when asked for
+                             (``python -m harness.evaluate.occupancy``)
     jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
 
 Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
@@ -140,6 +142,8 @@ class RunDir:
     def guidance_fid(self, seed: int, default_seed: int) -> Path:
         """FID by guidance scale (``harness.evaluate.guidance``)."""
         return self.path / "guidance" / f"fid{self._suffix(seed, default_seed)}.json"
+
+    occupancy = property(lambda self: self.path / "occupancy.json")  # harness.evaluate.occupancy
 
     # ---- sweep jobs (harness.sweep.records) -------------------------------------------------
     jobs = property(lambda self: self.path / "jobs")

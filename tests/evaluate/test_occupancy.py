@@ -1,0 +1,119 @@
+"""The occupancy probe: which cells of a counting scene hold objects (in the token grid's order),
+and a model that counts exactly reads as one: no object once the count is complete, the true share
+of objects otherwise, in both orders."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.data.datasets import to_float
+from harness.data.shapes import render
+from harness.evaluate import occupancy
+from harness.tokenizers.autoencoder import patchify
+
+DATA = OmegaConf.create({"layout": "grid", "cells": 4, "nuisance": "none", "unnamed_color": "random",
+                         "resolution": 32})
+
+
+def _is_object_patch(tokens: torch.Tensor) -> torch.Tensor:
+    """A patch of the plain background is one colour; a patch with an object is not."""
+    return (tokens - tokens[..., :1]).abs().amax(-1) > 1e-3
+
+
+def test_occupied_cells_are_the_patches_that_hold_objects():
+    scenes = occupancy.counting_scenes(DATA, 24, seed=3)
+    assert {s.tag for s in scenes} == {"counting"}
+    for scene in scenes:
+        occ = occupancy.occupied_cells(scene, DATA.cells)
+        assert int(occ.sum()) == len(scene.objects) >= 2
+        pixels = to_float(torch.from_numpy(render(scene, DATA.resolution)[None]))
+        assert torch.equal(_is_object_patch(patchify(pixels, 8)[0]), occ)
+
+
+class Patches:
+    """Tokens = the 8x8 patches (the study's one token per cell)."""
+
+    def encode(self, pixels):
+        return patchify(pixels, 8)
+
+
+class CountingGenerator:
+    """Knows the count: a masked cell (random) or the next position (raster) is an object with
+    probability (objects the caption asks for - objects visible) / cells left. ``backbone`` passes
+    that probability on as the row's z; ``_draw`` turns it into an object or an empty patch."""
+
+    def __init__(self, order: str, object_token: torch.Tensor, empty_token: torch.Tensor):
+        self.order, self.num_tokens = order, 16
+        self.object_token, self.empty_token = object_token, empty_token
+
+    def inputs(self, tokens, masked=None):
+        return tokens, masked
+
+    def backbone(self, x, ctx, cmask):
+        tokens, masked = x
+        obj = _is_object_patch(tokens).float()
+        if self.order == "random":
+            seen = (obj * ~masked).sum(1, keepdim=True)
+            left = masked.sum(1, keepdim=True)
+        else:
+            seen = obj.cumsum(1) - obj
+            left = torch.arange(16, 0, -1).expand_as(obj)
+        return ((ctx[:, None] - seen) / left).clamp(0, 1).expand_as(obj)[..., None]
+
+    def _draw(self, rows, guided, cfg, generator, **kw):
+        assert not guided
+        hit = torch.rand(rows.shape[0], generator=generator) < rows[:, 0]
+        return torch.where(hit[:, None], self.object_token, self.empty_token)
+
+
+class Aligner:
+    def null_features(self, n):
+        return torch.zeros(n), None
+
+    def __call__(self, feats, mask):
+        return feats, mask
+
+
+@pytest.mark.parametrize("order", ["random", "raster"])
+def test_a_model_that_counts_puts_no_object_after_the_count_and_the_true_share_before(order):
+    scenes = occupancy.counting_scenes(DATA, 192, seed=0)
+    counts = {s.caption: len(s.objects) for s in scenes}
+    tokens = Patches().encode(to_float(torch.from_numpy(render(scenes[0], 32)[None])))[0]
+    occ = occupancy.occupied_cells(scenes[0], 4)
+    generator = CountingGenerator(order, tokens[occ][0], tokens[~occ][0])
+
+    class Sampler:
+        device = torch.device("cpu")
+        cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
+        nets = {"generator": generator, "aligner": Aligner()}
+        tokenizer = Patches()
+
+        def context(self, captions):
+            return torch.tensor([float(counts[c]) for c in captions]), None
+
+    rows = occupancy.occupancy_rows(Sampler(), scenes, [1.0], draws=64, seed=0)
+    assert {r["state"] for r in rows} == {"complete", "incomplete"}
+    assert {r["cells_left"] for r in rows} >= {1, 2, 4, 8}
+    for r in rows:
+        if r["state"] == "complete":
+            assert r["p_true"] == 0 and r["p_model"] == 0, r
+        else:  # random: p_true is the context's own share; raster: the share over its contexts
+            noise = 0.05 if order == "random" else 4 * (r["p_true"] * (1 - r["p_true"]) / r["n"]) ** 0.5 + 0.05
+            assert r["p_true"] > 0 and abs(r["p_model"] - r["p_true"]) < noise, r
+    last = next(r for r in rows if r["cells_left"] == 1 and r["state"] == "incomplete")
+    assert last["p_true"] == 1 and last["p_model"] == 1
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    for argv, field in ((["run", "--cfg", "0.5"], "--cfg"), (["run", "--draws", "0"], "--draws")):
+        with pytest.raises(SystemExit) as e:
+            occupancy.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {field}") and "\n" not in err
+
+
+def test_free_layout_is_refused_naming_the_field():
+    with pytest.raises(occupancy.UserError, match="data.layout"):
+        occupancy.counting_scenes(OmegaConf.merge(DATA, {"layout": "free"}), 4, seed=0)
