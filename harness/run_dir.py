@@ -3,6 +3,7 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
 
     config.yaml              the resolved config (``harness.config.load_saved`` reads it back)
     stage0.json, info.json   the tokenizer it trained on; its size and cost (params, FLOPs)
+    environment.json         the software versions it trained with (``harness.environment``)
     status.json              queued / running / trained / completed / failed, and when
     checkpoints/             last.ckpt, prev.ckpt (the one before, if last is unreadable)
     metrics.jsonl            every metric logged, in order (MLflow is a mirror of it)
@@ -62,6 +63,7 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     stage0 = property(lambda self: self.path / "stage0.json")
     info = property(lambda self: self.path / "info.json")
+    environment = property(lambda self: self.path / "environment.json")
     status = property(lambda self: self.path / "status.json")
     progress = property(lambda self: self.path / "progress.json")  # harness.progress: live step/total
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # bottom to top: a module may import from its own layer and those before it
-LAYERS = ["bootstrap", "errors", "io", "progress", "faults", "registry", "config", "run_dir", "run_status", "data",
+LAYERS = ["bootstrap", "errors", "io", "environment", "progress", "faults", "registry", "config", "run_dir", "run_status", "data",
           "models", "text", "tokenizers", "tracking", "train", "sampling", "geneval", "evaluate",
           "sweep", "sync", "bench", "gpu_check"]
 

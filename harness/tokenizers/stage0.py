@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import progress
 from harness.config import config_hash, pretrained_source
 from harness.data.datasets import data_key, rendered, to_float
+from harness.environment import environment
 from harness.io import build_once, read_json, write_json
 from harness.tokenizers.autoencoder import Autoencoder, build_autoencoder
 
@@ -119,7 +120,7 @@ def _train(cfg: DictConfig, token: str, out: Path) -> None:
     val_images, _ = rendered(cfg.data, "val", cfg.results_dir)
     meta = {"token": token, "psnr_val": _psnr(model, val_images), "train_seconds": time.time() - start,
             "config": OmegaConf.to_container(t), "resolution": cfg.data.resolution,
-            "data_key": data_key(cfg.data)}
+            "data_key": data_key(cfg.data), "environment": environment()}
     _encode_splits(cfg, token, model, meta, out)
     torch.save(model.state_dict(), out / "model.pt")
     write_json(out / "meta.json", meta)
@@ -172,7 +173,7 @@ def _pretrained(cfg: DictConfig, token: str, out: Path) -> None:
     meta = {"token": token, "pretrained": source, "scale": 1.0,
             "psnr_val": _psnr(model, val_images, t.batch_size),
             "config": OmegaConf.to_container(t), "resolution": cfg.data.resolution,
-            "data_key": data_key(cfg.data)}
+            "data_key": data_key(cfg.data), "environment": environment()}
     _encode_splits(cfg, token, model, meta, out, t.batch_size)
     meta["encode_seconds"] = time.time() - start
     write_json(out / "meta.json", meta)

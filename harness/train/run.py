@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from harness import config as C, progress
 from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataModule, TokenDataset
+from harness.environment import record_environment
 from harness.errors import one_line
 from harness.faults import fault
 from harness.io import write_json
@@ -236,6 +237,7 @@ def train(cfg: DictConfig) -> Path:
     module = GeneratorModule(cfg, tok.token_dim, tok.codebook_size, caption_vocabulary(cfg.data))
     info = size_and_cost(cfg, module, tok)
     write_json(run.info, info)
+    record_environment(run.environment)
     uri = cfg.tracking.uri or tracking_uri()
     m = cfg.model
     try:

@@ -35,6 +35,8 @@ def test_smoke_training_lowers_validation_loss(smoke, token, order):
     assert (run / "mlflow_run_id").exists() and not (run / "mlflow_pending").exists()
     info = json.loads((run / "info.json").read_text())
     assert info["params"] > 0 and info["train_flops"] > 0
+    (env,) = json.loads((run / "environment.json").read_text())
+    assert torch.__version__.startswith(env["torch"])  # the software it trained with
     # a second call finds it trained and returns at once
     assert train(cfg) == run
 
