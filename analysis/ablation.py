@@ -36,7 +36,7 @@ from harness.errors import UserError, cli_main
 from harness.io import write_text
 
 # metric -> +1 where higher is better, -1 where lower is
-METRICS = {"caption_gain": +1, "val_loss": -1, "tail_loss": -1, "tail_kinds_learned": +1,
+METRICS = {"caption_gain": +1, "caption_null_gain": +1, "val_loss": -1, "tail_loss": -1, "tail_kinds_learned": +1,
            "geneval_overall": +1, "fid": -1}
 KEY = ["token", "order", "size"]
 COLUMNS = [*KEY, "params", "metric", "base", "ablated", "diff", "seeds_base", "seeds_ablated",

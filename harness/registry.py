@@ -114,5 +114,7 @@ GENEVAL_IN_DIST = ("geneval_in_dist_overall", *(f"geneval_in_dist_{t}" for t in 
 EVAL_METRICS = ("val_loss", "fid", "fid_cleanfid", "kid", "precision", "recall", *GENEVAL_METRICS,
                 "eval_seconds")
 # Whether the text path is read, from training's last validation: the loss with each sample given
-# another's caption minus the true-caption loss, and the context's spread across captions
-TEXT_PROBES = {"caption_gain": "val/caption_gain", "context_spread": "text/context_spread"}
+# another's caption minus the true-caption loss, the same with the null caption (what the captions
+# tell the model, without a contradicting caption's cost), and the context's spread across captions
+TEXT_PROBES = {"caption_gain": "val/caption_gain", "caption_null_gain": "val/caption_null_gain",
+               "context_spread": "text/context_spread"}

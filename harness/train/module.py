@@ -186,12 +186,16 @@ class GeneratorModule(L.LightningModule):
         """``probe``: ``loss``, the validation loss (random order: per-sample mask ratios and
         randomness, ``Generator.validation_loss``; raster: the batch's own seed); ``shuffled``, the
         same loss with every sample reading the next sample's caption (the same masks and noise, so
-        its excess over ``loss`` is what the captions are worth: the caption gain); ``spread``, how
-        much the text context varies between the batch's captions (``context_spread``; ~0 when the
-        text path has collapsed to one context for every caption)."""
+        its excess over ``loss`` is the caption gain); ``null``, the same loss with every sample
+        reading the null caption (classifier-free guidance's unconditional branch: its excess over
+        ``loss`` is what the captions tell the model, without the cost of a caption that contradicts
+        the visible tokens, which ``shuffled`` also carries); ``spread``, how much the text context
+        varies between the batch's captions (``context_spread``; ~0 when the text path has
+        collapsed to one context for every caption)."""
         if probe == "shuffled":
             batch = next_captions(batch)
-        context, cmask = self.context(ema, batch)
+        drop = torch.ones(batch["tokens"].shape[0], dtype=torch.bool, device=self.device) if probe == "null" else None
+        context, cmask = self.context(ema, batch, drop)
         if probe == "spread":
             return context_spread(context, cmask)
         generator = ema["generator"]

@@ -88,9 +88,11 @@ class AtomicCheckpoint(OnSteps):
 class Validation(OnSteps):
     """Every ``every`` steps and at the end, on the EMA networks with fixed randomness: the
     validation loss, and whether the text path is read — the loss with each sample reading another
-    sample's caption (``val/loss_shuffled``; ``val/caption_gain`` = shuffled - true) and the
-    context's spread across captions (``text/context_spread``), so a text path that collapses
-    shows in MLflow as it happens."""
+    sample's caption (``val/loss_shuffled``; ``val/caption_gain`` = shuffled - true), the loss with
+    the null caption (``val/loss_null``; ``val/caption_null_gain`` = null - true, what the captions
+    tell the model without the cost of a contradicting one) and the context's spread across
+    captions (``text/context_spread``), so a text path that collapses shows in MLflow as it
+    happens."""
 
     def run(self, trainer, pl_module: GeneratorModule) -> None:
         # sharded (FSDP) parameters are gathered collectively: then every rank runs the sharded root
@@ -98,10 +100,11 @@ class Validation(OnSteps):
         if trainer.is_global_zero or sharded is not None:
             loader = trainer.datamodule.val_dataloader()
             probes = {probe: validation_loss(pl_module, loader, sharded, probe)
-                      for probe in ("loss", "shuffled", "spread")}
+                      for probe in ("loss", "shuffled", "null", "spread")}
         if trainer.is_global_zero:
             metrics = {"val/loss": probes["loss"], "val/loss_shuffled": probes["shuffled"],
                        "val/caption_gain": probes["shuffled"] - probes["loss"],
+                       "val/loss_null": probes["null"], "val/caption_null_gain": probes["null"] - probes["loss"],
                        "text/context_spread": probes["spread"]}
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, trainer.global_step)

@@ -83,3 +83,30 @@ def test_a_learned_variance_head_trains_samples_and_is_its_own_run(smoke):
     assert losses[20] < losses[0], losses
     images = Sampler.from_run(run).generate(["a photo of a red circle"] * 2, seed=0)
     assert images.shape[0] == 2 and images.dtype.name == "uint8"
+
+
+@pytest.mark.parametrize("order", ["random", "raster"])
+def test_the_null_caption_probe_reads_no_caption_and_is_logged_beside_the_caption_gain(smoke, order):
+    """``val/loss_null`` is the loss with every sample given the null caption: it is the same
+    whichever captions the batch carries (the true loss is not), and ``val/caption_null_gain`` is
+    its excess over the true loss at every validation."""
+    from harness.evaluate.run import trained_module
+    from harness.io import read_json
+    from harness.train.module import next_captions
+    from harness.tokenizers.stage0 import load_tokenizer
+    from harness.train.run import prepare_data
+
+    cfg = config.load(smoke("model.token=discrete", f"model.order={order}", "train.steps=10"))
+    run = train(cfg)
+    logged = {}
+    for r in store.read_metrics(run):
+        logged.setdefault(r["step"], {})[r["key"]] = r["value"]
+    for step in (0, 10):
+        m = logged[step]
+        assert m["val/caption_null_gain"] == pytest.approx(m["val/loss_null"] - m["val/loss"])
+    module = trained_module(run, cfg, load_tokenizer(read_json(run / "stage0.json")["tokenizer"]))
+    batch = next(iter(torch.utils.data.DataLoader(prepare_data(cfg)[2], batch_size=8)))
+    other = next_captions(batch)
+    with torch.no_grad():
+        assert module(batch, 0, 0, "null").item() == module(other, 0, 0, "null").item()
+        assert module(batch, 0, 0, "loss").item() != module(other, 0, 0, "loss").item()
