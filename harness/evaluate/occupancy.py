@@ -37,6 +37,7 @@ from harness import config as C
 from harness.data.datasets import to_float
 from harness.data.shapes import Scene, render, sample_scene
 from harness.errors import UserError, cli_main
+from harness.evaluate.guidance import check_scales
 from harness.evaluate.run import check_run
 from harness.io import write_json
 from harness.run_dir import RunDir
@@ -144,8 +145,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
 def occupancy(run_dir: str | Path, scales: list[float], scenes: int = 96, draws: int = 8,
               seed: int = 0) -> list[dict]:
     """Measure and write ``occupancy.json`` for a trained run (the module docstring)."""
-    if not scales or any(not s >= 1.0 for s in scales):
-        raise UserError("--cfg", f"guidance scales must be >= 1 (1 = no guidance), got {scales}")
+    scales = check_scales(scales)
     for name, value in (("--scenes", scenes), ("--draws", draws)):
         if value < 1:
             raise UserError(name, f"must be >= 1, got {value}")
@@ -153,7 +153,7 @@ def occupancy(run_dir: str | Path, scales: list[float], scenes: int = 96, draws:
     check_run(run.path)
     cfg = C.load_saved(run.config)
     sampler = Sampler.from_run(run.path)
-    rows = occupancy_rows(sampler, counting_scenes(cfg.data, scenes, seed), sorted(set(scales)), draws, seed)
+    rows = occupancy_rows(sampler, counting_scenes(cfg.data, scenes, seed), scales, draws, seed)
     store.log_artifacts(run.path, {run.occupancy: "eval"}, cfg.tracking.uri)
     write_json(run.occupancy, rows)
     store.catch_up(run.path, cfg.tracking.uri)
