@@ -27,7 +27,6 @@ contexts and p_true on incomplete ones.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +80,13 @@ class ObjectTest:
         return (drawn - self.empty).norm(dim=-1) > self.threshold
 
 
-def _draw(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int, s, generator) -> torch.Tensor:
+def _draw_at(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int, s, generator) -> torch.Tensor:
     """``draws`` tokens per row of ``z`` (guided by the null-caption rows ``zu`` when cfg != 1)."""
     rows = z.repeat_interleave(draws, 0)
     guided = cfg != 1.0
     if guided:
         rows = torch.cat([rows, zu.repeat_interleave(draws, 0)])
-    return g._draw(rows, guided, cfg, temperature=s.temperature, top_k=s.top_k,
+    return g.draw(rows, guided, cfg, temperature=s.temperature, top_k=s.top_k,
                    diffusion_steps=s.diffusion_steps, generator=generator)
 
 
@@ -124,7 +123,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
             complete = ~(occ & masked).any(1)
             truth = occ[masked].view(-1, m).float()
             for scale in scales:
-                p = is_object(_draw(g, z, zu, scale, draws, cfg.sample, gen)).float().view(-1, m, draws).mean(2)
+                p = is_object(_draw_at(g, z, zu, scale, draws, cfg.sample, gen)).float().view(-1, m, draws).mean(2)
                 for state, sel in (("complete", complete), ("incomplete", ~complete)):
                     add((scale, m, state), p[sel], truth[sel])
     else:
@@ -134,7 +133,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
         complete = before == occ.sum(1, keepdim=True)
         for i in range(L):
             for scale in scales:
-                p = is_object(_draw(g, z[:, i], zu[:, i], scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
+                p = is_object(_draw_at(g, z[:, i], zu[:, i], scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
                 for state, sel in (("complete", complete[:, i]), ("incomplete", ~complete[:, i])):
                     add((scale, L - i, state), p[sel], occ[sel, i].float())
     return [{"order": g.order, "cfg": scale, "cells_left": m, "state": state, "p_model": a[0] / a[2],

@@ -191,9 +191,10 @@ class Generator(nn.Module):
                             for i, (m, g) in enumerate(zip(masked, generators))]).mean()
 
     # ---- sampling ----------------------------------------------------------------------------
-    def _draw(self, z: Tensor, guided: bool, cfg: float | Tensor, temperature: float,
+    def draw(self, z: Tensor, guided: bool, cfg: float | Tensor, temperature: float,
               top_k: int, diffusion_steps: int, generator: torch.Generator | None) -> Tensor:
-        """One token per row of ``z`` ([cond; uncond] halves when ``guided``), in one batched call."""
+        """One token per row of ``z`` ([cond; uncond] halves when ``guided``), in one batched call: how
+        sampling draws every token (and ``harness.evaluate.occupancy`` draws them at chosen contexts)."""
         if self.token == "continuous":
             return self.diffloss.sample(z, temperature, cfg, diffusion_steps, generator, guided)
         logits = self.head(z).float()
@@ -245,7 +246,7 @@ class Generator(nn.Module):
                 seq = torch.cat([seq, seq]) if guided else seq
                 prefix = torch.cat([self.start.expand(rows, -1, -1), self.embed(seq)], dim=1)
                 z = self.backbone(prefix + self.pos[:, : i + 1], context, context_mask)[:, -1]
-            tokens[:, i] = self._draw(z, guided, cfg, **kw)
+            tokens[:, i] = self.draw(z, guided, cfg, **kw)
             if i + 1 < self.num_tokens:
                 new = tokens[:, i: i + 1]
                 new = torch.cat([new, new]) if guided else new
@@ -274,7 +275,7 @@ class Generator(nn.Module):
                 zu = z[b:].gather(1, pick[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
                 zc = torch.cat([zc, zu])
             w = 1 + (cfg - 1) * (L - n_next) / L
-            new = self._draw(zc, guided, w, generator=generator, **kw).view(b, pick.shape[1], *tokens.shape[2:])
+            new = self.draw(zc, guided, w, generator=generator, **kw).view(b, pick.shape[1], *tokens.shape[2:])
             idx = pick if self.token == "discrete" else pick[..., None].expand(-1, -1, self.token_dim)
             tokens = tokens.scatter(1, idx, new)
             masked = masked.scatter(1, pick, False)

@@ -41,7 +41,7 @@ class Patches:
 class CountingGenerator:
     """Knows the count: a masked cell (random) or the next position (raster) is an object with
     probability (objects the caption asks for - objects visible) / cells left. ``backbone`` passes
-    that probability on as the row's z; ``_draw`` turns it into an object or an empty patch."""
+    that probability on as the row's z; ``draw`` turns it into an object or an empty patch."""
 
     def __init__(self, order: str, object_token: torch.Tensor, empty_token: torch.Tensor):
         self.order, self.num_tokens = order, 16
@@ -61,7 +61,7 @@ class CountingGenerator:
             left = torch.arange(16, 0, -1).expand_as(obj)
         return ((ctx[:, None] - seen) / left).clamp(0, 1).expand_as(obj)[..., None]
 
-    def _draw(self, rows, guided, cfg, generator, **kw):
+    def draw(self, rows, guided, cfg, generator, **kw):
         assert not guided
         hit = torch.rand(rows.shape[0], generator=generator) < rows[:, 0]
         return torch.where(hit[:, None], self.object_token, self.empty_token)
