@@ -90,6 +90,12 @@ def _draw_at(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int
                    diffusion_steps=s.diffusion_steps, generator=generator)
 
 
+def _generator(seed: int, cells_left: int, scale: float = 0.0) -> torch.Generator:
+    """The randomness of one context size (masks) or one (context size, scale) (draws): a row's
+    numbers do not depend on which other sizes or scales were asked for."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + cells_left * 10_007 + round(scale * 1000))
+
+
 @torch.no_grad()
 def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: int,
                    seed: int) -> list[dict]:
@@ -106,7 +112,6 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
     is_object = ObjectTest(tokens, occ)
     ctx, cmask = sampler.context([s.caption for s in scenes])
     null, null_mask = sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(scenes)))
-    gen = torch.Generator().manual_seed(seed)
     L = g.num_tokens
     sums: dict[tuple, list[float]] = {}
 
@@ -116,13 +121,14 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
 
     if g.order == "random":
         for m in CELLS_LEFT:
-            order = torch.rand(len(scenes), L, generator=gen).argsort(1)
+            order = torch.rand(len(scenes), L, generator=_generator(seed, m)).argsort(1)
             masked = torch.zeros(len(scenes), L, dtype=torch.bool).scatter(1, order[:, :m], True)
             x = g.inputs(tokens, masked)
             z, zu = g.backbone(x, ctx, cmask)[masked], g.backbone(x, null, null_mask)[masked]
             complete = ~(occ & masked).any(1)
             truth = occ[masked].view(-1, m).float()
             for scale in scales:
+                gen = _generator(seed, m, scale)
                 p = is_object(_draw_at(g, z, zu, scale, draws, cfg.sample, gen)).float().view(-1, m, draws).mean(2)
                 for state, sel in (("complete", complete), ("incomplete", ~complete)):
                     add((scale, m, state), p[sel], truth[sel])
@@ -133,6 +139,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
         complete = before == occ.sum(1, keepdim=True)
         for i in range(L):
             for scale in scales:
+                gen = _generator(seed, L - i, scale)
                 p = is_object(_draw_at(g, z[:, i], zu[:, i], scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
                 for state, sel in (("complete", complete[:, i]), ("incomplete", ~complete[:, i])):
                     add((scale, L - i, state), p[sel], occ[sel, i].float())

@@ -117,3 +117,31 @@ def test_bad_arguments_are_one_line_errors(capsys):
 def test_free_layout_is_refused_naming_the_field():
     with pytest.raises(occupancy.UserError, match="data.layout"):
         occupancy.counting_scenes(OmegaConf.merge(DATA, {"layout": "free"}), 4, seed=0)
+
+
+def test_a_rows_numbers_do_not_depend_on_the_other_scales_asked_for():
+    scenes = occupancy.counting_scenes(DATA, 32, seed=1)
+    counts = {s.caption: len(s.objects) for s in scenes}
+    tokens = Patches().encode(to_float(torch.from_numpy(render(scenes[0], 32)[None])))[0]
+    occ = occupancy.occupied_cells(scenes[0], 4)
+
+    class NoisyGenerator(CountingGenerator):
+        """Counts, but draws through the generator it is given, so the draws show the randomness."""
+
+        def draw(self, rows, guided, cfg, generator, **kw):
+            n = rows.shape[0] // 2 if guided else rows.shape[0]  # guided: [cond; uncond] rows
+            return super().draw(torch.full((n, 1), 0.5), False, cfg, generator)
+
+    class Sampler:
+        device = torch.device("cpu")
+        cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
+        nets = {"generator": NoisyGenerator("random", tokens[occ][0], tokens[~occ][0]), "aligner": Aligner()}
+        tokenizer = Patches()
+
+        def context(self, captions):
+            return torch.tensor([float(counts[c]) for c in captions]), None
+
+    alone = occupancy.occupancy_rows(Sampler(), scenes, [1.0], draws=4, seed=0)
+    with_others = [r for r in occupancy.occupancy_rows(Sampler(), scenes, [1.0, 3.0], draws=4, seed=0)
+                   if r["cfg"] == 1.0]
+    assert alone == with_others
