@@ -75,24 +75,29 @@ class Aligner:
         return feats, mask
 
 
+class FakeSampler:
+    """The ``Sampler`` surface the probe uses; the context is each caption's object count."""
+
+    device = torch.device("cpu")
+    cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
+    tokenizer = Patches()
+
+    def __init__(self, generator, counts: dict[str, int]):
+        self.nets = {"generator": generator, "aligner": Aligner()}
+        self.counts = counts
+
+    def context(self, captions):
+        return torch.tensor([float(self.counts[c]) for c in captions]), None
+
+
 @pytest.mark.parametrize("order", ["random", "raster"])
 def test_a_model_that_counts_puts_no_object_after_the_count_and_the_true_share_before(order):
     scenes = occupancy.counting_scenes(DATA, 192, seed=0)
     counts = {s.caption: len(s.objects) for s in scenes}
     tokens = Patches().encode(to_float(torch.from_numpy(render(scenes[0], 32)[None])))[0]
     occ = occupancy.occupied_cells(scenes[0], 4)
-    generator = CountingGenerator(order, tokens[occ][0], tokens[~occ][0])
-
-    class Sampler:
-        device = torch.device("cpu")
-        cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
-        nets = {"generator": generator, "aligner": Aligner()}
-        tokenizer = Patches()
-
-        def context(self, captions):
-            return torch.tensor([float(counts[c]) for c in captions]), None
-
-    rows = occupancy.occupancy_rows(Sampler(), scenes, [1.0], draws=64, seed=0)
+    sampler = FakeSampler(CountingGenerator(order, tokens[occ][0], tokens[~occ][0]), counts)
+    rows = occupancy.occupancy_rows(sampler, scenes, [1.0], draws=64, seed=0)
     assert {r["state"] for r in rows} == {"complete", "incomplete"}
     assert {r["cells_left"] for r in rows} >= {1, 2, 4, 8}
     for r in rows:
@@ -132,16 +137,8 @@ def test_a_rows_numbers_do_not_depend_on_the_other_scales_asked_for():
             n = rows.shape[0] // 2 if guided else rows.shape[0]  # guided: [cond; uncond] rows
             return super().draw(torch.full((n, 1), 0.5), False, cfg, generator)
 
-    class Sampler:
-        device = torch.device("cpu")
-        cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
-        nets = {"generator": NoisyGenerator("random", tokens[occ][0], tokens[~occ][0]), "aligner": Aligner()}
-        tokenizer = Patches()
-
-        def context(self, captions):
-            return torch.tensor([float(counts[c]) for c in captions]), None
-
-    alone = occupancy.occupancy_rows(Sampler(), scenes, [1.0], draws=4, seed=0)
-    with_others = [r for r in occupancy.occupancy_rows(Sampler(), scenes, [1.0, 3.0], draws=4, seed=0)
+    sampler = FakeSampler(NoisyGenerator("random", tokens[occ][0], tokens[~occ][0]), counts)
+    alone = occupancy.occupancy_rows(sampler, scenes, [1.0], draws=4, seed=0)
+    with_others = [r for r in occupancy.occupancy_rows(sampler, scenes, [1.0, 3.0], draws=4, seed=0)
                    if r["cfg"] == 1.0]
     assert alone == with_others
