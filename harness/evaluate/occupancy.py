@@ -112,6 +112,10 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
     is_object = ObjectTest(tokens, occ)
     ctx, cmask = sampler.context([s.caption for s in scenes])
     null, null_mask = sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(scenes)))
+    guided = any(scale != 1.0 for scale in scales)  # the null-caption branch is needed only then
+
+    def uncond(x: torch.Tensor) -> torch.Tensor | None:
+        return g.backbone(x, null, null_mask) if guided else None
     L = g.num_tokens
     sums: dict[tuple, list[float]] = {}
 
@@ -124,7 +128,8 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
             order = torch.rand(len(scenes), L, generator=_generator(seed, m)).argsort(1)
             masked = torch.zeros(len(scenes), L, dtype=torch.bool).scatter(1, order[:, :m], True)
             x = g.inputs(tokens, masked)
-            z, zu = g.backbone(x, ctx, cmask)[masked], g.backbone(x, null, null_mask)[masked]
+            z, zu = g.backbone(x, ctx, cmask)[masked], uncond(x)
+            zu = zu[masked] if zu is not None else None
             complete = ~(occ & masked).any(1)
             truth = occ[masked].view(-1, m).float()
             for scale in scales:
@@ -134,13 +139,14 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
                     add((scale, m, state), p[sel], truth[sel])
     else:
         x = g.inputs(tokens)
-        z, zu = g.backbone(x, ctx, cmask), g.backbone(x, null, null_mask)
+        z, zu = g.backbone(x, ctx, cmask), uncond(x)
         before = occ.long().cumsum(1) - occ.long()  # objects in the prefix
         complete = before == occ.sum(1, keepdim=True)
         for i in range(L):
             for scale in scales:
                 gen = _generator(seed, L - i, scale)
-                p = is_object(_draw_at(g, z[:, i], zu[:, i], scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
+                zu_i = zu[:, i] if zu is not None else None
+                p = is_object(_draw_at(g, z[:, i], zu_i, scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
                 for state, sel in (("complete", complete[:, i]), ("incomplete", ~complete[:, i])):
                     add((scale, L - i, state), p[sel], occ[sel, i].float())
     return [{"order": g.order, "cfg": scale, "cells_left": m, "state": state, "p_model": a[0] / a[2],
