@@ -114,8 +114,9 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
     null, null_mask = sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(scenes)))
     guided = any(scale != 1.0 for scale in scales)  # the null-caption branch is needed only then
 
-    def uncond(x: torch.Tensor) -> torch.Tensor | None:
-        return g.backbone(x, null, null_mask) if guided else None
+    def uncond(x: torch.Tensor, index) -> torch.Tensor | None:
+        return g.backbone(x, null, null_mask)[index] if guided else None
+
     L = g.num_tokens
     sums: dict[tuple, list[float]] = {}
 
@@ -128,8 +129,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
             order = torch.rand(len(scenes), L, generator=_generator(seed, m)).argsort(1)
             masked = torch.zeros(len(scenes), L, dtype=torch.bool).scatter(1, order[:, :m], True)
             x = g.inputs(tokens, masked)
-            z, zu = g.backbone(x, ctx, cmask)[masked], uncond(x)
-            zu = zu[masked] if zu is not None else None
+            z, zu = g.backbone(x, ctx, cmask)[masked], uncond(x, masked)
             complete = ~(occ & masked).any(1)
             truth = occ[masked].view(-1, m).float()
             for scale in scales:
@@ -139,7 +139,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
                     add((scale, m, state), p[sel], truth[sel])
     else:
         x = g.inputs(tokens)
-        z, zu = g.backbone(x, ctx, cmask), uncond(x)
+        z, zu = g.backbone(x, ctx, cmask), uncond(x, slice(None))
         before = occ.long().cumsum(1) - occ.long()  # objects in the prefix
         complete = before == occ.sum(1, keepdim=True)
         for i in range(L):
