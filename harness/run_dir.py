@@ -14,6 +14,8 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
     guidance/                FID by guidance scale, when asked for (``python -m harness.evaluate.guidance``)
     occupancy.json           object probability per cell on counting scenes, when asked for
                              (``python -m harness.evaluate.occupancy``)
+    binding.json             colour binding at the object's cell on colour captions, when asked
+                             for (``python -m harness.evaluate.binding``)
     jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
 
 Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
@@ -146,6 +148,7 @@ class RunDir:
         return self.path / "guidance" / f"fid{self._suffix(seed, default_seed)}.json"
 
     occupancy = property(lambda self: self.path / "occupancy.json")  # harness.evaluate.occupancy
+    binding = property(lambda self: self.path / "binding.json")  # harness.evaluate.binding
 
     # ---- sweep jobs (harness.sweep.records) -------------------------------------------------
     jobs = property(lambda self: self.path / "jobs")

@@ -80,7 +80,7 @@ class ObjectTest:
         return (drawn - self.empty).norm(dim=-1) > self.threshold
 
 
-def _draw_at(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int, s, generator) -> torch.Tensor:
+def draw_at(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int, s, generator) -> torch.Tensor:
     """``draws`` tokens per row of ``z`` (guided by the null-caption rows ``zu`` when cfg != 1)."""
     rows = z.repeat_interleave(draws, 0)
     guided = cfg != 1.0
@@ -134,7 +134,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
             truth = occ[masked].view(-1, m).float()
             for scale in scales:
                 gen = _generator(seed, m, scale)
-                p = is_object(_draw_at(g, z, zu, scale, draws, cfg.sample, gen)).float().view(-1, m, draws).mean(2)
+                p = is_object(draw_at(g, z, zu, scale, draws, cfg.sample, gen)).float().view(-1, m, draws).mean(2)
                 for state, sel in (("complete", complete), ("incomplete", ~complete)):
                     add((scale, m, state), p[sel], truth[sel])
     else:
@@ -146,7 +146,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
             for scale in scales:
                 gen = _generator(seed, L - i, scale)
                 zu_i = zu[:, i] if zu is not None else None
-                p = is_object(_draw_at(g, z[:, i], zu_i, scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
+                p = is_object(draw_at(g, z[:, i], zu_i, scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
                 for state, sel in (("complete", complete[:, i]), ("incomplete", ~complete[:, i])):
                     add((scale, L - i, state), p[sel], occ[sel, i].float())
     return [{"order": g.order, "cfg": scale, "cells_left": m, "state": state, "p_model": a[0] / a[2],

@@ -1,0 +1,168 @@
+"""Does a trained run bind a caption's colour where it draws the object? Measured on single-object
+colour captions ("a photo of a red circle") of the shapes world's grid layout, at the object's cell.
+
+    python -m harness.evaluate.binding RUN_DIR [--cfg 1 5] [--scenes 192] [--draws 16] [--seed 0]
+
+Two questions, asked of the model at the contexts where it decides the object (random order: every
+cell masked, the first sampling step, and every other cell shown, the last; raster: the true
+prefix, the cells before the object's):
+
+  * Does the transformer carry the colour? Across scenes, the share of the variance of its output
+    ``z`` at the object's cell that the named colour explains (the class means' sum of squares over
+    the total), and the same for the named shape. A colour that is linearly decodable but a small
+    share of ``z`` is a weak direction that the head has to amplify to draw it.
+  * Does the head draw it? ``draws`` tokens at the cell (the run's temperature and diffusion steps;
+    guidance at each ``--cfg``, 1 = none): the share that are objects, and of those the share in
+    the named shape and in the named colour (chance: 1/6). A drawn token is named by its nearest
+    object token among the scenes' own (continuous) or by its code (discrete: one (colour, shape)
+    is one code with the patch tokenizers); the object test is ``occupancy``'s.
+
+Calibration item 54 in ``docs/results/cpu-study``: the colour share tracks GenEval's colour score
+across the study's models. Written to ``RUN_DIR/binding.json`` (``variance_share``, per context,
+and ``draws``: one row per context and scale) and mirrored to MLflow under ``eval/``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import config as C
+from harness.data.datasets import to_float
+from harness.data.shapes import Scene, render, sample_scene
+from harness.errors import UserError, cli_main
+from harness.evaluate.guidance import check_scales
+from harness.evaluate.occupancy import ObjectTest, draw_at, occupied_cells
+from harness.evaluate.run import check_run
+from harness.io import write_json
+from harness.run_dir import RunDir
+from harness.sampling import Sampler
+from harness.tracking import store
+
+
+def colour_scenes(data, n: int, seed: int) -> list[Scene]:
+    """``n`` training-distribution single-object colour scenes of the run's world."""
+    if data.layout != "grid":
+        raise UserError("data.layout", f"binding needs the grid layout (one object per cell), got {data.layout}")
+    return [sample_scene(np.random.default_rng([seed, 54, i]), "train", tag="colors", layout="grid",
+                         cells=data.cells, nuisance=data.nuisance, unnamed_color=data.unnamed_color)
+            for i in range(n)]
+
+
+def variance_share(z: torch.Tensor, labels: list[str]) -> float:
+    """The share of ``z``'s variance (rows: scenes) that the labels' class means explain, adjusted
+    for the number of classes k as R^2 is (1 - (1 - share)(n - 1)/(n - k)): unadjusted, n rows of
+    noise alone would give (k - 1)/(n - 1)."""
+    z = z.double() - z.double().mean(0)
+    index = torch.tensor([sorted(set(labels)).index(x) for x in labels])
+    n, k = len(labels), int(index.max()) + 1
+    means = torch.zeros(k, z.shape[1], dtype=z.dtype).index_add_(0, index, z)
+    means /= torch.bincount(index).to(z.dtype)[:, None]
+    share = float((means[index] ** 2).sum() / (z ** 2).sum())
+    return 1 - (1 - share) * (n - 1) / (n - k) if n > k else float("nan")
+
+
+class Namer:
+    """(shape, colour) of drawn object tokens, from the scenes' own object tokens."""
+
+    def __init__(self, tokens: torch.Tensor, names: list[tuple[str, str]]):
+        self.names = sorted(set(names))
+        index = torch.tensor([self.names.index(n) for n in names])
+        if tokens.dtype == torch.long:
+            self.codes = {int(c): self.names[i] for c, i in zip(tokens, index)}
+            self.centres = None
+        else:
+            self.centres = torch.stack([tokens[index == i].mean(0) for i in range(len(self.names))])
+
+    def __call__(self, drawn: torch.Tensor) -> list[tuple[str, str] | None]:
+        if self.centres is None:
+            return [self.codes.get(int(c)) for c in drawn]
+        return [self.names[i] for i in torch.cdist(drawn.float(), self.centres.float()).argmin(1).tolist()]
+
+
+@torch.no_grad()
+def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: int, seed: int) -> dict:
+    """The module docstring's measurements for ``sampler``'s run on ``scenes``."""
+    cfg, g = sampler.cfg, sampler.nets["generator"]
+    cells = cfg.data.cells
+    if g.num_tokens != cells * cells:
+        raise UserError("tokenizer.downsample", f"binding needs one token per grid cell: {g.num_tokens} "
+                        f"tokens for {cells}x{cells} cells")
+    images = np.stack([render(s, cfg.data.resolution) for s in scenes])
+    tokens = sampler.tokenizer.encode(to_float(torch.from_numpy(images)).to(sampler.device)).cpu()
+    occ = torch.stack([occupied_cells(s, cells) for s in scenes])
+    rows = torch.arange(len(scenes))
+    cell = occ.float().argmax(1)  # the one object's cell
+    wanted = [(s.objects[0].shape, s.objects[0].color) for s in scenes]
+    is_object, name = ObjectTest(tokens, occ), Namer(tokens[rows, cell], wanted)
+    ctx, cmask = sampler.context([s.caption for s in scenes])
+    null, null_mask = sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(scenes)))
+    if g.order == "random":
+        alone = torch.zeros_like(occ).scatter(1, cell[:, None], True)
+        contexts = {"all masked": g.inputs(tokens, torch.ones_like(occ)), "others shown": g.inputs(tokens, alone)}
+    else:
+        contexts = {"true prefix": g.inputs(tokens)}
+    out = {"variance_share": {}, "draws": []}
+    for k, (context, x) in enumerate(contexts.items()):
+        z = g.backbone(x, ctx, cmask)[rows, cell]
+        zu = g.backbone(x, null, null_mask)[rows, cell]
+        out["variance_share"][context] = {"colour": variance_share(z, [w[1] for w in wanted]),
+                                          "shape": variance_share(z, [w[0] for w in wanted])}
+        for scale in scales:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + k * 10_007 + round(scale * 1000))
+            drawn = draw_at(g, z, zu, scale, draws, cfg.sample, gen)
+            objects = is_object(drawn)
+            index = objects.nonzero()[:, 0]
+            got, want = name(drawn[index]), [wanted[i // draws] for i in index.tolist()]
+            n_obj = len(got)
+
+            def share(part: int) -> float:  # of the objects drawn, the share with the named part
+                hits = sum(a is not None and a[part] == b[part] for a, b in zip(got, want))
+                return hits / n_obj if n_obj else float("nan")
+
+            out["draws"].append({
+                "order": g.order, "context": context, "cfg": scale, "n": int(objects.numel()),
+                "object": n_obj / objects.numel(),
+                "shape_given_object": share(0), "colour_given_object": share(1)})
+    return out
+
+
+def measure(run_dir: str | Path, scales: list[float], scenes: int = 192, draws: int = 16, seed: int = 0) -> dict:
+    """Measure and write ``binding.json`` for a trained run (the module docstring)."""
+    scales = check_scales(scales)
+    for flag, value in (("--scenes", scenes), ("--draws", draws)):
+        if value < 1:
+            raise UserError(flag, f"must be >= 1, got {value}")
+    run = RunDir(run_dir)
+    check_run(run.path)
+    cfg = C.load_saved(run.config)
+    result = binding(Sampler.from_run(run.path), colour_scenes(cfg.data, scenes, seed), scales, draws, seed)
+    write_json(run.binding, result)
+    store.log_artifacts(run.path, {run.binding: "eval"}, cfg.tracking.uri)
+    store.catch_up(run.path, cfg.tracking.uri)
+    return result
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.evaluate.binding", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a run directory whose status is trained or completed")
+    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="guidance scales (>= 1)")
+    parser.add_argument("--scenes", type=int, default=192, help="single-object colour scenes")
+    parser.add_argument("--draws", type=int, default=16, help="tokens drawn per scene, context and scale")
+    parser.add_argument("--seed", type=int, default=0, help="scenes and draws")
+    args = parser.parse_args(argv)
+    result = measure(args.run_dir, args.cfg, args.scenes, args.draws, args.seed)
+    for context, share in result["variance_share"].items():
+        print(f"{context}: variance share of z: colour {share['colour']:.3f}, shape {share['shape']:.3f}")
+    print(f"{'context':>13} {'cfg':>4} {'object':>7} {'shape|obj':>9} {'colour|obj':>10} {'n':>5}")
+    for r in result["draws"]:
+        print(f"{r['context']:>13} {r['cfg']:>4g} {r['object']:>7.3f} {r['shape_given_object']:>9.3f} "
+              f"{r['colour_given_object']:>10.3f} {r['n']:>5}")
+
+
+if __name__ == "__main__":
+    main()
