@@ -23,32 +23,19 @@ and ``draws``: one row per context and scale) and mirrored to MLflow under ``eva
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from harness import config as C
-from harness.data.datasets import to_float
-from harness.data.shapes import Scene, render, sample_scene
-from harness.errors import UserError, cli_main
-from harness.evaluate.guidance import check_scales
-from harness.evaluate.occupancy import ObjectTest, draw_at, occupied_cells
-from harness.evaluate.run import check_run
-from harness.io import write_json
-from harness.run_dir import RunDir
+from harness.data.shapes import Scene
+from harness.errors import cli_main
+from harness.evaluate.cell_probe import ObjectTest, draw_at, grid_scenes, probe_parser, run_probe, scene_tokens
 from harness.sampling import Sampler
-from harness.tracking import store
 
 
 def colour_scenes(data, n: int, seed: int) -> list[Scene]:
     """``n`` training-distribution single-object colour scenes of the run's world."""
-    if data.layout != "grid":
-        raise UserError("data.layout", f"binding needs the grid layout (one object per cell), got {data.layout}")
-    return [sample_scene(np.random.default_rng([seed, 54, i]), "train", tag="colors", layout="grid",
-                         cells=data.cells, nuisance=data.nuisance, unnamed_color=data.unnamed_color)
-            for i in range(n)]
+    return grid_scenes(data, "colors", n, [seed, 54], "binding")
 
 
 def variance_share(z: torch.Tensor, labels: list[str]) -> float:
@@ -86,13 +73,7 @@ class Namer:
 def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: int, seed: int) -> dict:
     """The module docstring's measurements for ``sampler``'s run on ``scenes``."""
     cfg, g = sampler.cfg, sampler.nets["generator"]
-    cells = cfg.data.cells
-    if g.num_tokens != cells * cells:
-        raise UserError("tokenizer.downsample", f"binding needs one token per grid cell: {g.num_tokens} "
-                        f"tokens for {cells}x{cells} cells")
-    images = np.stack([render(s, cfg.data.resolution) for s in scenes])
-    tokens = sampler.tokenizer.encode(to_float(torch.from_numpy(images)).to(sampler.device)).cpu()
-    occ = torch.stack([occupied_cells(s, cells) for s in scenes])
+    tokens, occ = scene_tokens(sampler, scenes, "binding")
     rows = torch.arange(len(scenes))
     cell = occ.float().argmax(1)  # the one object's cell
     wanted = [(s.objects[0].shape, s.objects[0].color) for s in scenes]
@@ -131,29 +112,16 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
 
 def measure(run_dir: str | Path, scales: list[float], scenes: int = 192, draws: int = 16, seed: int = 0) -> dict:
     """Measure and write ``binding.json`` for a trained run (the module docstring)."""
-    scales = check_scales(scales)
-    for flag, value in (("--scenes", scenes), ("--draws", draws)):
-        if value < 1:
-            raise UserError(flag, f"must be >= 1, got {value}")
-    run = RunDir(run_dir)
-    check_run(run.path)
-    cfg = C.load_saved(run.config)
-    result = binding(Sampler.from_run(run.path), colour_scenes(cfg.data, scenes, seed), scales, draws, seed)
-    write_json(run.binding, result)
-    store.log_artifacts(run.path, {run.binding: "eval"}, cfg.tracking.uri)
-    store.catch_up(run.path, cfg.tracking.uri)
-    return result
+    return run_probe(run_dir, scales, scenes, draws,
+                     lambda sampler, cfg, scales: binding(sampler, colour_scenes(cfg.data, scenes, seed), scales,
+                                                          draws, seed),
+                     lambda run: run.binding)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.evaluate.binding", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a run directory whose status is trained or completed")
-    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="guidance scales (>= 1)")
-    parser.add_argument("--scenes", type=int, default=192, help="single-object colour scenes")
-    parser.add_argument("--draws", type=int, default=16, help="tokens drawn per scene, context and scale")
-    parser.add_argument("--seed", type=int, default=0, help="scenes and draws")
+    parser = probe_parser("python -m harness.evaluate.binding", __doc__, (192, "single-object colour scenes"),
+                          (16, "tokens drawn per scene, context and scale"))
     args = parser.parse_args(argv)
     result = measure(args.run_dir, args.cfg, args.scenes, args.draws, args.seed)
     for context, share in result["variance_share"].items():

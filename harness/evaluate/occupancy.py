@@ -26,68 +26,21 @@ contexts and p_true on incomplete ones.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from harness import config as C
-from harness.data.datasets import to_float
-from harness.data.shapes import Scene, render, sample_scene
-from harness.errors import UserError, cli_main
-from harness.evaluate.guidance import check_scales
-from harness.evaluate.run import check_run
-from harness.io import write_json
-from harness.run_dir import RunDir
+from harness.data.shapes import Scene
+from harness.errors import cli_main
+from harness.evaluate.cell_probe import ObjectTest, draw_at, grid_scenes, probe_parser, run_probe, scene_tokens
 from harness.sampling import Sampler
-from harness.tracking import store
 
 CELLS_LEFT = (1, 2, 4, 8)  # random order: masked cells per context
 
 
 def counting_scenes(data, n: int, seed: int) -> list[Scene]:
     """``n`` training-distribution counting scenes of the run's world (no named scenes)."""
-    if data.layout != "grid":
-        raise UserError("data.layout", f"occupancy needs the grid layout (one object per cell), got {data.layout}")
-    return [sample_scene(np.random.default_rng([seed, 45, i]), "train", tag="counting", layout="grid",
-                         cells=data.cells, nuisance=data.nuisance, unnamed_color=data.unnamed_color)
-            for i in range(n)]
-
-
-def occupied_cells(scene: Scene, cells: int) -> torch.Tensor:
-    """(cells * cells,) bool: which grid cells hold an object, in the token grid's raster order."""
-    occ = torch.zeros(cells * cells, dtype=torch.bool)
-    for o in scene.objects:
-        occ[min(int(o.cy * cells), cells - 1) * cells + min(int(o.cx * cells), cells - 1)] = True
-    return occ
-
-
-class ObjectTest:
-    """Whether a drawn token is an object, learned from the tokenizer's own tokens of the scenes."""
-
-    def __init__(self, tokens: torch.Tensor, occ: torch.Tensor):
-        if tokens.dtype == torch.long:  # discrete: the codes of empty cells
-            self.empty_codes = tokens[~occ].unique()
-            self.empty = None
-        else:
-            self.empty = tokens[~occ].mean(0)
-            self.threshold = 0.5 * (tokens[occ] - self.empty).norm(dim=-1).median()
-
-    def __call__(self, drawn: torch.Tensor) -> torch.Tensor:
-        if self.empty is None:
-            return ~torch.isin(drawn, self.empty_codes)
-        return (drawn - self.empty).norm(dim=-1) > self.threshold
-
-
-def draw_at(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int, s, generator) -> torch.Tensor:
-    """``draws`` tokens per row of ``z`` (guided by the null-caption rows ``zu`` when cfg != 1)."""
-    rows = z.repeat_interleave(draws, 0)
-    guided = cfg != 1.0
-    if guided:
-        rows = torch.cat([rows, zu.repeat_interleave(draws, 0)])
-    return g.draw(rows, guided, cfg, temperature=s.temperature, top_k=s.top_k,
-                   diffusion_steps=s.diffusion_steps, generator=generator)
+    return grid_scenes(data, "counting", n, [seed, 45], "occupancy")
 
 
 def _generator(seed: int, cells_left: int, scale: float = 0.0) -> torch.Generator:
@@ -101,14 +54,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
                    seed: int) -> list[dict]:
     """The module docstring's table for ``sampler``'s run on ``scenes``."""
     cfg, g = sampler.cfg, sampler.nets["generator"]
-    cells = cfg.data.cells
-    if g.num_tokens != cells * cells:
-        raise UserError("tokenizer.downsample", f"occupancy needs one token per grid cell: {g.num_tokens} "
-                        f"tokens for {cells}x{cells} cells")
-    images = np.stack([render(s, cfg.data.resolution) for s in scenes])
-    pixels = to_float(torch.from_numpy(images)).to(sampler.device)
-    tokens = sampler.tokenizer.encode(pixels).cpu()
-    occ = torch.stack([occupied_cells(s, cells) for s in scenes])
+    tokens, occ = scene_tokens(sampler, scenes, "occupancy")
     is_object = ObjectTest(tokens, occ)
     ctx, cmask = sampler.context([s.caption for s in scenes])
     null, null_mask = sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(scenes)))
@@ -157,30 +103,16 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
 def occupancy(run_dir: str | Path, scales: list[float], scenes: int = 96, draws: int = 8,
               seed: int = 0) -> list[dict]:
     """Measure and write ``occupancy.json`` for a trained run (the module docstring)."""
-    scales = check_scales(scales)
-    for name, value in (("--scenes", scenes), ("--draws", draws)):
-        if value < 1:
-            raise UserError(name, f"must be >= 1, got {value}")
-    run = RunDir(run_dir)
-    check_run(run.path)
-    cfg = C.load_saved(run.config)
-    sampler = Sampler.from_run(run.path)
-    rows = occupancy_rows(sampler, counting_scenes(cfg.data, scenes, seed), scales, draws, seed)
-    store.log_artifacts(run.path, {run.occupancy: "eval"}, cfg.tracking.uri)
-    write_json(run.occupancy, rows)
-    store.catch_up(run.path, cfg.tracking.uri)
-    return rows
+    return run_probe(run_dir, scales, scenes, draws,
+                     lambda sampler, cfg, scales: occupancy_rows(sampler, counting_scenes(cfg.data, scenes, seed),
+                                                                 scales, draws, seed),
+                     lambda run: run.occupancy)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.evaluate.occupancy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a run directory whose status is trained or completed")
-    parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="guidance scales (>= 1)")
-    parser.add_argument("--scenes", type=int, default=96, help="counting scenes")
-    parser.add_argument("--draws", type=int, default=8, help="tokens drawn per cell and context")
-    parser.add_argument("--seed", type=int, default=0, help="scenes, masks and draws")
+    parser = probe_parser("python -m harness.evaluate.occupancy", __doc__, (96, "counting scenes"),
+                          (8, "tokens drawn per cell and context"))
     args = parser.parse_args(argv)
     rows = occupancy(args.run_dir, args.cfg, args.scenes, args.draws, args.seed)
     print(f"{'cfg':>4} {'left':>4} {'state':>10} {'p_model':>8} {'p_true':>7} {'n':>5}")

@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from harness.data.datasets import to_float
 from harness.data.shapes import COLORS, SHAPES, render
 from harness.evaluate import binding
-from harness.evaluate.occupancy import occupied_cells
-from harness.tokenizers.autoencoder import patchify
+from harness.evaluate.cell_probe import occupied_cells
+from tests.fake_probe_sampler import DATA, FakeSampler, Patches
 
-DATA = OmegaConf.create({"layout": "grid", "cells": 4, "nuisance": "none", "unnamed_color": "random",
-                         "resolution": 32})
 NAMES = [(shape, colour) for shape in SHAPES for colour in COLORS]
-
-
-class Patches:
-    """Tokens = the 8x8 patches (the study's one token per cell)."""
-
-    def encode(self, pixels):
-        return patchify(pixels, 8)
 
 
 class Generator:
@@ -56,29 +46,6 @@ class Generator:
         return torch.stack(out)
 
 
-class Aligner:
-    def null_features(self, n):
-        return torch.zeros(n, 3 + len(COLORS)), None
-
-    def __call__(self, feats, mask):
-        return feats, mask
-
-
-class FakeSampler:
-    device = torch.device("cpu")
-    cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
-    tokenizer = Patches()
-
-    def __init__(self, generator, scenes, colour_weight: float):
-        self.nets = {"generator": generator, "aligner": Aligner()}
-        self.z = {s.caption: torch.cat([torch.eye(3)[SHAPES.index(s.objects[0].shape)],
-                                        colour_weight * torch.eye(len(COLORS))[list(COLORS).index(s.objects[0].color)]])
-                  for s in scenes}
-
-    def context(self, captions):
-        return torch.stack([self.z[c] for c in captions]), None
-
-
 def _fake(order: str, colour_weight: float, scenes):
     images = torch.from_numpy(torch.stack([torch.from_numpy(render(s, 32)) for s in scenes]).numpy())
     tokens = Patches().encode(to_float(images))
@@ -88,7 +55,10 @@ def _fake(order: str, colour_weight: float, scenes):
         objects[(s.objects[0].shape, s.objects[0].color)] = t[occ][0]
         empty = t[~occ][0]
     assert set(objects) == set(NAMES)  # every (shape, colour) appears among the scenes
-    return FakeSampler(Generator(order, objects, empty, colour_weight), scenes, colour_weight)
+    features = {s.caption: torch.cat([torch.eye(3)[SHAPES.index(s.objects[0].shape)], colour_weight
+                                      * torch.eye(len(COLORS))[list(COLORS).index(s.objects[0].color)]])
+                for s in scenes}
+    return FakeSampler(Generator(order, objects, empty, colour_weight), features, null_shape=(3 + len(COLORS),))
 
 
 @pytest.mark.parametrize("order", ["random", "raster"])
@@ -117,17 +87,3 @@ def test_the_variance_share_is_adjusted_for_the_number_of_classes():
     assert abs(binding.variance_share(noise, labels)) < 0.03  # unadjusted: ~5/59 = 0.085
     signal = torch.eye(6)[[int(x) for x in labels]] * 10
     assert binding.variance_share(torch.cat([signal, noise], 1), labels) > 0.7
-
-
-def test_bad_arguments_are_one_line_errors(capsys):
-    for argv, field in ((["run", "--cfg", "0.5"], "--cfg"), (["run", "--scenes", "0"], "--scenes")):
-        with pytest.raises(SystemExit) as e:
-            binding.main(argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {field}") and "\n" not in err
-
-
-def test_free_layout_is_refused_naming_the_field():
-    with pytest.raises(binding.UserError, match="data.layout"):
-        binding.colour_scenes(OmegaConf.merge(DATA, {"layout": "free"}), 4, seed=0)

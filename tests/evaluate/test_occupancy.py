@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from harness.data.datasets import to_float
 from harness.data.shapes import render
 from harness.evaluate import occupancy
+from harness.evaluate.cell_probe import occupied_cells
 from harness.tokenizers.autoencoder import patchify
-
-DATA = OmegaConf.create({"layout": "grid", "cells": 4, "nuisance": "none", "unnamed_color": "random",
-                         "resolution": 32})
+from tests.fake_probe_sampler import DATA, FakeSampler, Patches
 
 
 def _is_object_patch(tokens: torch.Tensor) -> torch.Tensor:
@@ -25,17 +23,10 @@ def test_occupied_cells_are_the_patches_that_hold_objects():
     scenes = occupancy.counting_scenes(DATA, 24, seed=3)
     assert {s.tag for s in scenes} == {"counting"}
     for scene in scenes:
-        occ = occupancy.occupied_cells(scene, DATA.cells)
+        occ = occupied_cells(scene, DATA.cells)
         assert int(occ.sum()) == len(scene.objects) >= 2
         pixels = to_float(torch.from_numpy(render(scene, DATA.resolution)[None]))
         assert torch.equal(_is_object_patch(patchify(pixels, 8)[0]), occ)
-
-
-class Patches:
-    """Tokens = the 8x8 patches (the study's one token per cell)."""
-
-    def encode(self, pixels):
-        return patchify(pixels, 8)
 
 
 class CountingGenerator:
@@ -67,27 +58,9 @@ class CountingGenerator:
         return torch.where(hit[:, None], self.object_token, self.empty_token)
 
 
-class Aligner:
-    def null_features(self, n):
-        return torch.zeros(n), None
-
-    def __call__(self, feats, mask):
-        return feats, mask
-
-
-class FakeSampler:
-    """The ``Sampler`` surface the probe uses; the context is each caption's object count."""
-
-    device = torch.device("cpu")
-    cfg = OmegaConf.create({"data": DATA, "sample": {"temperature": 1.0, "top_k": 0, "diffusion_steps": 1}})
-    tokenizer = Patches()
-
-    def __init__(self, generator, counts: dict[str, int]):
-        self.nets = {"generator": generator, "aligner": Aligner()}
-        self.counts = counts
-
-    def context(self, captions):
-        return torch.tensor([float(self.counts[c]) for c in captions]), None
+def _sampler(generator, counts: dict[str, int]) -> FakeSampler:
+    """The context of a caption is the number of objects it asks for."""
+    return FakeSampler(generator, {c: torch.tensor(float(n)) for c, n in counts.items()})
 
 
 @pytest.mark.parametrize("order", ["random", "raster"])
@@ -95,8 +68,8 @@ def test_a_model_that_counts_puts_no_object_after_the_count_and_the_true_share_b
     scenes = occupancy.counting_scenes(DATA, 192, seed=0)
     counts = {s.caption: len(s.objects) for s in scenes}
     tokens = Patches().encode(to_float(torch.from_numpy(render(scenes[0], 32)[None])))[0]
-    occ = occupancy.occupied_cells(scenes[0], 4)
-    sampler = FakeSampler(CountingGenerator(order, tokens[occ][0], tokens[~occ][0]), counts)
+    occ = occupied_cells(scenes[0], 4)
+    sampler = _sampler(CountingGenerator(order, tokens[occ][0], tokens[~occ][0]), counts)
     rows = occupancy.occupancy_rows(sampler, scenes, [1.0], draws=64, seed=0)
     assert {r["state"] for r in rows} == {"complete", "incomplete"}
     assert {r["cells_left"] for r in rows} >= {1, 2, 4, 8}
@@ -110,25 +83,11 @@ def test_a_model_that_counts_puts_no_object_after_the_count_and_the_true_share_b
     assert last["p_true"] == 1 and last["p_model"] == 1
 
 
-def test_bad_arguments_are_one_line_errors(capsys):
-    for argv, field in ((["run", "--cfg", "0.5"], "--cfg"), (["run", "--draws", "0"], "--draws")):
-        with pytest.raises(SystemExit) as e:
-            occupancy.main(argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {field}") and "\n" not in err
-
-
-def test_free_layout_is_refused_naming_the_field():
-    with pytest.raises(occupancy.UserError, match="data.layout"):
-        occupancy.counting_scenes(OmegaConf.merge(DATA, {"layout": "free"}), 4, seed=0)
-
-
 def test_a_rows_numbers_do_not_depend_on_the_other_scales_asked_for():
     scenes = occupancy.counting_scenes(DATA, 32, seed=1)
     counts = {s.caption: len(s.objects) for s in scenes}
     tokens = Patches().encode(to_float(torch.from_numpy(render(scenes[0], 32)[None])))[0]
-    occ = occupancy.occupied_cells(scenes[0], 4)
+    occ = occupied_cells(scenes[0], 4)
 
     class NoisyGenerator(CountingGenerator):
         """Counts, but draws through the generator it is given, so the draws show the randomness."""
@@ -137,7 +96,7 @@ def test_a_rows_numbers_do_not_depend_on_the_other_scales_asked_for():
             n = rows.shape[0] // 2 if guided else rows.shape[0]  # guided: [cond; uncond] rows
             return super().draw(torch.full((n, 1), 0.5), False, cfg, generator)
 
-    sampler = FakeSampler(NoisyGenerator("random", tokens[occ][0], tokens[~occ][0]), counts)
+    sampler = _sampler(NoisyGenerator("random", tokens[occ][0], tokens[~occ][0]), counts)
     alone = occupancy.occupancy_rows(sampler, scenes, [1.0], draws=4, seed=0)
     with_others = [r for r in occupancy.occupancy_rows(sampler, scenes, [1.0, 3.0], draws=4, seed=0)
                    if r["cfg"] == 1.0]
