@@ -85,10 +85,11 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
         contexts = {"all masked": g.inputs(tokens, torch.ones_like(occ)), "others shown": g.inputs(tokens, alone)}
     else:
         contexts = {"true prefix": g.inputs(tokens)}
+    guided = any(scale != 1.0 for scale in scales)
     out = {"variance_share": {}, "draws": []}
     for k, (context, x) in enumerate(contexts.items()):
         z = g.backbone(x, ctx, cmask)[rows, cell]
-        zu = g.backbone(x, null, null_mask)[rows, cell]
+        zu = g.backbone(x, null, null_mask)[rows, cell] if guided else None  # the null branch: guidance only
         out["variance_share"][context] = {"colour": variance_share(z, [w[1] for w in wanted]),
                                           "shape": variance_share(z, [w[0] for w in wanted])}
         for scale in scales:
