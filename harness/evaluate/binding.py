@@ -9,13 +9,13 @@ prefix, the cells before the object's):
 
   * Does the transformer carry the colour? Across scenes, the share of the variance of its output
     ``z`` at the object's cell that the named colour explains (the class means' sum of squares over
-    the total), and the same for the named shape. A colour that is linearly decodable but a small
+    the total, adjusted for the number of classes as R² is), and the same for the named shape. A colour that is linearly decodable but a small
     share of ``z`` is a weak direction that the head has to amplify to draw it.
   * Does the head draw it? ``draws`` tokens at the cell (the run's temperature and diffusion steps;
     guidance at each ``--cfg``, 1 = none): the share that are objects, and of those the share in
     the named shape and in the named colour (chance: 1/6). A drawn token is named by its nearest
     object token among the scenes' own (continuous) or by its code (discrete: one (colour, shape)
-    is one code with the patch tokenizers); the object test is ``occupancy``'s.
+    is one code with the patch tokenizers); the object test is ``cell_probe.ObjectTest``.
 
 Calibration item 54 in ``docs/results/cpu-study``: the colour share tracks GenEval's colour score
 across the study's models. Written to ``RUN_DIR/binding.json`` (``variance_share``, per context,
@@ -29,7 +29,8 @@ import torch
 
 from harness.data.shapes import Scene
 from harness.errors import cli_main
-from harness.evaluate.cell_probe import ObjectTest, draw_at, grid_scenes, probe_parser, run_probe, scene_tokens
+from harness.evaluate.cell_probe import (ObjectTest, draw_at, draw_generator, grid_scenes, probe_parser, run_probe,
+                                         scene_tokens)
 from harness.sampling import Sampler
 
 
@@ -93,8 +94,7 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
         out["variance_share"][context] = {"colour": variance_share(z, [w[1] for w in wanted]),
                                           "shape": variance_share(z, [w[0] for w in wanted])}
         for scale in scales:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + k * 10_007 + round(scale * 1000))
-            drawn = draw_at(g, z, zu, scale, draws, cfg.sample, gen)
+            drawn = draw_at(g, z, zu, scale, draws, cfg.sample, draw_generator(seed, k, scale))
             objects = is_object(drawn)
             index = objects.nonzero()[:, 0]
             got, want = name(drawn[index]), [wanted[i // draws] for i in index.tolist()]

@@ -5,7 +5,8 @@ cells of true scenes in the grid layout, where one token is one cell's object or
   * ``grid_scenes``: training-distribution scenes of one GenEval tag; ``scene_tokens``: their
     tokens under the run's tokenizer and which cells hold objects (``occupied_cells``);
   * ``ObjectTest``: whether a drawn token is an object, from the scenes' own tokens;
-  * ``draw_at``: tokens drawn by the run's head from given transformer outputs, guided or not;
+  * ``draw_at``: tokens drawn by the run's head from given transformer outputs, guided or not,
+    with the randomness of ``draw_generator``;
   * ``probe_parser`` and ``run_probe``: the command line, and loading the run and writing the
     probe's JSON into its directory, mirrored to MLflow under ``eval/``.
 """
@@ -86,6 +87,12 @@ def draw_at(g, z: torch.Tensor, zu: torch.Tensor | None, cfg: float, draws: int,
         rows = torch.cat([rows, zu.repeat_interleave(draws, 0)])
     return g.draw(rows, guided, cfg, temperature=s.temperature, top_k=s.top_k,
                   diffusion_steps=s.diffusion_steps, generator=generator)
+
+
+def draw_generator(seed: int, context: int, scale: float = 0.0) -> torch.Generator:
+    """The randomness of one context (masks) or one (context, guidance scale) (draws): a row's numbers
+    do not depend on which other contexts or scales were asked for."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + context * 10_007 + round(scale * 1000))
 
 
 def probe_parser(prog: str, doc: str, scenes: tuple[int, str], draws: tuple[int, str]) -> argparse.ArgumentParser:

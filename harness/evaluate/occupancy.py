@@ -32,7 +32,8 @@ import torch
 
 from harness.data.shapes import Scene
 from harness.errors import cli_main
-from harness.evaluate.cell_probe import ObjectTest, draw_at, grid_scenes, probe_parser, run_probe, scene_tokens
+from harness.evaluate.cell_probe import (ObjectTest, draw_at, draw_generator, grid_scenes, probe_parser, run_probe,
+                                         scene_tokens)
 from harness.sampling import Sampler
 
 CELLS_LEFT = (1, 2, 4, 8)  # random order: masked cells per context
@@ -41,12 +42,6 @@ CELLS_LEFT = (1, 2, 4, 8)  # random order: masked cells per context
 def counting_scenes(data, n: int, seed: int) -> list[Scene]:
     """``n`` training-distribution counting scenes of the run's world (no named scenes)."""
     return grid_scenes(data, "counting", n, [seed, 45], "occupancy")
-
-
-def _generator(seed: int, cells_left: int, scale: float = 0.0) -> torch.Generator:
-    """The randomness of one context size (masks) or one (context size, scale) (draws): a row's
-    numbers do not depend on which other sizes or scales were asked for."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + cells_left * 10_007 + round(scale * 1000))
 
 
 @torch.no_grad()
@@ -72,14 +67,14 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
 
     if g.order == "random":
         for m in CELLS_LEFT:
-            order = torch.rand(len(scenes), L, generator=_generator(seed, m)).argsort(1)
+            order = torch.rand(len(scenes), L, generator=draw_generator(seed, m)).argsort(1)
             masked = torch.zeros(len(scenes), L, dtype=torch.bool).scatter(1, order[:, :m], True)
             x = g.inputs(tokens, masked)
             z, zu = g.backbone(x, ctx, cmask)[masked], uncond(x, masked)
             complete = ~(occ & masked).any(1)
             truth = occ[masked].view(-1, m).float()
             for scale in scales:
-                gen = _generator(seed, m, scale)
+                gen = draw_generator(seed, m, scale)
                 p = is_object(draw_at(g, z, zu, scale, draws, cfg.sample, gen)).float().view(-1, m, draws).mean(2)
                 for state, sel in (("complete", complete), ("incomplete", ~complete)):
                     add((scale, m, state), p[sel], truth[sel])
@@ -90,7 +85,7 @@ def occupancy_rows(sampler: Sampler, scenes: list[Scene], scales: list[float], d
         complete = before == occ.sum(1, keepdim=True)
         for i in range(L):
             for scale in scales:
-                gen = _generator(seed, L - i, scale)
+                gen = draw_generator(seed, L - i, scale)
                 zu_i = zu[:, i] if zu is not None else None
                 p = is_object(draw_at(g, z[:, i], zu_i, scale, draws, cfg.sample, gen)).float().view(-1, draws).mean(1)
                 for state, sel in (("complete", complete[:, i]), ("incomplete", ~complete[:, i])):
