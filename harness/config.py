@@ -144,7 +144,11 @@ class ModelConfig:
     heads: Optional[int] = knob(None, "attention heads (None: from the ladder)", **POSITIVE)
     mlp_ratio: float = knob(4.0, "MLP hidden width over model width", **POSITIVE)
     head_depth: int = knob(3, "diffusion head residual blocks", **POSITIVE)
-    head_width: Optional[int] = knob(None, "diffusion head width (None: the model width)", **POSITIVE)
+    head_width: Optional[int] = knob(None, "diffusion head width (None: head_width_ratio x the model "
+                                     "width)", **POSITIVE)
+    head_width_ratio: float = knob(1.0, "diffusion head width over the model width, when head_width "
+                                   "is None (a half-width head costs a quarter per noise draw)",
+                                   **POSITIVE)
     diffusion_steps: int = knob(1000, "diffusion head training timesteps", **POSITIVE)
     diffusion_batch_mul: int = knob(4, "(t, noise) draws per token per step in the diffusion loss",
                                     **POSITIVE)
@@ -180,6 +184,10 @@ class TrainConfig:
                               "(only matrices whose fan-in grows with width, by base / fan-in; "
                               "embeddings, input projections, biases and norms keep train.lr)",
                               choices=LR_WIDTH_RULES)
+    mup_scale_head: bool = knob(True, "lr_width_rule=mup: the diffusion head's own matrices scale "
+                                "with its width as the model's do (muP), or keep train.lr at every "
+                                "width (false; their fan-in from the model, the condition, still "
+                                "scales)")
     warmup_steps: int = knob(100, "linear warm-up steps, then train.lr_schedule", **NON_NEGATIVE)
     lr_schedule: str = knob("cosine", "after warm-up: cosine decay to 0.1x lr at train.steps, or "
                             "constant (MAR)", choices=LR_SCHEDULES)
@@ -271,6 +279,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "model.diffusion_prediction": "eps", "model.mask_ratio_uniform": 0.0,
+                         "model.head_width_ratio": 1.0, "train.mup_scale_head": True,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
                          "data.unnamed_color": "random",
@@ -432,11 +441,20 @@ def _fill_model(m: DictConfig) -> None:
     m.depth = spec.depth if m.depth is None else m.depth
     m.width = spec.width if m.width is None else m.width
     m.heads = spec.heads if m.heads is None else m.heads
-    m.head_width = m.width if m.head_width is None else m.head_width
+    m.head_width = scaled_head_width(m.width, m.head_width_ratio) if m.head_width is None else m.head_width
+
+
+def scaled_head_width(width: int, ratio: float) -> int:
+    """The diffusion head's width that ``model.head_width_ratio`` gives a model of ``width``."""
+    return max(1, round(width * ratio))
 
 
 def _check_train(cfg: DictConfig) -> None:
     t = cfg.train
+    if not t.mup_scale_head and not (t.lr_base_width and t.lr_width_rule == "mup"):
+        raise UserError("train.mup_scale_head", "false needs the mup width rule (train.lr_base_width "
+                        f"> 0, train.lr_width_rule=mup), got lr_base_width={t.lr_base_width}, "
+                        f"lr_width_rule={t.lr_width_rule}")
     if t.strategy == "fsdp" and t.accelerator not in ("gpu", "cuda"):
         raise UserError("train.accelerator", f"train.strategy=fsdp runs on GPUs only (Lightning's "
                         f"FSDPStrategy), got {t.accelerator!r}", ["gpu", "cuda"])

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from harness.config import num_tokens, to_container
+from harness.config import num_tokens, scaled_head_width, to_container
 from harness.models.diffloss import AdaLNBlock
 from harness.models.generator import Generator
 from harness.models.transformer import Block
@@ -97,12 +97,17 @@ def mup_multipliers(cfg: DictConfig, nets: nn.ModuleDict, token_dim: int, codebo
     with the model's width (the hidden and output matrices of the generator, the aligner and the
     diffusion head) takes ``train.lr`` x base fan-in / fan-in; everything whose fan-in does not
     grow (token embeddings, projections from the token channels, text features or time
-    frequencies, biases, norms, position embeddings) keeps ``train.lr``. Which fan-ins grow is
+    frequencies, biases, norms, position embeddings) keeps ``train.lr``; with
+    ``train.mup_scale_head=false`` so do the diffusion head's own matrices. Which fan-ins grow is
     read, as muP's base shapes are, by building the same networks at ``train.lr_base_width`` (on
     the meta device: no memory) and comparing. Returns parameter name -> multiplier."""
     m, base = cfg.model, cfg.train.lr_base_width
-    small = OmegaConf.merge(cfg, {"model": {"width": base, "heads": 1,
-                                            "head_width": base if m.head_width == m.width else m.head_width}})
+    # a head whose width follows the model's (head_width_ratio) scales with it, unless
+    # train.mup_scale_head=false; a set head width does not
+    follows = cfg.train.mup_scale_head and m.head_width == scaled_head_width(m.width, m.head_width_ratio)
+    small = OmegaConf.merge(cfg, {"model": {
+        "width": base, "heads": 1,
+        "head_width": scaled_head_width(base, m.head_width_ratio) if follows else m.head_width}})
     with torch.device("meta"):
         base_nets = build_networks(small, token_dim, codebook_size, vocabulary)
     base_shapes = {n: p.shape for n, p in base_nets.named_parameters()}

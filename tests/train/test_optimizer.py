@@ -94,6 +94,29 @@ def test_mup_scales_only_matrices_whose_fan_in_grows_with_width(token):
     assert set(by_name("initial_lr", *rule).values()) == {1e-3, 5e-4}  # xs: width 64, the base
 
 
+def test_mup_scales_a_head_that_follows_the_width_and_not_a_fixed_one():
+    """model.head_width_ratio=0.5 at xl gives a 96-wide head whose base is half the base width,
+    so its hidden matrices take a third of the lr as the full-width head's do; a head set to 96
+    (model.head_width), or with train.mup_scale_head=false, keeps its width at the base and its
+    hidden matrices the full lr."""
+    rule = ["train.lr_base_width=64", "train.lr_width_rule=mup", "model.token=continuous",
+            "text.encoder=learned", "model.size=xl"]
+    hidden = "generator.diffloss.net.blocks.0.mlp.0.weight"
+    cfg = config.load(SMOKE + rule + ["model.head_width_ratio=0.5"])
+    assert cfg.model.head_width == 96
+    assert by_name("initial_lr", *rule, "model.head_width_ratio=0.5")[hidden] == pytest.approx(1e-3 / 3)
+    assert by_name("initial_lr", *rule, "model.head_width=96")[hidden] == pytest.approx(1e-3)
+    assert config.load(SMOKE + ["model.head_width_ratio=0.5"]).model.head_width == 32  # xs
+    fixed = by_name("initial_lr", *rule, "model.head_width_ratio=0.5", "train.mup_scale_head=false")
+    assert fixed[hidden] == pytest.approx(1e-3)
+    assert fixed["generator.diffloss.net.cond.weight"] == pytest.approx(1e-3 / 3)  # fan-in: the model's
+    assert fixed["generator.blocks.0.mlp.2.weight"] == pytest.approx(1e-3 / 3)
+    with pytest.raises(UserError, match="train.mup_scale_head"):
+        config.load(SMOKE + ["train.mup_scale_head=false"])
+    with pytest.raises(UserError, match="model.head_width_ratio"):
+        config.load(SMOKE + ["model.head_width_ratio=0"])
+
+
 def test_weight_decay_groups_are_mars():
     """As MAR's add_weight_decay: matrices, embeddings and learned tokens decay (positions too);
     biases, norm scales and the whole diffusion head do not."""
