@@ -19,6 +19,7 @@ Points (each placed where a stop would hurt most):
     metrics.appended     a metric is in ``metrics.jsonl`` but not yet sent to MLflow
     checkpoint.rotating  ``last.ckpt`` moved to ``prev.ckpt``, the new one not yet in place
     evaluate.generated   FID images generated, GenEval not yet run, no metric written
+    run.closing          a sweep job's run evaluated, its MLflow run not yet caught up and closed
     table.writing        the results table's new contents in a temp file, not yet renamed
 Unset (every real run), ``fault`` is one dictionary lookup.
 """
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 ENV, DIR_ENV = "HARNESS_FAULT", "HARNESS_FAULT_DIR"
-POINTS = ("metrics.appended", "checkpoint.rotating", "evaluate.generated", "table.writing")
+POINTS = ("metrics.appended", "checkpoint.rotating", "evaluate.generated", "run.closing", "table.writing")
 ACTIONS = ("SIGINT", "SIGTERM", "SIGKILL", "pause")
 PAUSE_LIMIT_S = 1800.0  # a paused process nobody releases goes on after this
 

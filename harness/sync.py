@@ -1,8 +1,8 @@
 """``python -m harness.sync [RESULTS_DIR]``: send MLflow whatever the run directories hold that it
-lacks: metrics, params and artifacts (a run directory is the source of truth; MLflow is a mirror
-that may have been down or locked), and each sweep's parent run what its sweep folder holds (the
-results table, the analysis: ``harness.sweep.parent.sync_parent``). Safe to run at any time and
-repeatedly: nothing is sent twice."""
+lacks: metrics, params, artifacts and the run's end state (a run directory is the source of truth;
+MLflow is a mirror that may have been down or locked), and each sweep's parent run what its sweep
+folder holds (the results table, the analysis: ``harness.sweep.parent.sync_parent``). Safe to run
+at any time and repeatedly: nothing is sent twice."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness.errors import UserError, cli_main, one_line
 from harness.run_dir import RunDir
-from harness.sweep import parent
+from harness.sweep import parent, records
 from harness.tracking import store
 
 
@@ -26,6 +26,16 @@ def _tracking(run: RunDir) -> tuple[str | None, str | None]:
     cfg = OmegaConf.load(path)
     return (OmegaConf.select(cfg, "tracking.uri", default=None),
             OmegaConf.select(cfg, "tracking.parent_run_id", default=None))
+
+
+def final_state(run: RunDir) -> str | None:
+    """The MLflow state the run directory says its run ended in: FINISHED once its sweep job
+    closed it, FAILED when it failed; None while it is open (training, or stopped mid-way)."""
+    from harness.run_status import read_status
+
+    if records.is_closed(run.path):
+        return "FINISHED"
+    return "FAILED" if read_status(run.path)["status"] == "failed" else None
 
 
 def sync_all(results_dir: str | Path, uri: str | None = None, only_pending: bool = False) -> dict[str, int]:
@@ -45,6 +55,9 @@ def sync_all(results_dir: str | Path, uri: str | None = None, only_pending: bool
             continue
         try:
             sent[run.name] = store.sync_run(run.path, uri or run_uri)
+            state = final_state(run)
+            if state:
+                sent[run.name] += store.close_run(run.path, state, uri or run_uri)
         except Exception as e:
             failed.append(f"{run.name}: {one_line(e)}")
     for id_file in sorted(Path(results_dir).glob(f"*/{parent.PARENT_FILE}")):

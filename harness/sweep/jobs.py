@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import config as C
 from harness.errors import one_line
+from harness.faults import fault
 from harness.run_dir import RunDir
 from harness.sweep import records, table
 
@@ -110,12 +111,15 @@ class RunJob(submitit.helpers.Checkpointable):
                 if not self.preempted:
                     self._fail(out, e)
                 raise
-            records.log_attempt(out, "completed")
+            # closing: each step below is idempotent, and the run counts as completed only once the
+            # last is done, so a stop anywhere in between leaves it for the next sweep to close
+            fault("run.closing", out)
             from harness.tracking import store
 
             store.catch_up(out, cfg.tracking.uri)  # what a stopped attempt left unmirrored
             _terminate_mlflow_run(out, cfg.tracking.uri, "FINISHED")
             table.upsert(self.table_path, table.run_rows(out, self.sweep, self.seeds))
+            records.log_attempt(out, "completed")
             return result
 
     def _work(self, cfg: DictConfig, out: Path) -> dict:
@@ -158,13 +162,11 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def _terminate_mlflow_run(run_dir: Path, uri: str | None, state: str) -> None:
-    """Close the run's MLflow run (best effort: the run dir stays the source of truth)."""
+    """Close the run's MLflow run (best effort: the run dir stays the source of truth, and
+    ``harness.sync`` closes it later)."""
     from harness.tracking import store
 
-    id_file = RunDir(run_dir).mlflow_run_id
-    if not id_file.exists():
-        return
     try:
-        store.retry(lambda: store.client(uri).set_terminated(id_file.read_text().strip(), state))
+        store.close_run(run_dir, state, uri)
     except Exception as e:
         store.mark_pending(run_dir, f"run status not set: {one_line(e)}")

@@ -3,7 +3,8 @@
 - ``job.json``       the latest submission: launcher, job id, sweep, time (written by the driver);
 - ``run.lock``       held (``flock``) by the job while it works on the run: a live job on this
                      machine, and a guard against two jobs training one run at once;
-- ``attempts.jsonl`` one line per start and per preemption of the job (requeues show here);
+- ``attempts.jsonl`` one line per start, preemption, failure and completion of the job (requeues
+                     show here); the run is closed when its last line is ``completed``;
 - the job's logs (``<pid>_0_log.out/err`` for a local job, ``<job id>_0_log.out/err`` from
   submitit), or links to them for SLURM arrays.
 """
@@ -63,10 +64,25 @@ def log_attempt(run_dir: str | Path, event: str, **extra) -> None:
 
 
 def read_attempts(run_dir: str | Path) -> list[dict]:
+    """The events in order; a line cut short by a kill while it was appended is left out."""
     path = RunDir(run_dir).attempts
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def is_closed(run_dir: str | Path) -> bool:
+    """Whether the last job to work on the run finished all of it: every seed evaluated, MLflow
+    caught up and its run set FINISHED, the table row written. The job logs ``completed`` only
+    after all of those, and its next start (more seeds, a re-run) opens the run again."""
+    attempts = read_attempts(run_dir)
+    return bool(attempts) and attempts[-1]["event"] == "completed"
 
 
 def read_eval(run_dir: str | Path, seed: int, default_seed: int) -> dict | None:

@@ -61,7 +61,7 @@ def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:
 
     status = read_status(run.dir)
     left = seeds_left(run)
-    if status["status"] in ("trained", "completed") and not left:
+    if status["status"] in ("trained", "completed") and not left and records.is_closed(run.dir):
         return state("completed")
     if records.is_locked(run.dir):
         return state("running", status["status"])
@@ -70,6 +70,8 @@ def assess(run: Run, queue: dict[str, str] | None = None) -> RunState:
         return state(SLURM_ACTIVE.get(queue[job["job_id"]], "queued"), f"slurm {job['job_id']}")
     if status["status"] == "failed":
         return state("failed", str(status.get("reason", ""))[:200])
+    if status["status"] in ("trained", "completed") and not left:
+        return state("pending", "evaluated; its job stopped before closing it (MLflow, table)")
     if status["status"] in ("trained", "completed"):
         return state("pending", f"trained; {len(left)} of {len(run.seeds)} eval seeds left")
     if status["status"] == "running":

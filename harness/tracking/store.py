@@ -272,6 +272,19 @@ def sync_run(run_dir: str | Path, uri: str | None = None) -> int:
     return sent
 
 
+def close_run(run_dir: str | Path, state: str, uri: str | None = None) -> int:
+    """Set the run's MLflow run to ``state`` (FINISHED, FAILED) unless it is there already;
+    returns 1 if it was changed, 0 if not (or the run has no MLflow run); raises when MLflow fails."""
+    id_file = RunDir(run_dir).mlflow_run_id
+    if not id_file.exists():
+        return 0
+    run_id, c = id_file.read_text().strip(), client(uri)
+    if retry(lambda: c.get_run(run_id)).info.status == state:
+        return 0
+    retry(lambda: c.set_terminated(run_id, state))
+    return 1
+
+
 def catch_up(run_dir: str | Path, uri: str | None = None) -> bool:
     """Before a run goes on (a resume) and before it is completed: send MLflow whatever the run
     directory holds that it lacks (a stop between a metric's write and its mirror leaves one

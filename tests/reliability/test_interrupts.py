@@ -17,7 +17,8 @@ from harness import config, faults
 from harness.io import file_lock
 from harness.run_status import read_status
 from harness.registry import GENEVAL_TAGS
-from harness.sweep import records, table
+from harness.sweep import records, status, table
+from harness.sweep.plan import Run
 from harness.tracking import store
 from harness.run_dir import RunDir
 from tests.forked import run_job
@@ -35,6 +36,7 @@ PHASES = {
     "metrics.appended": 5,     # train/loss@14 written locally, not yet in MLflow
     "checkpoint.rotating": 2,  # step 20: last.ckpt (10) moved to prev.ckpt, the new one in a temp file
     "evaluate.generated": 1,   # the FID images made, no metric yet
+    "run.closing": 1,          # evaluated; MLflow not yet caught up and FINISHED, no table row
     "table.writing": 1,        # the job's final table update, in its temp file
 }
 SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")
@@ -92,8 +94,11 @@ def test_an_interrupt_at_any_phase_loses_nothing(point, signal, smoke, results_d
         assert code == -9
     elif signal == "SIGINT":  # KeyboardInterrupt: the job stopped (Lightning exits 1 on it)
         assert code != 0, "SIGINT did not stop the job"
+    # the sweep does not count the stopped run as completed: its next launch runs the job again
+    assert status.assess(Run(cfg, SEEDS)).state == "pending"
     # the same job again (the fault has fired in this folder: it passes the point this time)
     assert run_job(cfg, SEEDS, "interrupts", table_path, env) == 0
+    assert status.assess(Run(cfg, SEEDS)).state == "completed"
 
     assert read_status(run_dir)["status"] == "completed"
     assert [a["event"] for a in records.read_attempts(run_dir)].count("trained") == 1

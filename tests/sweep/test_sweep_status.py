@@ -46,7 +46,12 @@ def test_states_from_the_run_directory(tmp_path):
     write_json(run.dir / "metrics.json", {"fid": 1.0})
     assert status.assess(run).detail == "trained; 1 of 2 eval seeds left"
     write_json(run.dir / "metrics-seed1.json", {"fid": 1.0})
+    # every seed evaluated, but no job closed the run (MLflow caught up and FINISHED, table row)
+    assert status.assess(run).state == "pending" and "closing" in status.assess(run).detail
+    records.log_attempt(run.dir, "completed")
     assert status.assess(run).state == "completed"
+    records.log_attempt(run.dir, "start")                        # a job works on it again
+    assert status.assess(run).state == "pending"
 
 
 def test_slurm_jobs_in_the_queue_are_queued_or_running(tmp_path):

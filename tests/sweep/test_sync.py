@@ -7,7 +7,8 @@ import mlflow
 
 from harness import config as C
 from harness.run_dir import RunDir
-from harness.sweep import parent
+from harness.run_status import write_status
+from harness.sweep import parent, records
 from harness.sync import main
 from harness.tracking import store
 from harness.tracking.logger import RunLogger, flatten
@@ -78,3 +79,29 @@ def test_sync_replays_a_childs_size_and_eval_metrics_and_its_sweeps_parent(tmp_p
     assert {"runs.csv", "analysis/scaling.png", "analysis/fits.csv"} <= listed
     assert main([str(results)]) == 0
     assert "r1: 0 item(s) sent" in (out := capsys.readouterr().out) and "smoke (parent): 0 item(s) sent" in out
+
+
+def test_sync_closes_the_mlflow_run_of_a_run_its_job_closed_or_failed(tmp_path, capsys):
+    """MLflow down when the job closed the run: the run directory says how the run ended (its
+    last attempt ``completed``, or status ``failed``) and the sync sets that state, once; a run
+    still open (training, or stopped mid-way) stays RUNNING."""
+    uri = f"sqlite:///{tmp_path}/runs.db"
+    results = tmp_path / "results"
+    ids = {}
+    for name in ("closed", "failed", "open"):
+        run_dir = results / "runs" / name
+        run_dir.mkdir(parents=True)
+        C.save(C.load([f"results_dir={results}", f"tracking.uri={uri}"]), run_dir / "config.yaml")
+        ids[name] = store.ensure_run(run_dir, "sync-test", name, {}, None, uri)
+        records.log_attempt(run_dir, "start")
+    records.log_attempt(results / "runs" / "closed", "completed")
+    write_status(results / "runs" / "failed", "failed", reason="x")
+    records.log_attempt(results / "runs" / "failed", "failed")
+
+    assert main([str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "closed: 1 item(s) sent" in out and "failed: 1 item(s) sent" in out and "open: 0" in out
+    client = mlflow.MlflowClient(uri)
+    assert {n: client.get_run(i).info.status for n, i in ids.items()} == \
+        {"closed": "FINISHED", "failed": "FAILED", "open": "RUNNING"}
+    assert main([str(results)]) == 0 and "closed: 0 item(s) sent" in capsys.readouterr().out
