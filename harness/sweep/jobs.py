@@ -100,6 +100,11 @@ class RunJob(submitit.helpers.Checkpointable):
             train(cfg)
             return {}
         with records.run_lock(out):
+            evaluated = {seed: records.read_eval(out, seed, cfg.eval.seed) for seed in self.seeds}
+            if records.is_closed(out) and None not in evaluated.values():
+                # another job (a second driver's) closed the run while this one waited for the
+                # lock: reopening it would show it running to that driver, which is done with it
+                return {"run_dir": str(out), "metrics": evaluated}
             if env is not None and type(env).name() == "slurm":
                 records.link_logs(out, [env.paths.stdout, env.paths.stderr])
             records.log_attempt(out, "start", job_id=env.job_id if env else None,

@@ -99,6 +99,10 @@ def test_an_interrupt_at_any_phase_loses_nothing(point, signal, smoke, results_d
     # the same job again (the fault has fired in this folder: it passes the point this time)
     assert run_job(cfg, SEEDS, "interrupts", table_path, env) == 0
     assert status.assess(Run(cfg, SEEDS)).state == "completed"
+    if point == "run.closing":  # a job for a closed run (a second driver's, say) leaves it closed
+        attempts = records.read_attempts(run_dir)
+        assert run_job(cfg, SEEDS, "interrupts", table_path, env) == 0
+        assert records.read_attempts(run_dir) == attempts
 
     assert read_status(run_dir)["status"] == "completed"
     assert [a["event"] for a in records.read_attempts(run_dir)].count("trained") == 1
