@@ -44,6 +44,7 @@ from harness.registry import LADDERS, VARIANT_PAIRS, VARIANTS
 from harness.run_dir import RunDir
 from harness.models.flops import executed_step_flops
 from harness.train.module import GeneratorModule, counted_parameters
+from harness.text.cache import caption_features
 
 
 def matmul_ceiling(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
@@ -76,6 +77,7 @@ def time_training(cfg: DictConfig, steps: int = 12, warmup: int = 3) -> dict:
         tokens = torch.randn(B, L, token_dim)
     captions = ["a photo of two red circles left of a blue square"] * B
     batch = {"tokens": tokens, "caption": captions}
+    batch.update(caption_features(cfg.text, captions) or {})  # a frozen encoder's cached features
     module.log = lambda *a, **k: None
     module.optimizers = lambda: opt_cfg
     times = []
@@ -103,7 +105,9 @@ def time_sampling(cfg: DictConfig, batch: int = 16, repeats: int = 2) -> dict:
     module = GeneratorModule(cfg, cfg.tokenizer.channels, cfg.tokenizer.codebook_size, vocabulary())
     nets = module.ema.eval()
     captions = ["a red circle"] * batch
-    feats, mask = nets["text"].encode(captions)
+    frozen = caption_features(cfg.text, captions)  # None for a learned text path
+    feats, mask = ((frozen["text_feats"].float(), frozen["text_mask"].bool()) if frozen
+                   else nets["text"].encode(captions))
     ctx, cmask = nets["aligner"](feats, mask)
     null, nmask = nets["aligner"](*nets["aligner"].null_features(batch))
     gen = nets["generator"]

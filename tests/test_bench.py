@@ -27,6 +27,18 @@ def test_random_order_sampling_reports_images_per_second_by_steps():
 
 
 
+@pytest.mark.parametrize("token", ["continuous", "discrete"])
+def test_training_and_sampling_are_timed_on_the_study_config_with_its_frozen_encoder(token):
+    """The default study reads cached features of a frozen encoder (text.encoder=minilm), not
+    captions: the timed step and sampler get them as training and evaluation do (make bench
+    failed with KeyError on both)."""
+    cfg = bench.study_config(token, "random", "xxs")
+    assert cfg.text.encoder != "learned"
+    r = bench.time_training(cfg, steps=1, warmup=0)
+    assert r["step_seconds"] > 0 and r["params"] > 0 and r["achieved_gflops"] > 0
+    assert bench.time_sampling(cfg, batch=2, repeats=1)["images_per_second"] > 0
+
+
 def test_the_token_shard_section_is_refreshed_in_place_before_the_notes(tmp_path):
     margin = [{"size": s, "micro_batch": 16, "step_seconds": 0.5, "samples_per_second_needed": n,
                "workers": 8, "samples_per_second_supplied": 800.0, "margin": 800.0 / n}
