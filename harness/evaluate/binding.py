@@ -9,8 +9,9 @@ prefix, the cells before the object's):
 
   * Does the transformer carry the colour? Across scenes, the share of the variance of its output
     ``z`` at the object's cell that the named colour explains (the class means' sum of squares over
-    the total, adjusted for the number of classes as R² is), and the same for the named shape. A colour that is linearly decodable but a small
-    share of ``z`` is a weak direction that the head has to amplify to draw it.
+    the total, adjusted for the number of classes as R² is), and the same for the named shape. A
+    colour that is linearly decodable but a small share of ``z`` is a weak direction that the
+    head has to amplify to draw it.
   * Does the head draw it? ``draws`` tokens at the cell (the run's temperature and diffusion steps;
     guidance at each ``--cfg``, 1 = none): the share that are objects, and of those the share in
     the named shape and in the named colour (chance: 1/6). A drawn token is named by its nearest
