@@ -18,9 +18,14 @@ prefix, the cells before the object's):
     object token among the scenes' own (continuous) or by its code (discrete: one (colour, shape)
     is one code with the patch tokenizers); the object test is ``cell_probe.ObjectTest``.
 
-Calibration item 54 in ``docs/results/cpu-study``: the colour share tracks GenEval's colour score
-across the study's models. Written to ``RUN_DIR/binding.json`` (``variance_share``, per context,
-and ``draws``: one row per context and scale) and mirrored to MLflow under ``eval/``.
+In raster order both are also reported by the object's cell, in quarters of the order
+(``by_cell``): after an empty prefix of i cells the object is at cell i with chance 1/(cells - i),
+so the quarters ask one model at growing chances of an object.
+
+Calibration items 54 and 57 in ``docs/results/cpu-study``: the colour share tracks GenEval's
+colour score across the study's models, and within a raster model it does not follow the chance
+of an object. Written to ``RUN_DIR/binding.json`` (``variance_share``, per context, ``draws``: one
+row per context and scale, and ``by_cell``) and mirrored to MLflow under ``eval/``.
 """
 from __future__ import annotations
 
@@ -88,28 +93,56 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
     else:
         contexts = {"true prefix": g.inputs(tokens)}
     guided = any(scale != 1.0 for scale in scales)
-    out = {"variance_share": {}, "draws": []}
+    # raster: the object's cell in quarters of the order, where the chance that the cell holds the
+    # object (after an empty prefix of i cells, 1/(cells - i)) grows along the grid (item 57)
+    quarters = cell_quarters(occ.shape[1]) if g.order == "raster" else []
+    out = {"variance_share": {}, "draws": [], **({"by_cell": []} if quarters else {})}
     for k, (context, x) in enumerate(contexts.items()):
         z = g.backbone(x, ctx, cmask)[rows, cell]
         zu = g.backbone(x, null, null_mask)[rows, cell] if guided else None  # the null branch: guidance only
-        out["variance_share"][context] = {"colour": variance_share(z, [w[1] for w in wanted]),
-                                          "shape": variance_share(z, [w[0] for w in wanted])}
+        out["variance_share"][context] = shares(z, wanted)
+        in_quarter = [(cell >= lo) & (cell < hi) for lo, hi in quarters]
+        for (lo, hi), scenes_in in zip(quarters, in_quarter):
+            out["by_cell"].append({"cells": f"{lo}-{hi - 1}", "scenes": int(scenes_in.sum()),
+                                   **shares(z[scenes_in], [w for w, x in zip(wanted, scenes_in) if x]),
+                                   "draws": []})
         for scale in scales:
             drawn = draw_at(g, z, zu, scale, draws, cfg.sample, draw_generator(seed, k, scale))
             objects = is_object(drawn)
             index = objects.nonzero()[:, 0]
             got, want = name(drawn[index]), [wanted[i // draws] for i in index.tolist()]
-            n_obj = len(got)
-
-            def share(part: int) -> float:  # of the objects drawn, the share with the named part
-                hits = sum(a is not None and a[part] == b[part] for a, b in zip(got, want))
-                return hits / n_obj if n_obj else float("nan")
-
-            out["draws"].append({
-                "order": g.order, "context": context, "cfg": scale, "n": int(objects.numel()),
-                "object": n_obj / objects.numel(),
-                "shape_given_object": share(0), "colour_given_object": share(1)})
+            out["draws"].append({"order": g.order, "context": context, "cfg": scale, "n": int(objects.numel()),
+                                 **drawn_shares(objects, got, want)})
+            scene_of = torch.arange(objects.numel()) // draws
+            for row, scenes_in in zip(out["by_cell"][-len(quarters):] if quarters else [], in_quarter):
+                keep = scenes_in[scene_of[index]].tolist()
+                row["draws"].append({"cfg": scale, **drawn_shares(
+                    objects[scenes_in[scene_of]], [a for a, x in zip(got, keep) if x],
+                    [b for b, x in zip(want, keep) if x])})
     return out
+
+
+def cell_quarters(cells: int) -> list[tuple[int, int]]:
+    """The grid's cells in four ranges of the raster order, ``[(first, last + 1), ...]``."""
+    edges = [round(cells * i / 4) for i in range(5)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def shares(z: torch.Tensor, wanted: list[tuple[str, str]]) -> dict[str, float]:
+    """The colour's and the shape's share of ``z``'s variance across scenes."""
+    return {"colour": variance_share(z, [w[1] for w in wanted]),
+            "shape": variance_share(z, [w[0] for w in wanted])}
+
+
+def drawn_shares(objects: torch.Tensor, got: list, want: list) -> dict[str, float]:
+    """Of the tokens drawn, the share that are objects; of those, the share in the named shape and
+    in the named colour (``got``, ``want``: the objects' (shape, colour) and the caption's)."""
+    def share(part: int) -> float:
+        hits = sum(a is not None and a[part] == b[part] for a, b in zip(got, want))
+        return hits / len(got) if got else float("nan")
+
+    return {"object": len(got) / max(objects.numel(), 1), "shape_given_object": share(0),
+            "colour_given_object": share(1)}
 
 
 def measure(run_dir: str | Path, scales: list[float], scenes: int = 192, draws: int = 16, seed: int = 0) -> dict:
@@ -132,6 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     for r in result["draws"]:
         print(f"{r['context']:>13} {r['cfg']:>4g} {r['object']:>7.3f} {r['shape_given_object']:>9.3f} "
               f"{r['colour_given_object']:>10.3f} {r['n']:>5}")
+    for r in result.get("by_cell", []):
+        drawn = "; ".join(f"cfg {d['cfg']:g}: object {d['object']:.3f}, colour|obj {d['colour_given_object']:.3f}"
+                          for d in r["draws"])
+        print(f"cells {r['cells']:>5} ({r['scenes']} scenes): colour share {r['colour']:.3f}, "
+              f"shape {r['shape']:.3f}; {drawn}")
 
 
 if __name__ == "__main__":

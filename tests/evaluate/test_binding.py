@@ -78,6 +78,17 @@ def test_a_model_that_binds_reads_as_binding_and_one_that_does_not_reads_as_chan
         assert abs(r["object"] - 0.5) < 0.05 and r["shape_given_object"] == 1 and r["colour_given_object"] == 1, r
     for r in ignores["draws"]:
         assert r["shape_given_object"] == 1 and abs(r["colour_given_object"] - 1 / 6) < 0.05, r
+    if order == "random":
+        assert "by_cell" not in binds
+        return
+    # raster: the same, by the object's cell in four quarters of the order
+    assert [r["cells"] for r in binds["by_cell"]] == ["0-3", "4-7", "8-11", "12-15"]
+    assert sum(r["scenes"] for r in binds["by_cell"]) == len(scenes)
+    for b, i in zip(binds["by_cell"], ignores["by_cell"]):
+        assert b["colour"] == pytest.approx(5 / 9, abs=0.1) and i["colour"] < 0.1, (b, i)  # ~40 scenes each
+        assert [d["cfg"] for d in b["draws"]] == [1.0, 3.0] and [d["cfg"] for d in i["draws"]] == [1.0]
+        assert abs(b["draws"][0]["object"] - 0.5) < 0.12 and b["draws"][0]["colour_given_object"] == 1, b
+        assert abs(i["draws"][0]["colour_given_object"] - 1 / 6) < 0.1, i
 
 
 def test_the_variance_share_is_adjusted_for_the_number_of_classes():
