@@ -102,10 +102,10 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
         zu = g.backbone(x, null, null_mask)[rows, cell] if guided else None  # the null branch: guidance only
         out["variance_share"][context] = shares(z, wanted)
         in_quarter = [(cell >= lo) & (cell < hi) for lo, hi in quarters]
-        for (lo, hi), scenes_in in zip(quarters, in_quarter):
-            out["by_cell"].append({"cells": f"{lo}-{hi - 1}", "scenes": int(scenes_in.sum()),
-                                   **shares(z[scenes_in], [w for w, x in zip(wanted, scenes_in) if x]),
-                                   "draws": []})
+        cell_rows = [{"cells": f"{lo}-{hi - 1}", "scenes": int(inside.sum()),
+                      **shares(z[inside], [w for w, i in zip(wanted, inside.tolist()) if i]), "draws": []}
+                     for (lo, hi), inside in zip(quarters, in_quarter)]
+        out.get("by_cell", []).extend(cell_rows)
         for scale in scales:
             drawn = draw_at(g, z, zu, scale, draws, cfg.sample, draw_generator(seed, k, scale))
             objects = is_object(drawn)
@@ -114,10 +114,10 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
             out["draws"].append({"order": g.order, "context": context, "cfg": scale, "n": int(objects.numel()),
                                  **drawn_shares(objects, got, want)})
             scene_of = torch.arange(objects.numel()) // draws
-            for row, scenes_in in zip(out["by_cell"][-len(quarters):] if quarters else [], in_quarter):
-                keep = scenes_in[scene_of[index]].tolist()
+            for row, inside in zip(cell_rows, in_quarter):
+                keep = inside[scene_of[index]].tolist()
                 row["draws"].append({"cfg": scale, **drawn_shares(
-                    objects[scenes_in[scene_of]], [a for a, x in zip(got, keep) if x],
+                    objects[inside[scene_of]], [a for a, x in zip(got, keep) if x],
                     [b for b, x in zip(want, keep) if x])})
     return out
 
