@@ -105,20 +105,17 @@ def binding(sampler: Sampler, scenes: list[Scene], scales: list[float], draws: i
         cell_rows = [{"cells": f"{lo}-{hi - 1}", "scenes": int(inside.sum()),
                       **shares(z[inside], [w for w, i in zip(wanted, inside.tolist()) if i]), "draws": []}
                      for (lo, hi), inside in zip(quarters, in_quarter)]
-        out.get("by_cell", []).extend(cell_rows)
+        if quarters:
+            out["by_cell"] += cell_rows
         for scale in scales:
             drawn = draw_at(g, z, zu, scale, draws, cfg.sample, draw_generator(seed, k, scale))
             objects = is_object(drawn)
             index = objects.nonzero()[:, 0]
             got, want = name(drawn[index]), [wanted[i // draws] for i in index.tolist()]
             out["draws"].append({"order": g.order, "context": context, "cfg": scale, "n": int(objects.numel()),
-                                 **drawn_shares(objects, got, want)})
-            scene_of = torch.arange(objects.numel()) // draws
+                                 **drawn_shares(objects, got, want, draws)})
             for row, inside in zip(cell_rows, in_quarter):
-                keep = inside[scene_of[index]].tolist()
-                row["draws"].append({"cfg": scale, **drawn_shares(
-                    objects[inside[scene_of]], [a for a, x in zip(got, keep) if x],
-                    [b for b, x in zip(want, keep) if x])})
+                row["draws"].append({"cfg": scale, **drawn_shares(objects, got, want, draws, inside)})
     return out
 
 
@@ -134,9 +131,17 @@ def shares(z: torch.Tensor, wanted: list[tuple[str, str]]) -> dict[str, float]:
             "shape": variance_share(z, [w[0] for w in wanted])}
 
 
-def drawn_shares(objects: torch.Tensor, got: list, want: list) -> dict[str, float]:
-    """Of the tokens drawn, the share that are objects; of those, the share in the named shape and
-    in the named colour (``got``, ``want``: the objects' (shape, colour) and the caption's)."""
+def drawn_shares(objects: torch.Tensor, got: list, want: list, draws: int,
+                 inside: torch.Tensor | None = None) -> dict[str, float]:
+    """Of the tokens drawn (``draws`` per scene, ``objects``: which are objects), the share that are
+    objects; of those, the share in the named shape and in the named colour (``got``, ``want``: the
+    objects' (shape, colour) and the caption's). ``inside``: only the scenes it marks."""
+    if inside is not None:
+        scene_of = torch.arange(objects.numel()) // draws
+        keep = inside[scene_of[objects]].tolist()
+        objects = objects[inside[scene_of]]
+        got, want = [a for a, k in zip(got, keep) if k], [b for b, k in zip(want, keep) if k]
+
     def share(part: int) -> float:
         hits = sum(a is not None and a[part] == b[part] for a, b in zip(got, want))
         return hits / len(got) if got else float("nan")
