@@ -83,9 +83,12 @@ class SweepSpec:
     grid: GridSpec = field(default_factory=GridSpec)
     seeds: List[int] = field(default_factory=lambda: [0])
     # training seeds (``train.seed``): each config is trained once per seed, so the analysis can
-    # count training noise, not only sampling noise; a size in ``train_seeds_per_size`` uses its own
+    # count training noise, not only sampling noise; a size in ``train_seeds_per_size`` uses its own,
+    # and a variant in ``train_seeds_per_variant`` adds its own at every size (the variant a
+    # hypothesis about the whole ladder rests on)
     train_seeds: List[int] = field(default_factory=lambda: [0])
     train_seeds_per_size: Dict[str, List[int]] = field(default_factory=dict)
+    train_seeds_per_variant: Dict[str, List[int]] = field(default_factory=dict)
     overrides: Dict[str, Any] = field(default_factory=dict)
     size_overrides: Dict[str, Any] = field(default_factory=dict)
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
@@ -149,8 +152,12 @@ def validate(spec: DictConfig, source: str) -> None:
         raise UserError(f"{source}: seeds", "needs at least one evaluation seed")
     for s in spec.train_seeds_per_size:
         check_choice(f"{source}: train_seeds_per_size {s!r}", s, LADDERS[ladder])
+    for v in spec.train_seeds_per_variant:
+        check_choice(f"{source}: train_seeds_per_variant {v!r}", v, VARIANTS)
     for where, seeds in {"train_seeds": spec.train_seeds,
-                         **{f"train_seeds_per_size.{k}": v for k, v in spec.train_seeds_per_size.items()}}.items():
+                         **{f"train_seeds_per_size.{k}": v for k, v in spec.train_seeds_per_size.items()},
+                         **{f"train_seeds_per_variant.{k}": v
+                            for k, v in spec.train_seeds_per_variant.items()}}.items():
         if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise UserError(f"{source}: {where}", f"needs distinct training seeds >= 0, got {list(seeds)}")
     if spec.launcher.local.max_parallel < 1 or spec.launcher.local.threads_per_job < 0:
@@ -164,8 +171,12 @@ def sizes(spec: DictConfig) -> list[str]:
     return [s for s in ladder if s in chosen]
 
 
-def train_seeds(spec: DictConfig, size: str) -> list[int]:
-    return [int(s) for s in spec.train_seeds_per_size.get(size, spec.train_seeds)]
+def train_seeds(spec: DictConfig, size: str, variant: str) -> list[int]:
+    """The size's training seeds (``train_seeds_per_size``, else ``train_seeds``) and the variant's
+    own (``train_seeds_per_variant``), in order, each once."""
+    seeds = [*spec.train_seeds_per_size.get(size, spec.train_seeds),
+             *spec.train_seeds_per_variant.get(variant, [])]
+    return sorted({int(s) for s in seeds})
 
 
 def variants(spec: DictConfig) -> list[str]:

@@ -98,8 +98,8 @@ def build_runs(spec: DictConfig, sizes: list[str], variants: list[str], override
     """The runs of the selected sizes x variants x training seeds, in that order."""
     _check_cli(overrides)
     runs = []
-    for size in sizes:
-        for variant, train_seed in itertools.product(variants, grid.train_seeds(spec, size)):
+    for size, variant in itertools.product(sizes, variants):
+        for train_seed in grid.train_seeds(spec, size, variant):
             token, order = variant.split("-")
             layers = [{"train": {"threads": threads}} if threads is not None else {},
                       spec.overrides, spec.size_overrides.get(size, {}),

@@ -18,7 +18,10 @@ def test_presets_load_and_cover_the_study():
     assert grid.sizes(smoke) == ["xs", "s"]
     cpu = grid.load_sweep(grid.preset_path("cpu"))
     assert grid.sizes(cpu) == list(LADDERS["cpu"])  # the default study trains every cpu size
-    assert grid.train_seeds(cpu, "xs") == [0] and grid.train_seeds(cpu, "xl") == [0, 1]
+    assert grid.train_seeds(cpu, "xs", "discrete-raster") == [0]
+    assert grid.train_seeds(cpu, "xl", "discrete-raster") == [0, 1]
+    # H4 rests on Fluid's whole ladder: two training seeds at every size
+    assert grid.train_seeds(cpu, "xs", "continuous-random") == [0, 1]
     paper = grid.load_sweep(grid.preset_path("paper"))
     o = paper.overrides
     assert (o.data.resolution, o.tokenizer.downsample, o.tokenizer.channels) == (256, 16, 16)
@@ -35,6 +38,19 @@ def test_every_training_seed_is_its_own_run(tmp_path):
     runs = plan.build_runs(spec, ["xs", "s"], ["discrete-raster"], [f"results_dir={tmp_path}"])
     assert [(r.cfg.model.size, r.cfg.train.seed) for r in runs] == [("xs", 0), ("s", 0), ("s", 3)]
     assert len({r.key for r in runs}) == 3
+
+
+def test_a_variants_training_seeds_add_to_every_size(tmp_path):
+    from harness.sweep import plan
+
+    spec = grid.load_sweep(write(tmp_path, "name: t\ngrid: {token: [discrete], order: [random, raster], size: [xs, s]}\n"
+                                           "train_seeds_per_size: {s: [0, 3]}\n"
+                                           "train_seeds_per_variant: {discrete-random: [1, 3]}\n"))
+    runs = plan.build_runs(spec, ["xs", "s"], grid.variants(spec), [f"results_dir={tmp_path}"])
+    assert [(r.cfg.model.size, r.cfg.model.order, r.cfg.train.seed) for r in runs] == [
+        ("xs", "random", 0), ("xs", "random", 1), ("xs", "random", 3), ("xs", "raster", 0),
+        ("s", "random", 0), ("s", "random", 1), ("s", "random", 3), ("s", "raster", 0),
+        ("s", "raster", 3)]
 
 
 def test_selection_keeps_ladder_order_and_accepts_any_ladder_size():
@@ -58,6 +74,10 @@ def write(tmp_path, text: str):
     ("name: t\nlauncher: {local: {max_paralel: 2}}\n", "launcher.local.max_paralel", None),
     ("name: t\ntrain_seeds: [0, 0]\n", "train_seeds", "distinct"),
     ("name: t\ntrain_seeds_per_size: {huge: [1]}\n", "train_seeds_per_size 'huge'", "xl"),
+    ("name: t\ntrain_seeds_per_variant: {continuous-randm: [1]}\n",
+     "train_seeds_per_variant 'continuous-randm'", "continuous-random"),
+    ("name: t\ntrain_seeds_per_variant: {discrete-raster: []}\n", "train_seeds_per_variant.discrete-raster",
+     "distinct"),
 ])
 def test_sweep_file_errors_name_the_field(tmp_path, text, field, choice):
     with pytest.raises(UserError) as e:
