@@ -173,7 +173,7 @@ def sizes(spec: DictConfig) -> list[str]:
 
 def train_seeds(spec: DictConfig, size: str, variant: str) -> list[int]:
     """The size's training seeds (``train_seeds_per_size``, else ``train_seeds``) and the variant's
-    own (``train_seeds_per_variant``), in order, each once."""
+    own (``train_seeds_per_variant``), ascending, each once."""
     seeds = [*spec.train_seeds_per_size.get(size, spec.train_seeds),
              *spec.train_seeds_per_variant.get(variant, [])]
     return sorted({int(s) for s in seeds})

@@ -43,7 +43,9 @@ def test_every_training_seed_is_its_own_run(tmp_path):
 def test_a_variants_training_seeds_add_to_every_size(tmp_path):
     from harness.sweep import plan
 
-    spec = grid.load_sweep(write(tmp_path, "name: t\ngrid: {token: [discrete], order: [random, raster], size: [xs, s]}\n"
+    spec = grid.load_sweep(write(tmp_path, "name: t\n"
+                                           "grid: {token: [discrete], order: [random, raster], "
+                                           "size: [xs, s]}\n"
                                            "train_seeds_per_size: {s: [0, 3]}\n"
                                            "train_seeds_per_variant: {discrete-random: [1, 3]}\n"))
     runs = plan.build_runs(spec, ["xs", "s"], grid.variants(spec), [f"results_dir={tmp_path}"])
@@ -76,8 +78,8 @@ def write(tmp_path, text: str):
     ("name: t\ntrain_seeds_per_size: {huge: [1]}\n", "train_seeds_per_size 'huge'", "xl"),
     ("name: t\ntrain_seeds_per_variant: {continuous-randm: [1]}\n",
      "train_seeds_per_variant 'continuous-randm'", "continuous-random"),
-    ("name: t\ntrain_seeds_per_variant: {discrete-raster: []}\n", "train_seeds_per_variant.discrete-raster",
-     "distinct"),
+    ("name: t\ntrain_seeds_per_variant: {discrete-raster: []}\n",
+     "train_seeds_per_variant.discrete-raster", "distinct"),
 ])
 def test_sweep_file_errors_name_the_field(tmp_path, text, field, choice):
     with pytest.raises(UserError) as e:
