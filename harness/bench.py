@@ -105,10 +105,9 @@ def time_sampling(cfg: DictConfig, batch: int = 16, repeats: int = 2) -> dict:
     module = GeneratorModule(cfg, cfg.tokenizer.channels, cfg.tokenizer.codebook_size, vocabulary())
     nets = module.ema.eval()
     captions = ["a red circle"] * batch
-    frozen = caption_features(cfg.text, captions)  # None for a learned text path
-    feats, mask = ((frozen["text_feats"].float(), frozen["text_mask"].bool()) if frozen
-                   else nets["text"].encode(captions))
-    ctx, cmask = nets["aligner"](feats, mask)
+    # the module's own text path: a frozen encoder's cached features, or the learned encoder
+    text = {"caption": captions, **(caption_features(cfg.text, captions) or {})}
+    ctx, cmask = module.context(nets, text)
     null, nmask = nets["aligner"](*nets["aligner"].null_features(batch))
     gen = nets["generator"]
     s = cfg.sample
