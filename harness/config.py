@@ -67,7 +67,9 @@ class DataConfig:
                          "plain background, one object size, centred in the cells",
                          choices=NUISANCES)
     unnamed_color: str = knob("random", "shapes only: the colour of an object whose caption names "
-                              "none — random (any of the palette), or always this palette colour",
+                              "none — random (any of the palette), by_shape (its shape's own: "
+                              "circle red, square green, triangle blue), or always this palette "
+                              "colour",
                               choices=UNNAMED_COLORS)
     named_scenes: int = knob(0, "shapes grid only: kinds of named scene, the world's long tail (a "
                              "fixed arrangement of one shape, captioned by a made-up name); 0: none",
@@ -76,8 +78,9 @@ class DataConfig:
     named_scene_fraction: float = knob(0.5, "shapes: share of train/val/test scenes that are named",
                                        ge=0, le=1)
     named_scene_color: str = knob("random", "shapes: the named kinds' objects — random (each its "
-                                  "own palette colour, fixed per kind), or all in this palette "
-                                  "colour", choices=UNNAMED_COLORS)
+                                  "own palette colour, fixed per kind), by_shape (its shape's "
+                                  "colour, as data.unnamed_color), or all in this palette colour",
+                                  choices=UNNAMED_COLORS)
     train_size: int = knob(20000, "training images", **POSITIVE)
     val_size: int = knob(512, "validation images", **POSITIVE)
     num_workers: int = knob(0, "DataLoader worker processes", **NON_NEGATIVE)

@@ -55,6 +55,9 @@ from harness.registry import GENEVAL_TAGS, HELD_OUT_TAGS, LAYOUTS, NUISANCES, PA
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = dict(zip(PALETTE, [
     (225, 35, 35), (40, 190, 60), (40, 90, 235), (240, 220, 40), (160, 60, 215), (250, 140, 25)]))
+# An unnamed object's colour under unnamed_color="by_shape": a fixed colour per shape, so no colour
+# is left to chance, while the palette stays in use (colour words and named scenes use all of it)
+SHAPE_COLORS: dict[str, str] = dict(zip(SHAPES, PALETTE))
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
 MAX_OBJECTS = 4
@@ -339,13 +342,13 @@ def named_scene_names(count: int) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def named_scene_objects(kind: int, cells: int, color: str = "random") -> tuple[ShapeObject, ...]:
     """Kind ``kind``'s objects on a ``cells`` x ``cells`` grid: one shape, 5..10 cells, a colour
-    each (``color="random"``; a palette colour paints every object in it, the shape and cells
-    unchanged), centred at the grid's mean object size."""
+    each (``color="random"``; "by_shape" paints them in ``SHAPE_COLORS[shape]``, a palette colour
+    in it, the shape and cells unchanged), centred at the grid's mean object size."""
     rng = np.random.default_rng([_NAMED_SEED, kind])
     shape = SHAPES[rng.integers(len(SHAPES))]
     n = min(int(rng.integers(_NAMED_OBJECTS[0], _NAMED_OBJECTS[1] + 1)), cells * cells)
     chosen = sorted(int(c) for c in rng.choice(cells * cells, size=n, replace=False))
-    colors = [_unnamed(list(COLORS)[i], color) for i in rng.integers(len(COLORS), size=n)]
+    colors = [_unnamed(shape, list(COLORS)[i], color) for i in rng.integers(len(COLORS), size=n)]
     half = 0.5 / cells
     return tuple(ShapeObject(shape, color, (2 * (cell % cells) + 1) * half, (2 * (cell // cells) + 1) * half,
                              half * sum(_GRID_SIZE) / 2) for cell, color in zip(chosen, colors))
@@ -512,9 +515,12 @@ def _specs_for_tag(tag: str, rng: np.random.Generator, held_out: bool):
     raise ValueError(tag)
 
 
-def _unnamed(drawn: str, unnamed_color: str) -> str:
-    """The colour of an object whose caption names none: the drawn one, or the configured one."""
-    return drawn if unnamed_color == "random" else unnamed_color
+def _unnamed(shape: str, drawn: str, unnamed_color: str) -> str:
+    """The colour of a ``shape`` whose caption names none: the drawn one, its shape's own
+    (``SHAPE_COLORS``), or the configured one (the caller draws ``drawn`` whatever the setting)."""
+    if unnamed_color == "random":
+        return drawn
+    return SHAPE_COLORS[shape] if unnamed_color == "by_shape" else unnamed_color
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
@@ -533,7 +539,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
     while True:
         specs, constraints = _specs_for_tag(tag, rng, want_held_out)
         if tag not in COLOR_TAGS:
-            specs = [(shape, _unnamed(color, unnamed_color)) for shape, color in specs]
+            specs = [(shape, _unnamed(shape, color, unnamed_color)) for shape, color in specs]
         objs = _place(specs, rng, constraints, layout=layout, cells=cells, nuisance=nuisance)
         if objs is None:
             continue
@@ -558,7 +564,8 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "fre
         starts.append(len(specs))
         for _ in range(int(group["count"])):
             drawn = None if group.get("color") else colors[rng.integers(len(colors))]
-            specs.append((group["class"], group.get("color") or _unnamed(drawn, unnamed_color)))
+            specs.append((group["class"],
+                          group.get("color") or _unnamed(group["class"], drawn, unnamed_color)))
     if not 1 <= len(specs) <= MAX_OBJECTS:
         raise UserError("include", f"{len(specs)} objects; the shapes world holds 1..{MAX_OBJECTS}")
     constraints = []

@@ -290,6 +290,31 @@ def test_an_unnamed_colour_is_the_configured_one_and_a_named_colour_is_kept():
         ShapesWorld("train", 4, unnamed_color="white")
 
 
+def test_by_shape_paints_each_unnamed_object_its_shapes_colour_and_keeps_named_colours():
+    """unnamed_color="by_shape": an object whose caption names no colour takes its shape's colour
+    (circle red, square green, triangle blue), in GenEval-prompt scenes too; colour captions and
+    named kinds (named_scene_color="by_shape" paints those too) keep the whole palette in use."""
+    world = ShapesWorld("train", 200, layout="grid", cells=4, nuisance="none", unnamed_color="by_shape")
+    assert shapes.SHAPE_COLORS == {"circle": "red", "square": "green", "triangle": "blue"}
+    seen = set()
+    for i in range(200):
+        scene = world.scene(i)
+        if scene.tag in shapes.COLOR_TAGS:
+            assert sorted(w for w in scene.caption.split() if w in COLORS) == sorted(o.color for o in scene.objects)
+            seen |= {o.color for o in scene.objects}
+        else:
+            assert all(o.color == shapes.SHAPE_COLORS[o.shape] for o in scene.objects)
+    assert seen == set(COLORS)
+    rng = np.random.default_rng(0)
+    meta = {"tag": "counting", "include": [{"class": "triangle", "count": 3}]}
+    assert {o.color for o in shapes.scene_from_metadata(meta, rng, unnamed_color="by_shape").objects} == {"blue"}
+    meta = {"tag": "colors", "include": [{"class": "triangle", "count": 1, "color": "red"}]}
+    assert shapes.scene_from_metadata(meta, rng, unnamed_color="by_shape").objects[0].color == "red"
+    kind = shapes.named_scene_objects(3, 4, "by_shape")
+    assert {o.color for o in kind} == {shapes.SHAPE_COLORS[kind[0].shape]}
+    assert [o.cx for o in kind] == [o.cx for o in shapes.named_scene_objects(3, 4)]
+
+
 def test_unnamed_colour_is_keyed_only_when_set_and_validated():
     from harness import config as C
     from harness.data.datasets import data_key
