@@ -79,8 +79,8 @@ def size_spec(ladder: str, size: str) -> SizeSpec:
 LAYOUTS = ("free", "grid")
 NUISANCES = ("full", "none")
 # The shapes world's palette (its RGB values: harness/data/shapes.py), and what colour an object
-# gets when its caption names none: any ("random"), its shape's own ("by_shape": circle red,
-# square green, triangle blue), or always one of the palette
+# gets when its caption names none: any ("random"), its shape's own ("by_shape": SHAPE_COLORS in
+# harness/data/shapes.py), or always one of the palette
 PALETTE = ("red", "green", "blue", "yellow", "purple", "orange")
 UNNAMED_COLORS = ("random", "by_shape", *PALETTE)
 # What a tokenizer token sees (TokenizerConfig.context): the whole image (attention across the
