@@ -20,8 +20,9 @@ def test_presets_load_and_cover_the_study():
     assert grid.sizes(cpu) == list(LADDERS["cpu"])  # the default study trains every cpu size
     assert grid.train_seeds(cpu, "xs", "discrete-raster") == [0]
     assert grid.train_seeds(cpu, "xl", "discrete-raster") == [0, 1]
-    # H4 rests on Fluid's whole ladder: two training seeds at every size
+    # H4 rests on Fluid's whole ladder, H1 on both continuous ladders: two training seeds at every size
     assert grid.train_seeds(cpu, "xs", "continuous-random") == [0, 1]
+    assert grid.train_seeds(cpu, "xs", "continuous-raster") == [0, 1]
     paper = grid.load_sweep(grid.preset_path("paper"))
     o = paper.overrides
     assert (o.data.resolution, o.tokenizer.downsample, o.tokenizer.channels) == (256, 16, 16)
