@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError, check_choice, one_line
-from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, DIFFUSION_PREDICTIONS, LADDERS, LAYOUTS,
-                              NUISANCES, ORDERS, SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS,
+from harness.registry import (COCO_CAPTIONS, COCO_IMAGES, DIFFUSION_PREDICTIONS, HOLD_OUTS, LADDERS,
+                              LAYOUTS, NUISANCES, ORDERS, SAMPLING_DEFAULTS, TOKENIZER_CONTEXTS, TOKENS,
                               UNNAMED_COLORS, size_spec)
 
 # ``tokens``: token shards pre-encoded by ``python -m harness.tokenizers.shards``, streamed (#19).
@@ -71,6 +71,10 @@ class DataConfig:
                               "circle red, square green, triangle blue), or always this palette "
                               "colour",
                               choices=UNNAMED_COLORS)
+    held_out: str = knob("picture", "shapes only: what train/val/test keep the held-out "
+                         "combinations out of — picture: no image shows one; caption: no caption "
+                         "names one (an image may show one under a caption that does not say it)",
+                         choices=HOLD_OUTS)
     named_scenes: int = knob(0, "shapes grid only: kinds of named scene, the world's long tail (a "
                              "fixed arrangement of one shape, captioned by a made-up name); 0: none",
                              **NON_NEGATIVE)
@@ -285,7 +289,7 @@ _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.lea
                          "model.head_width_ratio": 1.0, "train.mup_scale_head": True,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",
-                         "data.unnamed_color": "random",
+                         "data.unnamed_color": "random", "data.held_out": "picture",
                          "train.lr_width_rule": "all", "tokenizer.context": "image",
                          "model.final_norm": True, "model.logits_init_std": 0.0,
                          "eval.geneval_in_distribution": True,

@@ -4,7 +4,8 @@
 rebuilt from the package mirror changed stage 0 in the fourth digit and the runs within training
 noise (calibration item 48 in ``docs/results/cpu-study``). Stage-0 artefacts therefore record the
 environment that built them (``meta.json``), and runs the environments they trained in
-(``environment.json``).
+(``environment.json``). The same versions on another machine still differ in the last digits
+(item 75): the CPU and the instruction set torch's kernels use are recorded too.
 """
 from __future__ import annotations
 
@@ -19,9 +20,26 @@ PACKAGES = ("torch", "torchvision", "numpy", "lightning", "transformers", "sente
             "pillow")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, str]:
-    """Python, the platform and the installed versions of ``PACKAGES`` (those present)."""
-    out = {"python": platform.python_version(), "platform": platform.platform()}
+    """Python, the platform, the CPU and the instruction set torch's CPU kernels use (e.g.
+    AVX512; different sets round differently), and the installed versions of ``PACKAGES``
+    (those present)."""
+    import torch
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)

@@ -83,6 +83,10 @@ NUISANCES = ("full", "none")
 # harness/data/shapes.py), or always one of the palette
 PALETTE = ("red", "green", "blue", "yellow", "purple", "orange")
 UNNAMED_COLORS = ("random", "by_shape", *PALETTE)
+# What the shapes world's held-out combinations (harness/data/shapes.py) are kept out of in
+# train/val/test: every picture that shows one, or only every caption that names one (the picture
+# may still appear under a caption that does not say it, as any arrangement does in real data)
+HOLD_OUTS = ("picture", "caption")
 # What a tokenizer token sees (TokenizerConfig.context): the whole image (attention across the
 # token grid), or its own patch alone (identical patches get identical tokens, wherever they are).
 TOKENIZER_CONTEXTS = ("image", "patch")

@@ -14,6 +14,7 @@ def test_environment_names_the_installed_versions():
     assert env["numpy"] == numpy.__version__
     assert torch.__version__.startswith(env["torch"])
     assert env["python"].count(".") == 2
+    assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_a_resume_in_another_install_adds_it_and_the_same_install_does_not(tmp_path, monkeypatch):

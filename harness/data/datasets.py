@@ -32,7 +32,8 @@ def build_dataset(data: DictConfig, split: str):
     if data.name == "shapes":
         return ShapesWorld(split, size, resolution=data.resolution, seed=data.seed,
                            layout=data.layout, cells=data.cells, nuisance=data.nuisance,
-                           unnamed_color=data.unnamed_color, named=named_scenes(data))
+                           unnamed_color=data.unnamed_color, named=named_scenes(data),
+                           held_out=data.held_out)
     from harness.data import real
 
     return real.build(data, split, size)
@@ -66,6 +67,8 @@ def data_key(data: DictConfig) -> str:
         key.update(nuisance=data.nuisance)
     if data.name == "shapes" and data.unnamed_color != "random":
         key.update(unnamed_color=data.unnamed_color)
+    if data.name == "shapes" and data.held_out != "picture":
+        key.update(held_out=data.held_out)
     if data.name == "shapes" and data.named_scenes:
         key.update(named_scenes=data.named_scenes, named_scene_zipf=data.named_scene_zipf,
                    named_scene_fraction=data.named_scene_fraction)

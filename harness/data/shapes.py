@@ -25,9 +25,12 @@ two-object combinations is held out; every shape, colour and (colour, shape) pai
                   "square right of circle"; at most one direction of a shape pair per axis (2 of 12)
   counts          (shape, n) for n in 2..4 (2 of 9)
 A scene is held out (:func:`is_held_out`) when its objects show any held-out combination, whatever
-its caption says: train/val/test reject such scenes (so no incidental leak through e.g. a two_object
-scene), and "compositional" draws counting/position/color_attr captions only from held-out
-combinations. single_object, two_object and colors have no two-object combination to hold out;
+its caption says: with ``held_out="picture"`` (the default) train/val/test reject such scenes (so no
+incidental leak through e.g. a two_object scene); with ``held_out="caption"`` they reject only
+scenes whose caption names one (:func:`names_held_out`), so a held-out arrangement may be pictured
+under "a square and a circle" but is never named, as in real data, where GenEval's prompts are
+novel sentences about pictures of a kind the model has seen. "compositional" draws
+counting/position/color_attr captions only from held-out combinations, in either mode. single_object, two_object and colors have no two-object combination to hold out;
 "compositional" gives fresh, non-held-out samples for them (its own split id, so new scenes).
 
 Named scenes (the long tail; off unless ``named_scenes`` > 0, grid layout only). Kind k of K is a
@@ -50,7 +53,8 @@ import numpy as np
 import torch
 
 from harness.errors import UserError, check_choice
-from harness.registry import GENEVAL_TAGS, HELD_OUT_TAGS, LAYOUTS, NUISANCES, PALETTE, UNNAMED_COLORS
+from harness.registry import (GENEVAL_TAGS, HELD_OUT_TAGS, HOLD_OUTS, LAYOUTS, NUISANCES, PALETTE,
+                              UNNAMED_COLORS)
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = dict(zip(PALETTE, [
@@ -237,6 +241,27 @@ def held_out_combinations() -> dict[str, frozenset]:
         "arrangements": _pick(arrangements, size(arrangements), arrangements_ok),
         "counts": _pick(counts, size(counts), counts_ok),
     }
+
+
+_SUBJECT_FIRST = {"left of": True, "right of": False, "above": True, "below": False}  # left/top first
+
+
+def names_held_out(tag: str, include: list[dict]) -> bool | None:
+    """Whether a caption of ``tag`` with GenEval ``include`` groups names a held-out combination;
+    None for tags that name none."""
+    held = held_out_combinations()
+    if tag == "counting":
+        return (include[0]["class"], include[0]["count"]) in held["counts"]
+    if tag == "position":
+        reference, subject = include[0]["class"], include[1]["class"]
+        rel = include[1]["position"][0]
+        axis = "x" if rel in ("left of", "right of") else "y"
+        first, second = (subject, reference) if _SUBJECT_FIRST[rel] else (reference, subject)
+        return (axis, first, second) in held["arrangements"]
+    if tag == "color_attr":
+        a, b = include
+        return frozenset([(a["color"], a["class"]), (b["color"], b["class"])]) in held["color_pairs"]
+    return None
 
 
 def _arrangement(a: ShapeObject, b: ShapeObject) -> set[tuple[str, str, str]]:
@@ -525,12 +550,15 @@ def _unnamed(shape: str, drawn: str, unnamed_color: str) -> str:
 
 def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None = None,
                  layout: str = "free", cells: int = 4, nuisance: str = "full",
-                 unnamed_color: str = "random", named: NamedScenes = NamedScenes()) -> Scene:
+                 unnamed_color: str = "random", named: NamedScenes = NamedScenes(),
+                 held_out: str = "picture") -> Scene:
     """A random scene for ``split`` (tag uniform unless given); held-out combinations only in
-    "compositional" counting/position/color_attr, never elsewhere. With ``named.count`` kinds, a
+    "compositional" counting/position/color_attr, never elsewhere: with ``held_out="picture"`` no
+    other scene shows one, with "caption" no other caption names one. With ``named.count`` kinds, a
     scene of a split other than "compositional" is a named scene with probability
     ``named.fraction`` (unless ``tag`` is given)."""
     check_choice("split", split, SPLITS)
+    check_choice("held_out", held_out, HOLD_OUTS)
     if named.count and tag is None and split != "compositional" and rng.random() < named.fraction:
         return _named_scene(rng, named, cells, nuisance)
     tag = GENEVAL_TAGS[rng.integers(len(GENEVAL_TAGS))] if tag is None else tag
@@ -545,7 +573,11 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
             continue
         background, gradient = _background(rng, nuisance)
         scene = Scene(objs, background, tag, "", gradient)
-        if is_held_out(scene) == want_held_out:
+        if split == "compositional" or held_out == "picture":
+            keep = is_held_out(scene) == want_held_out
+        else:  # the caption must not name a held-out combination; the picture may show one
+            keep = not names_held_out(tag, include_groups(scene))
+        if keep:
             scene.caption = caption_of(tag, include_groups(scene), rng)
             return scene
 
@@ -649,8 +681,10 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     def __init__(self, split: str, size: int, resolution: int = 32, seed: int = 0,
                  layout: str = "free", cells: int = 4, nuisance: str = "full",
-                 unnamed_color: str = "random", named: NamedScenes = NamedScenes()):
+                 unnamed_color: str = "random", named: NamedScenes = NamedScenes(),
+                 held_out: str = "picture"):
         check_choice("split", split, SPLITS)
+        check_choice("held_out", held_out, HOLD_OUTS)
         check_choice("layout", layout, LAYOUTS)
         check_choice("nuisance", nuisance, NUISANCES)
         check_choice("unnamed_color", unnamed_color, UNNAMED_COLORS)
@@ -665,7 +699,7 @@ class ShapesWorld(torch.utils.data.Dataset):
             raise UserError("resolution", f"must be >= 16 so the smallest shapes stay visible, got {resolution}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, seed
         self.layout, self.cells, self.nuisance = layout, cells, nuisance
-        self.unnamed_color, self.named = unnamed_color, named
+        self.unnamed_color, self.named, self.held_out = unnamed_color, named, held_out
         self._split_id = SPLITS.index(split)
 
     def __len__(self) -> int:
@@ -680,7 +714,7 @@ class ShapesWorld(torch.utils.data.Dataset):
         i = self._index(i)
         return sample_scene(np.random.default_rng([self.seed, self._split_id, i]), self.split,
                             layout=self.layout, cells=self.cells, nuisance=self.nuisance,
-                            unnamed_color=self.unnamed_color, named=self.named)
+                            unnamed_color=self.unnamed_color, named=self.named, held_out=self.held_out)
 
     def image(self, i: int) -> np.ndarray:
         return render(self.scene(i), self.resolution)

@@ -4,6 +4,7 @@
     python -m harness.geneval export --metadata FILE --run RUN_DIR --out DIR [--images-per-prompt 4] [--seed 0]
                                      [--cfg SCALE] [--temperature T]   (default: the run's sampling)
     python -m harness.geneval score DIR
+    python -m harness.geneval twins DIR   (position, colour attribution by which binding training showed)
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature", type=float, help="sampling temperature (> 0; default: the run's)")
     s = sub.add_parser("score", help="score a GenEval-layout folder with the shapes detector")
     s.add_argument("dir")
+    t = sub.add_parser("twins", help="position and colour attribution by which binding of the words training showed")
+    t.add_argument("dir")
     return parser
 
 
@@ -60,6 +63,15 @@ def main(argv: list[str] | None = None) -> None:
                 sampler.cfg.sample[field] = value
         out = export(args.metadata, sampler, args.out, args.images_per_prompt, args.seed, args.batch_size)
         print(f"wrote samples to {out}")
+    elif args.command == "twins":
+        from harness.geneval.twins import split_by_twin
+
+        split = split_by_twin(args.dir)
+        if not split:
+            print(f"no position or colour-attribution prompts in {args.dir}")
+        for tag, kinds in split.items():
+            print(f"{tag:>10s}  " + "; ".join(f"{kind}: {c}/{n} correct, {t} drew the twin"
+                                              for kind, (c, t, n) in kinds.items()))
     else:
         from harness.geneval.export import score
 

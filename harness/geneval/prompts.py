@@ -21,30 +21,35 @@ from harness.data.shapes import (
     SHAPES,
     SPLITS,
     caption_of,
-    held_out_combinations,
+    names_held_out,
 )
 from harness.errors import UserError, check_choice
 from harness.io import write_text
 from harness.registry import GENEVAL_TAGS
 
-_SUBJECT_FIRST = {"left of": True, "right of": False, "above": True, "below": False}  # left/top first
-
 
 def is_held_out_prompt(meta: dict) -> bool | None:
     """Whether a shapes-world prompt names a held-out combination; None for tags that have none."""
-    held, tag, include = held_out_combinations(), meta["tag"], meta["include"]
-    if tag == "counting":
-        return (include[0]["class"], include[0]["count"]) in held["counts"]
-    if tag == "position":
-        reference, subject = include[0]["class"], include[1]["class"]
-        rel = include[1]["position"][0]
-        axis = "x" if rel in ("left of", "right of") else "y"
-        first, second = (subject, reference) if _SUBJECT_FIRST[rel] else (reference, subject)
-        return (axis, first, second) in held["arrangements"]
-    if tag == "color_attr":
+    return names_held_out(meta["tag"], meta["include"])
+
+
+def twin(meta: dict) -> dict | None:
+    """The prompt with the same words bound the other way: position with subject and reference
+    exchanged ("a square left of a circle" -> "a circle left of a square"), colour attribution
+    with the colours exchanged; None for other tags. A bag-of-words reader cannot tell the two
+    apart, so a held-out prompt whose twin was seen in training asks the model to override a
+    picture it has learnt for these words."""
+    include = meta["include"]
+    if meta["tag"] == "position":
+        reference, subject = include
+        include = [{"class": subject["class"], "count": 1},
+                   {"class": reference["class"], "count": 1, "position": list(subject["position"])}]
+    elif meta["tag"] == "color_attr":
         a, b = include
-        return frozenset([(a["color"], a["class"]), (b["color"], b["class"])]) in held["color_pairs"]
-    return None
+        include = [{**a, "color": b["color"]}, {**b, "color": a["color"]}]
+    else:
+        return None
+    return {"tag": meta["tag"], "include": include, "prompt": caption_of(meta["tag"], include)}
 
 
 def all_includes(tag: str) -> list[dict]:

@@ -71,7 +71,7 @@ def score_image(image: np.ndarray, metadata: dict) -> bool:
     return not explain(image, metadata)
 
 
-def _load_png(path: Path) -> np.ndarray:
+def load_png(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
@@ -98,7 +98,7 @@ def score_folder(folder: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UserError(str(meta_path), f"not JSON ({e.msg})") from None
         for png in sorted((prompt_dir / "samples").glob("*.png")):
-            reasons = explain(_load_png(png), meta)
+            reasons = explain(load_png(png), meta)
             results.append({
                 "index": int(prompt_dir.name),
                 "tag": meta.get("tag"),

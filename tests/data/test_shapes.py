@@ -411,7 +411,7 @@ def test_every_data_field_that_shapes_the_scenes_is_in_the_data_key(tmp_path):
     changed = {"name": "data.name=folder", "path": f"data.path={tmp_path}", "resolution": "data.resolution=64",
                "seed": "data.seed=1", "layout": "data.layout=free", "cells": "data.cells=2",
                "nuisance": "data.nuisance=full", "unnamed_color": "data.unnamed_color=red",
-               "named_scenes": "data.named_scenes=32", "named_scene_zipf": "data.named_scene_zipf=2",
+               "held_out": "data.held_out=caption", "named_scenes": "data.named_scenes=32", "named_scene_zipf": "data.named_scene_zipf=2",
                "named_scene_fraction": "data.named_scene_fraction=0.25",
                "named_scene_color": "data.named_scene_color=red", "train_size": "data.train_size=100",
                "val_size": "data.val_size=10"}
@@ -442,3 +442,27 @@ def test_a_redrawn_scene_says_what_its_caption_says_and_a_named_one_is_its_pictu
         moved += not np.array_equal(again, world.image(i))
         assert np.array_equal(again, world.redrawn(i, 0)) and again.shape == world.image(i).shape
     assert moved > 50  # grid scenes are drawn again, not copied
+
+
+def test_caption_hold_out_never_names_a_held_out_combination_but_may_picture_one():
+    """held_out="caption": no train caption names a held-out combination, while held-out
+    arrangements appear under captions that do not name them (two_object, color_attr); the
+    "compositional" split and the picture-level default are unchanged."""
+    from harness import config as C
+    from harness.geneval.prompts import is_held_out_prompt
+
+    kw = dict(layout="grid", cells=4, nuisance="none", unnamed_color="by_shape")
+    caption = ShapesWorld("train", 600, held_out="caption", **kw)
+    scenes = [caption.scene(i) for i in range(600)]
+    assert not any(is_held_out_prompt({"tag": s.tag, "include": shapes.include_groups(s)}) for s in scenes)
+    pictured = [s for s in scenes if is_held_out(s)]
+    assert len(pictured) > 20 and {s.tag for s in pictured} <= {"two_object", "color_attr"}
+    assert {a for s in pictured for a in shapes._arrangement(*s.objects)} & shapes.held_out_combinations()["arrangements"]
+    picture = ShapesWorld("train", 600, **kw)
+    assert not any(is_held_out(picture.scene(i)) for i in range(600))
+    comp = [ShapesWorld("compositional", 60, held_out=mode, **kw) for mode in ("picture", "caption")]
+    assert [comp[0].caption(i) for i in range(60)] == [comp[1].caption(i) for i in range(60)]
+    with pytest.raises(UserError, match="data.held_out"):
+        C.load(["data.held_out=prompt"])
+    with pytest.raises(UserError, match="held_out"):
+        ShapesWorld("train", 4, held_out="prompt")

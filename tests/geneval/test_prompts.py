@@ -10,7 +10,7 @@ import pytest
 from harness.data.shapes import is_held_out, scene_from_metadata, vocabulary
 from harness.registry import GENEVAL_TAGS as TAGS
 from harness.errors import UserError
-from harness.geneval.prompts import all_includes, is_held_out_prompt, make_prompts, read_jsonl, write_jsonl
+from harness.geneval.prompts import all_includes, is_held_out_prompt, make_prompts, read_jsonl, validate, write_jsonl
 
 HELD_OUT_TAGS = ("counting", "position", "color_attr")
 
@@ -81,3 +81,24 @@ def test_bad_arguments_are_user_errors(tmp_path):
         make_prompts(0)
     with pytest.raises(UserError, match="no such file"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_a_twin_has_the_same_words_bound_the_other_way():
+    """twin(): position exchanges subject and reference, colour attribution the two colours; the
+    words stay the same, the twin of a twin is the prompt, and the held-out split holds out the
+    twin of no arrangement and of 8 of its 18 colour pairs."""
+    from harness.geneval.prompts import twin
+
+    assert twin(all_includes("counting")[0]) is None
+    for tag in ("position", "color_attr"):
+        for p in all_includes(tag):
+            t = twin(p)
+            assert sorted(t["prompt"].split()) == sorted(p["prompt"].split()) and t["prompt"] != p["prompt"]
+            assert twin(t)["include"] == p["include"] and validate(t, "twin") is t
+    held = [p for p in all_includes("position") if is_held_out_prompt(p)]
+    assert held and not any(is_held_out_prompt(twin(p)) for p in held)
+    held = [p for p in all_includes("color_attr") if is_held_out_prompt(p)]
+    assert sum(bool(is_held_out_prompt(twin(p))) for p in held) / len(held) == pytest.approx(8 / 18)
+    t = twin({"tag": "position", "include": [{"class": "square", "count": 1},
+                                               {"class": "circle", "count": 1, "position": ["left of", 0]}]})
+    assert t["prompt"] == "a photo of a square left of a circle"
