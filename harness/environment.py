@@ -5,7 +5,7 @@ rebuilt from the package mirror changed stage 0 in the fourth digit and the runs
 noise (calibration item 48 in ``docs/results/cpu-study``). Stage-0 artefacts therefore record the
 environment that built them (``meta.json``), and runs the environments they trained in
 (``environment.json``). The same versions on another machine still differ in the last digits
-(item 75): the CPU and the instruction set torch's kernels use are recorded too.
+(calibration item 76): the CPU and the instruction set torch's kernels use are recorded too.
 """
 from __future__ import annotations
 

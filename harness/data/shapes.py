@@ -30,8 +30,9 @@ incidental leak through e.g. a two_object scene); with ``held_out="caption"`` th
 scenes whose caption names one (:func:`names_held_out`), so a held-out arrangement may be pictured
 under "a square and a circle" but is never named, as in real data, where GenEval's prompts are
 novel sentences about pictures of a kind the model has seen. "compositional" draws
-counting/position/color_attr captions only from held-out combinations, in either mode. single_object, two_object and colors have no two-object combination to hold out;
-"compositional" gives fresh, non-held-out samples for them (its own split id, so new scenes).
+counting/position/color_attr captions only from held-out combinations, in either mode.
+single_object, two_object and colors have no two-object combination to hold out; "compositional"
+gives fresh, non-held-out samples for them (its own split id, so new scenes).
 
 Named scenes (the long tail; off unless ``named_scenes`` > 0, grid layout only). Kind k of K is a
 fixed arrangement of 5..10 objects of one shape in chosen cells and colours, the same in every

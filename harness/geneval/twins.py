@@ -38,13 +38,16 @@ def split_by_twin(folder: str | os.PathLike) -> dict[str, dict[str, tuple[int, i
     except FileNotFoundError:
         raise UserError("dir", f"no scores.json in {folder}: run `python -m harness.geneval score {folder}` first") from None
     out: dict[str, dict[str, list[int]]] = {}
+    prompts: dict[int, tuple[dict, str]] = {}  # prompt index -> (its twin, its kind)
     for result in images:
         if result["tag"] not in TWIN_TAGS:
             continue
-        meta = json.loads((folder / f"{result['index']:05d}" / "metadata.jsonl").read_text())
-        other = twin(meta)
-        kind = KINDS[bool(is_held_out_prompt(meta)), bool(is_held_out_prompt(other))]
-        counts = out.setdefault(meta["tag"], {}).setdefault(kind, [0, 0, 0])
+        if result["index"] not in prompts:
+            meta = json.loads((folder / f"{result['index']:05d}" / "metadata.jsonl").read_text())
+            other = twin(meta)
+            prompts[result["index"]] = other, KINDS[bool(is_held_out_prompt(meta)), bool(is_held_out_prompt(other))]
+        other, kind = prompts[result["index"]]
+        counts = out.setdefault(result["tag"], {}).setdefault(kind, [0, 0, 0])
         counts[0] += bool(result["correct"])
         counts[1] += not result["correct"] and score_image(load_png(folder / result["filename"]), other)
         counts[2] += 1
