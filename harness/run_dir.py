@@ -11,7 +11,8 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
     metrics.json             the evaluation of the run's own eval seed; metrics-seed<s>.json others
     fid/generated[-seed<s>]/, geneval[-seed<s>]/, samples/   what evaluation generated
     geneval-in-dist[-seed<s>]/   GenEval on prompts of seen combinations (``eval.geneval_in_distribution``)
-    guidance/                FID by guidance scale, when asked for (``python -m harness.evaluate.guidance``)
+    guidance/                FID by guidance scale (and temperature), when asked for
+                             (``python -m harness.evaluate.guidance``)
     occupancy.json           object probability per cell on counting scenes, when asked for
                              (``python -m harness.evaluate.occupancy``)
     binding.json             colour binding at the object's cell on colour captions, when asked
@@ -139,13 +140,22 @@ class RunDir:
 
     samples = property(lambda self: self.path / "samples")
 
-    def guidance_images(self, scale: float, seed: int, default_seed: int) -> Path:
-        """FID samples at guidance scale ``scale`` (``harness.evaluate.guidance``)."""
-        return self.path / "guidance" / f"cfg{scale:g}{self._suffix(seed, default_seed)}"
+    @staticmethod
+    def _temperature(temperature: float | None) -> str:
+        return "" if temperature is None else f"-t{temperature:g}"
 
-    def guidance_fid(self, seed: int, default_seed: int) -> Path:
-        """FID by guidance scale (``harness.evaluate.guidance``)."""
-        return self.path / "guidance" / f"fid{self._suffix(seed, default_seed)}.json"
+    def guidance_images(self, scale: float, seed: int, default_seed: int,
+                        temperature: float | None = None) -> Path:
+        """FID samples at guidance scale ``scale`` (``harness.evaluate.guidance``), at the run's
+        sampling temperature unless ``temperature`` is given."""
+        return (self.path / "guidance"
+                / f"cfg{scale:g}{self._temperature(temperature)}{self._suffix(seed, default_seed)}")
+
+    def guidance_fid(self, seed: int, default_seed: int, temperature: float | None = None) -> Path:
+        """FID by guidance scale (``harness.evaluate.guidance``), at the run's temperature
+        (``fid.json``, what the analysis reads) or at ``temperature`` (``fid-t<T>.json``)."""
+        return (self.path / "guidance"
+                / f"fid{self._temperature(temperature)}{self._suffix(seed, default_seed)}.json")
 
     occupancy = property(lambda self: self.path / "occupancy.json")  # harness.evaluate.occupancy
     binding = property(lambda self: self.path / "binding.json")  # harness.evaluate.binding

@@ -1,6 +1,6 @@
-"""FID across classifier-free guidance scales of one trained run.
+"""FID across classifier-free guidance scales (and sampling temperatures) of one trained run.
 
-    python -m harness.evaluate.guidance RUN_DIR --cfg 1 1.5 2 3 5 [--seed S]
+    python -m harness.evaluate.guidance RUN_DIR --cfg 1 1.5 2 3 5 [--temperature 0.5 0.75] [--seed S]
 
 Evaluation samples at one guidance scale per variant (``sample.cfg``, the paper's), and FID depends
 on that scale more than on model size in the default study (calibration item 32 in
@@ -11,6 +11,12 @@ run's ``sample.cfg`` equals ``metrics.json``'s ``fid``. Every scale is written a
 measured to ``guidance/fid[-seed<s>].json`` (scale -> metrics, merged with earlier calls, written
 atomically, mirrored to MLflow under ``eval/``); images stay in ``guidance/cfg<scale>[-seed<s>]/``
 and a rerun generates only what is missing (evaluation's resume rule).
+
+``--temperature`` scans the sampling temperature too (the noise scale of each diffusion step for
+continuous tokens, the softmax temperature for discrete ones): each temperature other than the
+run's writes ``guidance/fid-t<T>[-seed<s>].json`` and ``guidance/cfg<scale>-t<T>[-seed<s>]/``, so
+the run's own table, the one the analysis reads, keeps one temperature. This is how the study
+chose its per-variant temperatures (calibration item 77 in ``docs/results/cpu-study``).
 """
 from __future__ import annotations
 
@@ -39,9 +45,18 @@ def check_scales(scales: list[float]) -> list[float]:
     return sorted(set(scales))
 
 
-def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = None) -> dict[str, dict]:
+def check_temperatures(temperatures: list[float]) -> list[float]:
+    bad = [t for t in temperatures if not t > 0]
+    if not temperatures or bad:
+        raise UserError("--temperature", f"sampling temperatures must be > 0, got {temperatures}")
+    return sorted(set(temperatures))
+
+
+def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = None,
+                 temperature: float | None = None) -> dict[str, dict]:
     """``{scale: {fid, fid_cleanfid, precision, recall}}`` of the run at each of ``scales`` (and
-    whatever earlier calls measured for this seed); see the module docstring."""
+    whatever earlier calls measured for this seed and temperature), at the run's sampling
+    temperature unless ``temperature`` is given; see the module docstring."""
     scales = check_scales(scales)
     run = RunDir(run_dir)
     status = check_run(run.path)
@@ -51,12 +66,16 @@ def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = No
     reference = fid.ensure_reference(cfg, space)
     sampler = Sampler.from_run(run.path)
     step = int(status.get("step", cfg.train.steps))
-    out = run.guidance_fid(seed, cfg.eval.seed)
+    if temperature is not None and temperature == cfg.sample.temperature:
+        temperature = None  # the run's own: its table and images
+    if temperature is not None:
+        sampler.cfg.sample.temperature = check_temperatures([temperature])[0]
+    out = run.guidance_fid(seed, cfg.eval.seed, temperature)
     table = read_json(out) if out.exists() else {}
     store.log_artifacts(run.path, {out: "eval"}, cfg.tracking.uri)
     for scale in scales:
         sampler.cfg.sample.cfg = scale
-        folder = run.guidance_images(scale, seed, cfg.eval.seed)
+        folder = run.guidance_images(scale, seed, cfg.eval.seed, temperature)
         fid_samples(sampler, cfg, reference, folder, seed,
                     {"seed": seed, "step": step, "sample": OmegaConf.to_container(sampler.cfg.sample)})
         measured = fid.fid_metrics(folder, reference, space, cfg.eval.batch_size, seed)
@@ -72,9 +91,17 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run directory whose status is trained or completed")
     parser.add_argument("--cfg", type=float, nargs="+", required=True, help="guidance scales (>= 1)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=None,
+                        help="sampling temperatures (> 0; default: the run's); prints {T: {scale: ...}}")
     parser.add_argument("--seed", type=int, default=None, help="eval seed (default: the run's eval.seed)")
     args = parser.parse_args(argv)
-    print(json.dumps(guidance_fid(args.run_dir, args.cfg, args.seed), indent=2))
+    check_scales(args.cfg)
+    if args.temperature is None:
+        print(json.dumps(guidance_fid(args.run_dir, args.cfg, args.seed), indent=2))
+        return
+    tables = {f"{t:g}": guidance_fid(args.run_dir, args.cfg, args.seed, t)
+              for t in check_temperatures(args.temperature)}
+    print(json.dumps(tables, indent=2))
 
 
 if __name__ == "__main__":

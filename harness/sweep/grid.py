@@ -1,8 +1,8 @@
 """The sweep file: which runs a study holds and how to launch them, as an OmegaConf schema.
 
 A sweep YAML (``sweeps/<preset>.yaml``) names the study, its grid (token x order x size), the
-evaluation seeds, ``overrides`` merged into every run's config (and ``size_overrides`` into the
-runs of one size), and the launcher settings. It is validated against ``SweepSpec`` here and its
+evaluation seeds, ``overrides`` merged into every run's config (``size_overrides`` into the runs
+of one size, ``variant_overrides`` into those of one variant), and the launcher settings. It is validated against ``SweepSpec`` here and its
 overrides against the run schema (``harness.config``), so a typo fails before anything runs.
 """
 from __future__ import annotations
@@ -91,6 +91,9 @@ class SweepSpec:
     train_seeds_per_variant: Dict[str, List[int]] = field(default_factory=dict)
     overrides: Dict[str, Any] = field(default_factory=dict)
     size_overrides: Dict[str, Any] = field(default_factory=dict)
+    # merged into the runs of one variant ("continuous-random", ...), after ``size_overrides``: a
+    # setting that a study chose for each variant by one procedure (e.g. the sampling temperature)
+    variant_overrides: Dict[str, Any] = field(default_factory=dict)
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
 
 
@@ -147,6 +150,11 @@ def validate(spec: DictConfig, source: str) -> None:
     for size, extra in spec.size_overrides.items():
         _check_overrides(OmegaConf.merge(spec.overrides, extra), f"{source}: size_overrides.{size}",
                          size)
+    for v, extra in spec.variant_overrides.items():
+        check_choice(f"{source}: variant_overrides {v!r}", v, VARIANTS)
+        token, order = v.split("-")
+        _check_overrides(OmegaConf.merge(spec.overrides, extra, {"model": {"token": token, "order": order}}),
+                         f"{source}: variant_overrides.{v}", next(iter(LADDERS[ladder])))
     check_choice(f"{source}: launcher.default", spec.launcher.default, LAUNCHERS)
     if not spec.seeds:
         raise UserError(f"{source}: seeds", "needs at least one evaluation seed")

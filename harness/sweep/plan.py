@@ -1,8 +1,8 @@
 """Expand a sweep into runs: one resolved ``RunConfig`` per (token, order, size), plus stage 0.
 
 Each run's config is the schema defaults, then (lowest to highest priority) the launcher's thread
-count, the sweep's ``overrides``, its ``size_overrides`` for that size, the grid axes, the sweep's
-tracking settings, and the command-line dotlist. A run is named by ``run_key(cfg)`` and lives in
+count, the sweep's ``overrides``, its ``size_overrides`` for that size, its ``variant_overrides``
+for that variant, the grid axes, the sweep's tracking settings, and the command-line dotlist. A run is named by ``run_key(cfg)`` and lives in
 ``<results_dir>/runs/<key>/``, so two sweeps that share a config share its run.
 """
 from __future__ import annotations
@@ -103,6 +103,7 @@ def build_runs(spec: DictConfig, sizes: list[str], variants: list[str], override
             token, order = variant.split("-")
             layers = [{"train": {"threads": threads}} if threads is not None else {},
                       spec.overrides, spec.size_overrides.get(size, {}),
+                      spec.variant_overrides.get(variant, {}),
                       {"model": {"token": token, "order": order, "size": size},
                        "train": {"seed": train_seed}}]
             base = OmegaConf.to_container(OmegaConf.merge(*layers))

@@ -158,12 +158,21 @@ def test_fid_by_guidance_scale_matches_evaluation_at_the_runs_own_scale(evaluate
     stamp = first.stat().st_mtime_ns
     again = guidance_fid(run_dir, [1.0])
     assert first.stat().st_mtime_ns == stamp and again == table  # reused, merged with the first call
+    # another temperature: its own table and images; the run's own temperature is the run's table
+    own_t = config.load_saved(RunDir(run_dir).config).sample.temperature
+    cooler = guidance_fid(run_dir, [1.0], temperature=own_t / 4)
+    assert cooler["1"]["fid"] != table["1"]["fid"]
+    assert json.loads((run_dir / "guidance" / f"fid-t{own_t / 4:g}.json").read_text()) == json.loads(json.dumps(cooler))
+    assert (run_dir / "guidance" / f"cfg1-t{own_t / 4:g}").is_dir()
+    assert guidance_fid(run_dir, [1.0], temperature=own_t) == table
+    assert json.loads(written.read_text()) == json.loads(json.dumps(table))  # untouched
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        guidance_main([str(run_dir), "--cfg", "0.5"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --cfg:") and "\n" not in err
+    for bad, field in ((["--cfg", "0.5"], "--cfg"), (["--cfg", "1", "--temperature", "0"], "--temperature")):
+        with pytest.raises(SystemExit) as exit_:
+            guidance_main([str(run_dir), *bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {field}:") and "\n" not in err
 
 
 def _fake_run(tmp_path, source, status: str, *overrides: str):

@@ -81,6 +81,10 @@ def write(tmp_path, text: str):
      "train_seeds_per_variant 'continuous-randm'", "continuous-random"),
     ("name: t\ntrain_seeds_per_variant: {discrete-raster: []}\n",
      "train_seeds_per_variant.discrete-raster", "distinct"),
+    ("name: t\nvariant_overrides: {continuous-randm: {sample: {temperature: 0.5}}}\n",
+     "variant_overrides 'continuous-randm'", "continuous-random"),
+    ("name: t\nvariant_overrides: {discrete-random: {sample: {temperature: 0}}}\n",
+     "variant_overrides.discrete-random.sample.temperature", "> 0"),
 ])
 def test_sweep_file_errors_name_the_field(tmp_path, text, field, choice):
     with pytest.raises(UserError) as e:

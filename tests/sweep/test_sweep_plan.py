@@ -20,7 +20,8 @@ def smoke_spec(**overrides):
 
 
 def test_override_priority_and_stable_keys(tmp_path):
-    spec = smoke_spec(size_overrides={"s": {"train": {"steps": 7}}})
+    spec = smoke_spec(size_overrides={"s": {"train": {"steps": 7}}},
+                      variant_overrides={"discrete-raster": {"train": {"steps": 5}, "sample": {"temperature": 0.5}}})
     runs = plan.build_runs(spec, ["xs", "s"], ["continuous-random", "discrete-raster"],
                            [f"results_dir={tmp_path}", "train.lr=0.01"], threads=3)
     by = {(r.size, r.variant): r for r in runs}
@@ -28,6 +29,8 @@ def test_override_priority_and_stable_keys(tmp_path):
                                                    ("s", "continuous-random"), ("s", "discrete-raster")]
     xs, s = by["xs", "continuous-random"].cfg, by["s", "continuous-random"].cfg
     assert xs.train.steps == 20 and s.train.steps == 7          # sweep overrides < size overrides
+    raster = by["s", "discrete-raster"].cfg                      # size overrides < variant overrides
+    assert raster.train.steps == 5 and raster.sample.temperature == 0.5 and s.sample.temperature == 0.975
     assert xs.train.lr == 0.01 and xs.train.threads == 3         # command line; launcher threads
     assert xs.data.train_size == 256 and xs.model.width == 64    # sweep overrides; ladder
     assert xs.tracking.experiment == "smoke" and xs.tracking.uri.startswith("sqlite:////")
