@@ -15,8 +15,8 @@ and a rerun generates only what is missing (evaluation's resume rule).
 ``--temperature`` scans the sampling temperature too (the noise scale of each diffusion step for
 continuous tokens, the softmax temperature for discrete ones): each temperature other than the
 run's writes ``guidance/fid-t<T>[-seed<s>].json`` and ``guidance/cfg<scale>-t<T>[-seed<s>]/``, so
-the run's own table, the one the analysis reads, keeps one temperature. This is how the study
-chose its per-variant temperatures (calibration item 77 in ``docs/results/cpu-study``).
+the run's own table, the one the analysis reads, keeps one temperature. Calibration item 77 in
+``docs/results/cpu-study`` scans the default study's models with it.
 """
 from __future__ import annotations
 
@@ -66,10 +66,12 @@ def guidance_fid(run_dir: str | Path, scales: list[float], seed: int | None = No
     reference = fid.ensure_reference(cfg, space)
     sampler = Sampler.from_run(run.path)
     step = int(status.get("step", cfg.train.steps))
-    if temperature is not None and temperature == cfg.sample.temperature:
-        temperature = None  # the run's own: its table and images
     if temperature is not None:
-        sampler.cfg.sample.temperature = check_temperatures([temperature])[0]
+        temperature = check_temperatures([temperature])[0]
+        if temperature == cfg.sample.temperature:
+            temperature = None  # the run's own: its table and images
+        else:
+            sampler.cfg.sample.temperature = temperature
     out = run.guidance_fid(seed, cfg.eval.seed, temperature)
     table = read_json(out) if out.exists() else {}
     store.log_artifacts(run.path, {out: "eval"}, cfg.tracking.uri)

@@ -2,8 +2,9 @@
 
 A sweep YAML (``sweeps/<preset>.yaml``) names the study, its grid (token x order x size), the
 evaluation seeds, ``overrides`` merged into every run's config (``size_overrides`` into the runs
-of one size, ``variant_overrides`` into those of one variant), and the launcher settings. It is validated against ``SweepSpec`` here and its
-overrides against the run schema (``harness.config``), so a typo fails before anything runs.
+of one size, ``variant_overrides`` into those of one variant), and the launcher settings. It is
+validated against ``SweepSpec`` here and its overrides against the run schema
+(``harness.config``), so a typo fails before anything runs.
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Each run's config is the schema defaults, then (lowest to highest priority) the launcher's thread
 count, the sweep's ``overrides``, its ``size_overrides`` for that size, its ``variant_overrides``
-for that variant, the grid axes, the sweep's tracking settings, and the command-line dotlist. A run is named by ``run_key(cfg)`` and lives in
-``<results_dir>/runs/<key>/``, so two sweeps that share a config share its run.
+for that variant, the grid axes, the sweep's tracking settings, and the command-line dotlist. A
+run is named by ``run_key(cfg)`` and lives in ``<results_dir>/runs/<key>/``, so two sweeps that
+share a config share its run.
 """
 from __future__ import annotations
 

@@ -162,7 +162,8 @@ def test_fid_by_guidance_scale_matches_evaluation_at_the_runs_own_scale(evaluate
     own_t = config.load_saved(RunDir(run_dir).config).sample.temperature
     cooler = guidance_fid(run_dir, [1.0], temperature=own_t / 4)
     assert cooler["1"]["fid"] != table["1"]["fid"]
-    assert json.loads((run_dir / "guidance" / f"fid-t{own_t / 4:g}.json").read_text()) == json.loads(json.dumps(cooler))
+    cooler_file = run_dir / "guidance" / f"fid-t{own_t / 4:g}.json"
+    assert json.loads(cooler_file.read_text()) == json.loads(json.dumps(cooler))
     assert (run_dir / "guidance" / f"cfg1-t{own_t / 4:g}").is_dir()
     assert guidance_fid(run_dir, [1.0], temperature=own_t) == table
     assert json.loads(written.read_text()) == json.loads(json.dumps(table))  # untouched

@@ -21,7 +21,8 @@ def smoke_spec(**overrides):
 
 def test_override_priority_and_stable_keys(tmp_path):
     spec = smoke_spec(size_overrides={"s": {"train": {"steps": 7}}},
-                      variant_overrides={"discrete-raster": {"train": {"steps": 5}, "sample": {"temperature": 0.5}}})
+                      variant_overrides={"discrete-raster": {"train": {"steps": 5},
+                                                             "sample": {"temperature": 0.5}}})
     runs = plan.build_runs(spec, ["xs", "s"], ["continuous-random", "discrete-raster"],
                            [f"results_dir={tmp_path}", "train.lr=0.01"], threads=3)
     by = {(r.size, r.variant): r for r in runs}
