@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="sampling temperatures (> 0; default: the run's); prints {T: {scale: ...}}")
     parser.add_argument("--seed", type=int, default=None, help="eval seed (default: the run's eval.seed)")
     args = parser.parse_args(argv)
-    check_scales(args.cfg)
     if args.temperature is None:
         print(json.dumps(guidance_fid(args.run_dir, args.cfg, args.seed), indent=2))
         return
