@@ -49,15 +49,22 @@ def kind_data(named: NamedScenes, cells: int, resolution: int, tok, text: DictCo
 
 
 @torch.no_grad()
-def kind_losses(module, data: TokenDataset) -> np.ndarray:
+def kind_losses(module, data: TokenDataset, batch_size: int = 128) -> np.ndarray:
     """Each kind's loss under the module's EMA networks, averaged over ``REPEATS`` draws of the
-    probe's fixed randomness (seeded by the index it is given, the same for every caption set)."""
-    out = np.zeros(len(data))
-    for k in range(len(data)):
-        batch = {key: (v[None].to(module.device) if torch.is_tensor(v) else [v])
-                 for key, v in data[k].items()}
-        out[k] = np.mean([module(batch, k + r * len(data), k + r * len(data)).item() for r in range(REPEATS)])
-    return out
+    probe's fixed randomness: kind k's r-th draw is val sample ``k + r * len(data)``'s (the same
+    for every caption set), scored ``batch_size`` kinds at a time (``probe="losses"``: each kind as
+    if alone in its batch)."""
+    n = len(data)
+    losses = np.zeros((n, REPEATS))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    for r in range(REPEATS):
+        first = 0
+        for batch in loader:
+            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            out = module(batch, first + r * n, first + r * n, "losses")
+            losses[first:first + len(out), r] = out.double().cpu().numpy()
+            first += len(out)
+    return losses.mean(axis=1)
 
 
 def tail_metrics(own: np.ndarray, other: np.ndarray, named: NamedScenes) -> dict[str, float]:

@@ -62,6 +62,11 @@ def mask_ratio_quantile(u: Tensor, low: float, std: float, uniform: float = 0.0)
     return hi
 
 
+def val_generator(j: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Val sample ``j``'s own randomness (masks, diffusion noise)."""
+    return torch.Generator(device=device).manual_seed(VAL_SEED + j)
+
+
 def mask_ratio(n: int, low: float, std: float, uniform: float, generator: torch.Generator | None,
                device: torch.device) -> Tensor:
     """``n`` training mask ratios (``mask_ratio_quantile``'s distribution), by inverse-CDF sampling."""
@@ -83,6 +88,7 @@ class Generator(nn.Module):
         self.token_dim, self.codebook_size = token_dim, codebook_size
         self.mask_ratio_min, self.mask_ratio_std = mask_ratio_min, mask_ratio_std
         self.mask_ratio_uniform = mask_ratio_uniform
+        self._val_ratios: Tensor | None = None  # validation's mask ratios, found at first use
         if token == "discrete":
             self.embed = nn.Embedding(codebook_size, width)
         else:
@@ -167,11 +173,14 @@ class Generator(nn.Module):
         the fixed grid (``VAL_RATIOS``) in an order drawn from its own generator, seeded by j and
         returned to draw the rest of the sample's randomness (diffusion) from."""
         index = torch.arange(first, first + batch)
-        ratios = mask_ratio_quantile((index % VAL_RATIOS + 0.5) / VAL_RATIOS, self.mask_ratio_min,
-                                     self.mask_ratio_std, self.mask_ratio_uniform)
+        if self._val_ratios is None:  # a bisection per ratio: once, not per batch
+            self._val_ratios = mask_ratio_quantile((torch.arange(VAL_RATIOS) + 0.5) / VAL_RATIOS,
+                                                   self.mask_ratio_min, self.mask_ratio_std,
+                                                   self.mask_ratio_uniform)
+        ratios = self._val_ratios[index % VAL_RATIOS]
         masks, generators = [], []
         for j, ratio in zip(index.tolist(), ratios.tolist()):
-            g = torch.Generator(device=device).manual_seed(VAL_SEED + j)
+            g = val_generator(j, device)
             order = torch.rand(self.num_tokens, generator=g, device=device).argsort()
             n_masked = max(1, math.ceil(ratio * self.num_tokens))
             masks.append(torch.zeros(self.num_tokens, dtype=torch.bool, device=device)
@@ -185,10 +194,24 @@ class Generator(nn.Module):
         one's loss at its fixed mask ratio, with its own randomness (``validation_masks``). A val
         set's loss is then a fixed quadrature of the training objective over mask ratios, the same
         however the set is batched (one random ratio per batch made it depend on the batching)."""
-        masked, generators = self.validation_masks(first, tokens.shape[0], tokens.device)
+        return self.sample_losses(tokens, context, context_mask, first).mean()
+
+    def sample_losses(self, tokens: Tensor, context: Tensor, context_mask: Tensor,
+                      first: int) -> Tensor:
+        """Each sample's loss, sample ``i`` as val sample ``j = first + i``, with its own randomness
+        (``val_generator(j)``; random order: at its fixed mask ratio, ``validation_masks``): in one
+        forward, what a batch of that sample alone at ``first = j`` gives (random order:
+        ``validation_loss``; raster: ``loss`` with ``val_generator(j)``)."""
+        b, device = tokens.shape[0], tokens.device
+        if self.order == "random":
+            masked, generators = self.validation_masks(first, b, device)
+        else:
+            masked, generators = None, [val_generator(first + i, device) for i in range(b)]
         z = self.backbone(self.inputs(tokens, masked), context, context_mask)
+        if masked is None:
+            return torch.stack([self.head_loss(tokens[i], z[i], g) for i, g in enumerate(generators)])
         return torch.stack([self.head_loss(tokens[i][m], z[i][m], g)
-                            for i, (m, g) in enumerate(zip(masked, generators))]).mean()
+                            for i, (m, g) in enumerate(zip(masked, generators))])
 
     # ---- sampling ----------------------------------------------------------------------------
     def draw(self, z: Tensor, guided: bool, cfg: float | Tensor, temperature: float,
@@ -264,11 +287,12 @@ class Generator(nn.Module):
         masked = torch.ones(b, L, dtype=torch.bool, device=device)
         n_masked = L
         steps = max(1, min(steps, L))
+        caches = [KVCache(grows=False) for _ in self.blocks]  # the caption's keys and values, once
         for k in range(steps):
             n_next = int(math.floor(L * math.cos(math.pi / 2 * (k + 1) / steps)))
             n_next = 0 if k == steps - 1 else max(1, min(n_masked - 1, n_next))
             seq, m = (torch.cat([tokens, tokens]), torch.cat([masked, masked])) if guided else (tokens, masked)
-            z = self.backbone(self.inputs(seq, m), context, context_mask)
+            z = self.backbone(self.inputs(seq, m), context, context_mask, caches)
             pick = order[:, n_next:n_masked]
             zc = z[:b].gather(1, pick[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
             if guided:

@@ -16,12 +16,14 @@ from torch import Tensor, nn
 @dataclass
 class KVCache:
     """Keys and values of one block: self-attention grows a token at a time, cross-attention is
-    computed once per sampling call."""
+    computed once per sampling call. ``grows=False`` keeps only the cross-attention's (random
+    order runs every token again at each step; the caption's keys and values stay the same)."""
 
     k: Tensor | None = None
     v: Tensor | None = None
     ck: Tensor | None = None
     cv: Tensor | None = None
+    grows: bool = True
 
 
 class Attention(nn.Module):
@@ -71,7 +73,7 @@ class Block(nn.Module):
         With ``cache``, ``x`` holds only the new tokens and attends to every cached one."""
         h = self.norm1(x)
         k, v = self.attn.project_kv(h)
-        if cache is not None:
+        if cache is not None and cache.grows:
             if cache.k is not None:
                 k = torch.cat([cache.k, k], dim=2)
                 v = torch.cat([cache.v, v], dim=2)

@@ -196,7 +196,9 @@ class GeneratorModule(L.LightningModule):
         ``loss`` is what the captions tell the model, without the cost of a caption that contradicts
         the visible tokens, which ``shuffled`` also carries); ``spread``, how much the text context
         varies between the batch's captions (``context_spread``; ~0 when the text path has
-        collapsed to one context for every caption)."""
+        collapsed to one context for every caption); ``losses``, each sample's loss with the
+        randomness a batch of that sample alone at ``index = first = j`` draws
+        (``Generator.sample_losses``), so per-sample probes can run in batches."""
         if probe == "shuffled":
             batch = next_captions(batch)
         drop = torch.ones(batch["tokens"].shape[0], dtype=torch.bool, device=self.device) if probe == "null" else None
@@ -204,6 +206,8 @@ class GeneratorModule(L.LightningModule):
         if probe == "spread":
             return context_spread(context, cmask)
         generator = ema["generator"]
+        if probe == "losses":
+            return generator.sample_losses(batch["tokens"], context, cmask, first)
         if generator.order == "random":
             return generator.validation_loss(batch["tokens"], context, cmask, first)
         g = self.step_generator(10_007 + index)

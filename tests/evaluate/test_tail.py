@@ -16,22 +16,25 @@ K = 16
 
 
 class KnowsFirstKinds:
-    """A stand-in for the trained module: loss 0.2 when the caption names the pictured kind and
-    that kind is among the first ``known``, else 1.0. The picture's kind is read from the probe's
-    index (``first`` mod K), as ``kind_losses`` passes it."""
+    """A stand-in for the trained module's per-sample probe: loss 0.2 when the caption names the
+    pictured kind and that kind is among the first ``known``, else 1.0. Sample i's picture is read
+    from its val index (``first + i`` mod K), as ``kind_losses`` passes it."""
 
     device = torch.device("cpu")
 
     def __init__(self, known: int):
-        self.known, self.calls = known, []
+        self.known, self.calls, self.batches = known, [], []
 
-    def __call__(self, batch, index, first):
+    def __call__(self, batch, index, first, probe):
+        assert probe == "losses" and index == first
         names = named_scene_names(K)
-        named = names.index(batch["caption"][0].split()[-1])
-        pictured = first % K
-        self.calls.append((pictured, index, named))
-        assert batch["tokens"].shape[0] == 1
-        return torch.tensor(0.2 if named == pictured < self.known else 1.0)
+        out = []
+        for i, caption in enumerate(batch["caption"]):
+            named, pictured = names.index(caption.split()[-1]), (first + i) % K
+            self.calls.append((pictured, first + i, named))
+            out.append(0.2 if named == pictured < self.known else 1.0)
+        self.batches.append(len(out))
+        return torch.tensor(out)
 
 
 def test_kind_losses_pair_each_picture_with_its_own_and_a_far_caption():
@@ -40,7 +43,11 @@ def test_kind_losses_pair_each_picture_with_its_own_and_a_far_caption():
                                  text=OmegaConf.create({"encoder": "learned", "max_len": 16}))
     assert own.tokens.shape == (K, 3, 32, 32) and torch.equal(own.tokens, other.tokens)
     module = KnowsFirstKinds(known=5)
-    metrics = tail.tail_metrics(tail.kind_losses(module, own), tail.kind_losses(module, other), named)
+    metrics = tail.tail_metrics(tail.kind_losses(module, own, batch_size=6),
+                                tail.kind_losses(module, other, batch_size=6), named)
+    assert max(module.batches) == 6  # kinds are scored in batches
+    # each kind's r-th draw is val sample k + r K's, whatever the batching
+    assert sorted(j for _, j, _ in module.calls) == sorted(2 * list(range(K * tail.REPEATS)))
     pictured_with = {}
     for pictured, index, named_kind in module.calls:
         pictured_with.setdefault(pictured, set()).add(named_kind)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from harness.models.generator import (VAL_RATIOS, Generator, mask_ratio, mask_ratio_quantile,
-                                      truncated_normal_quantile)
+                                      truncated_normal_quantile, val_generator)
+from harness.models.transformer import KVCache
 
 L, W, T = 16, 32, 5
 
@@ -129,6 +130,36 @@ def test_kv_cache_sampling_equals_uncached(token):
         assert torch.equal(a, b)
     else:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_caption_only_cache_keeps_the_captions_keys_and_reruns_every_token():
+    # random-order sampling runs the whole sequence at every step with one cache per block that
+    # holds only the caption's keys and values; each call must equal the uncached backbone's
+    g = make("continuous", "random")
+    ctx, m = context()
+    caches = [KVCache(grows=False) for _ in g.blocks]
+    for seed in (1, 2):  # the second call reads the cached keys and values
+        x = g.inputs(tokens("continuous", seed=seed))
+        assert torch.equal(g.backbone(x, ctx, m, caches), g.backbone(x, ctx, m))
+    assert all(c.k is None and c.ck is not None for c in caches)
+
+
+@pytest.mark.parametrize("order", ["raster", "random"])
+@pytest.mark.parametrize("token", ["discrete", "continuous"])
+def test_sample_losses_give_each_sample_its_loss_alone(token, order):
+    # per-sample probes (the long tail's kinds) run in batches: sample i scored at first = f must
+    # be what a batch of that sample alone at first = f + i gives
+    g = make(token, order, mask_ratio_uniform=0.5)
+    b, first = 5, 3
+    x, (ctx, m) = tokens(token, b=b), context(b)
+    batched = g.sample_losses(x, ctx, m, first)
+    for i in range(b):
+        one = (x[i:i + 1], ctx[i:i + 1], m[i:i + 1])
+        alone = (g.validation_loss(*one, first + i) if order == "random"
+                 else g.loss(*one, generator=val_generator(first + i)))
+        torch.testing.assert_close(batched[i], alone, rtol=1e-5, atol=1e-6)
+    if order == "random":
+        torch.testing.assert_close(g.validation_loss(x, ctx, m, first), batched.mean())
 
 
 @pytest.mark.parametrize("order", ["raster", "random"])
