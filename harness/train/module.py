@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from harness.config import num_tokens, scaled_head_width, to_container
 from harness.models.diffloss import AdaLNBlock
-from harness.models.generator import Generator
+from harness.models.generator import Generator, val_generator
 from harness.models.transformer import Block
 from harness.text.aligner import TextAligner, context_spread
 from harness.text.encoders import build_text_encoder, text_feature_width
@@ -210,7 +210,7 @@ class GeneratorModule(L.LightningModule):
             return generator.sample_losses(batch["tokens"], context, cmask, first)
         if generator.order == "random":
             return generator.validation_loss(batch["tokens"], context, cmask, first)
-        g = self.step_generator(10_007 + index)
+        g = val_generator(index, self.device)  # the batch's own seed, as sample_losses seeds a sample
         return generator.loss(batch["tokens"], context, cmask, generator=g)
 
     # ---- text -------------------------------------------------------------------------------
