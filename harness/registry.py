@@ -38,10 +38,13 @@ class SizeSpec:
 
 # Each ladder is itself the scaling grid of a study. ``paper`` is exactly the Fluid paper's
 # (depth, width, heads); ``cpu`` spans >10x in parameters at sizes a 2-core CPU trains in minutes.
+# As in the paper's ladder, every rung above xxs is deeper than xxs: with xs at depth 2 (wider
+# only) discrete random-order models bound colour words no sooner than xxs did, and the default
+# study's loss curve bent there (docs/results/cpu-study, item 84).
 LADDERS: dict[str, dict[str, SizeSpec]] = {
     "cpu": {
         "xxs": SizeSpec(depth=2, width=32, heads=2),
-        "xs": SizeSpec(depth=2, width=64, heads=2),
+        "xs": SizeSpec(depth=3, width=64, heads=2),
         "s": SizeSpec(depth=3, width=96, heads=3),
         "m": SizeSpec(depth=4, width=128, heads=4),
         "l": SizeSpec(depth=5, width=160, heads=5),

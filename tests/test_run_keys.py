@@ -27,5 +27,5 @@ def test_the_default_studys_keys_are_those_of_the_committed_reference_run():
 
 def test_pinned_keys():
     assert C.run_key(C.load([])) == "continuous-random-s-3c22d95c54"
-    assert keys("smoke", ["xs"]) == ["continuous-random-xs-4d5ab2fbea", "continuous-raster-xs-81ee083b4a",
-                                     "discrete-random-xs-2cae3e5872", "discrete-raster-xs-fb88bc276d"]
+    assert keys("smoke", ["xs"]) == ["continuous-random-xs-71c115d754", "continuous-raster-xs-e88c9b3228",
+                                     "discrete-random-xs-7d4cb08321", "discrete-raster-xs-9b2fc398ce"]
