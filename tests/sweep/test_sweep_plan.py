@@ -110,8 +110,13 @@ def test_local_launcher_starts_the_longest_runs_first(tmp_path):
 
     runs = plan.build_runs(smoke_spec(), ["xs", "s"], grid.VARIANTS, [f"results_dir={tmp_path}"])
     ordered = largest_first(runs)
-    assert [r.size for r in ordered[:4]] == ["s"] * 4
-    assert ordered[0].token == "continuous"  # the diffusion batch multiplier makes it costlier
+    position = {(r.size, r.variant): i for i, r in enumerate(ordered)}
+    for variant in grid.VARIANTS:  # a variant's larger size first
+        assert position["s", variant] < position["xs", variant]
+    for size in ("xs", "s"):  # the diffusion batch multiplier makes a continuous run costlier
+        assert max(position[size, v] for v in grid.VARIANTS if v.startswith("continuous")) < \
+            min(position[size, v] for v in grid.VARIANTS if v.startswith("discrete"))
+    assert (ordered[0].size, ordered[0].token) == ("s", "continuous")
     assert sorted(r.key for r in ordered) == sorted(r.key for r in runs)
 
 
