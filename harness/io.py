@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either; and
+append-only JSON-lines logs that a crash mid-write cannot corrupt beyond its own last line."""
 from __future__ import annotations
 
 import fcntl
@@ -8,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 _UMASK = os.umask(0)
@@ -48,6 +49,37 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append ``rows`` to a JSON-lines log, one line each, and fsync. A line cut short by a crash
+    mid-write is ended first, so it cannot swallow the first new row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        cut = False
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        f.write((("\n" if cut else "") + "".join(json.dumps(r, default=str) + "\n" for r in rows)).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines log in order ([] when it does not exist); a line cut short by a
+    crash mid-write is left out."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 @contextmanager

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from harness.io import file_lock, read_json, write_json
+from harness.io import append_jsonl, file_lock, read_json, read_jsonl, write_json
 from harness.run_dir import RunDir
 
 def write_job(run_dir: str | Path, launcher: str, job_id: str, sweep: str) -> None:
@@ -57,24 +56,12 @@ def log_attempt(run_dir: str | Path, event: str, **extra) -> None:
     """Append one event (``start``, ``preempted``, ``failed``, ``completed``) to attempts.jsonl."""
     row = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
            **extra}
-    path = RunDir(run_dir).attempts
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
+    append_jsonl(RunDir(run_dir).attempts, [row])
 
 
 def read_attempts(run_dir: str | Path) -> list[dict]:
     """The events in order; a line cut short by a kill while it was appended is left out."""
-    path = RunDir(run_dir).attempts
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(RunDir(run_dir).attempts)
 
 
 def is_closed(run_dir: str | Path) -> bool:

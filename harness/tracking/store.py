@@ -10,7 +10,6 @@ a resumed or requeued job continues the same MLflow run. Params (``params.json``
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -19,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from harness.errors import one_line
 from harness.faults import fault
-from harness.io import file_lock, read_json, write_json, write_text
+from harness.io import append_jsonl, file_lock, read_json, read_jsonl, write_json, write_text
 from harness.run_dir import RunDir
 from harness.tracking import tracking_uri
 
@@ -109,16 +108,7 @@ def append_metrics(run_dir: str | Path, metrics: dict[str, float], step: int) ->
     now = int(time.time() * 1000)
     rows = [{"key": k, "value": float(v), "step": int(step), "timestamp": now}
             for k, v in metrics.items()]
-    path = RunDir(run_dir).metrics_log
-    with open(path, "ab+") as f:
-        f.seek(0, os.SEEK_END)
-        cut = False
-        if f.tell():  # a line cut by a crash mid-write must not swallow the first new row
-            f.seek(-1, os.SEEK_END)
-            cut = f.read(1) != b"\n"
-        f.write((("\n" if cut else "") + "".join(json.dumps(r) + "\n" for r in rows)).encode())
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(RunDir(run_dir).metrics_log, rows)
     return rows
 
 
@@ -133,16 +123,9 @@ def log_metrics(run_dir: str | Path, metrics: dict[str, float], step: int, uri: 
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = RunDir(run_dir).metrics_log
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash mid-write; the next sync has the rest
-    return rows
+    """The run's local metric rows; a line cut by a crash mid-write is left out (the next sync
+    has the rest)."""
+    return read_jsonl(RunDir(run_dir).metrics_log)
 
 
 def mark_pending(run_dir: str | Path, reason: str) -> None:
