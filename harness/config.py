@@ -170,6 +170,9 @@ class ModelConfig:
     mask_ratio_uniform: float = knob(0.0, "random order: fraction of training batches whose ratio "
                                      "is drawn uniformly on (0, 1] instead (contexts where most "
                                      "tokens are known, as in the last sampling steps)", ge=0, le=1)
+    mask_ratio_per_sample: bool = knob(False, "random order: a mask ratio per training sample, each "
+                                       "sample's loss averaged over its own masked tokens (as "
+                                       "validation does), instead of one per batch (MAR's)")
     final_norm: bool = knob(True, "LayerNorm on the transformer's output before the head (GPT's "
                             "ln_f, MAR's decoder_norm)")
     logits_init_std: float = knob(0.0, "discrete: init std of the logits layer (0: zeros, muP's "
@@ -286,6 +289,7 @@ _UNKEYED = ("tracking", "results_dir", "train.accelerator", "train.threads", "da
 # directories) of earlier runs still hold.
 _KEYED_UNLESS_DEFAULT = {"eval.reference": asdict(ReferenceConfig()), "model.learn_sigma": False,
                          "model.diffusion_prediction": "eps", "model.mask_ratio_uniform": 0.0,
+                         "model.mask_ratio_per_sample": False,
                          "model.head_width_ratio": 1.0, "train.mup_scale_head": True,
                          "tokenizer.posterior_sample": False, "train.lr_schedule": "cosine",
                          "train.lr_base_width": 0, "data.nuisance": "full",

@@ -95,6 +95,13 @@ class Denoiser(nn.Module):
         return self.out(self.final_norm(h) * (1 + scale) + shift)
 
 
+def weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    """The mean of ``values`` (N,), weighted by ``weight`` (N,) when given."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum()
+
+
 def cosine_alphas_cumprod(steps: int, s: float = 0.008) -> Tensor:
     """Nichol & Dhariwal's cosine schedule, betas clipped at 0.999."""
     x = torch.linspace(0, steps, steps + 1, dtype=torch.float64)
@@ -178,11 +185,15 @@ class DiffLoss(nn.Module):
                                 ("post_coef_xt", coef_xt), ("post_log_var", var.log())):
                 self.register_buffer(name, value.float(), persistent=False)
 
-    def forward(self, target: Tensor, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, target: Tensor, z: Tensor, generator: torch.Generator | None = None,
+                weight: Tensor | None = None) -> Tensor:
         """Mean epsilon-MSE over ``batch_mul`` (t, noise) draws per token, plus with
-        ``learn_sigma`` the mean VB term in bits (MAR's loss, unscaled). target (N,C), z (N,D)."""
+        ``learn_sigma`` the mean VB term in bits (MAR's loss, unscaled). target (N,C), z (N,D);
+        ``weight`` (N,), when given, weighs each token's rows in both means."""
         target = target.repeat(self.batch_mul, 1)
         z = z.repeat(self.batch_mul, 1)
+        if weight is not None:
+            weight = weight.repeat(self.batch_mul)
         n = target.shape[0]
         t = torch.randint(0, self.steps, (n,), device=target.device, generator=generator)
         noise = torch.randn(target.shape, device=target.device, generator=generator,
@@ -194,12 +205,16 @@ class DiffLoss(nn.Module):
             goal = ac.sqrt() * noise - (1 - ac).sqrt() * target
         else:
             goal = noise
+        if self.learn_sigma:
+            out, v = out.split(self.token_dim, dim=-1)
+        if weight is None:  # the plain mean over every element, MAR's
+            mse = F.mse_loss(out, goal.float())
+        else:
+            mse = weighted_mean(F.mse_loss(out, goal.float(), reduction="none").mean(dim=-1), weight)
         if not self.learn_sigma:
-            return F.mse_loss(out, goal.float())
-        out, v = out.split(self.token_dim, dim=-1)
+            return mse
         eps = self.to_eps(out.detach(), x_t, ac)
-        vb = self.vb_bits(target.float(), x_t.float(), t, eps, v)
-        return F.mse_loss(out, goal.float()) + vb.mean()
+        return mse + weighted_mean(self.vb_bits(target.float(), x_t.float(), t, eps, v), weight)
 
     def to_eps(self, out: Tensor, x_t: Tensor, ac: Tensor) -> Tensor:
         """The epsilon that the denoiser's output stands for at x_t and cumulative alpha ``ac``."""

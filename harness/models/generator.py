@@ -7,7 +7,9 @@
 - ``random`` order is MAR/BERT-like: bidirectional self-attention over the sequence with a random
   subset replaced by a mask embedding (a fresh order per sample, the masked fraction drawn from a
   truncated normal on [mask_ratio_min, 1], MAR's, optionally mixed with a uniform on (0, 1] so
-  that the contexts of the last sampling steps, where most tokens are known, are trained too);
+  that the contexts of the last sampling steps, where most tokens are known, are trained too;
+  one ratio per batch as in MAR, or with ``mask_ratio_per_sample`` one per sample, each sample's
+  loss averaged over its own masked tokens: the same objective, every batch a spread of contexts);
   loss on masked tokens; sampling fills the sequence in a few steps on a cosine schedule.
   Validation (``validation_loss``) masks each sample at a fixed ratio instead: a grid over the
   training distribution, so the loss does not depend on the batch.
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.models.diffloss import DiffLoss
+from harness.models.diffloss import DiffLoss, weighted_mean
 from harness.models.transformer import Block, KVCache, init_weights, padding_mask
 
 # Validation masks sample j of the val set at the ((j mod VAL_RATIOS) + 1/2) / VAL_RATIOS quantile
@@ -81,13 +83,14 @@ class Generator(nn.Module):
                  diffusion_batch_mul: int = 4, learn_sigma: bool = False,
                  diffusion_prediction: str = "eps", mask_ratio_min: float = 0.7,
                  mask_ratio_std: float = 0.25, mask_ratio_uniform: float = 0.0,
-                 final_norm: bool = True, logits_init_std: float = 0.0):
+                 mask_ratio_per_sample: bool = False, final_norm: bool = True,
+                 logits_init_std: float = 0.0):
         super().__init__()
         self.token, self.order = token, order
         self.num_tokens, self.width = num_tokens, width
         self.token_dim, self.codebook_size = token_dim, codebook_size
         self.mask_ratio_min, self.mask_ratio_std = mask_ratio_min, mask_ratio_std
-        self.mask_ratio_uniform = mask_ratio_uniform
+        self.mask_ratio_uniform, self.mask_ratio_per_sample = mask_ratio_uniform, mask_ratio_per_sample
         self._val_ratios: Tensor | None = None  # validation's mask ratios, found at first use
         if token == "discrete":
             self.embed = nn.Embedding(codebook_size, width)
@@ -137,34 +140,42 @@ class Generator(nn.Module):
 
     def random_mask(self, batch: int, generator: torch.Generator | None,
                     device: torch.device) -> Tensor:
-        """MAR training mask: a fresh random order per sample, one masked count per batch."""
-        ratio = mask_ratio(1, self.mask_ratio_min, self.mask_ratio_std, self.mask_ratio_uniform,
-                           generator, device)
-        n_masked = max(1, int(math.ceil(ratio.item() * self.num_tokens)))
+        """The training mask: a fresh random order per sample, and the masked count from one ratio
+        per batch (MAR's) or, with ``mask_ratio_per_sample``, one ratio per sample."""
+        ratio = mask_ratio(batch if self.mask_ratio_per_sample else 1, self.mask_ratio_min,
+                           self.mask_ratio_std, self.mask_ratio_uniform, generator, device)
+        n_masked = (ratio * self.num_tokens).ceil().clamp(min=1).long().expand(batch)
         order = torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(dim=1)
-        masked = torch.zeros(batch, self.num_tokens, dtype=torch.bool, device=device)
-        return masked.scatter(1, order[:, :n_masked], True)
+        rank = order.argsort(dim=1)  # each token's place in its sample's order
+        return rank < n_masked[:, None]
 
     # ---- training ----------------------------------------------------------------------------
     def loss(self, tokens: Tensor, context: Tensor, context_mask: Tensor,
              generator: torch.Generator | None = None) -> Tensor:
-        """tokens: (B, L) codes or (B, L, C) latents. Returns the mean loss over predicted tokens."""
+        """tokens: (B, L) codes or (B, L, C) latents. Returns the mean loss over predicted tokens;
+        with one mask ratio per sample, the mean over samples of each one's mean over its masked
+        tokens (as ``validation_loss`` averages)."""
         b = tokens.shape[0]
         masked = None
         if self.order == "random":
             masked = self.random_mask(b, generator, tokens.device)
         z = self.backbone(self.inputs(tokens, masked), context, context_mask)
-        if masked is not None:
-            z, target = z[masked], tokens[masked]
-        else:
-            z, target = z.flatten(0, 1), tokens.flatten(0, 1)
-        return self.head_loss(target, z, generator)
+        if masked is None:
+            return self.head_loss(tokens.flatten(0, 1), z.flatten(0, 1), generator)
+        weight = None
+        if self.mask_ratio_per_sample:  # each masked token weighs 1 / its sample's masked count
+            weight = (1.0 / masked.sum(dim=1, keepdim=True)).expand_as(masked)[masked]
+        return self.head_loss(tokens[masked], z[masked], generator, weight)
 
-    def head_loss(self, target: Tensor, z: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Mean loss of the head predicting ``target`` tokens (N,) or (N, C) from outputs ``z``."""
+    def head_loss(self, target: Tensor, z: Tensor, generator: torch.Generator | None,
+                  weight: Tensor | None = None) -> Tensor:
+        """Mean loss of the head predicting ``target`` tokens (N,) or (N, C) from outputs ``z``;
+        with ``weight`` (N,), the mean weighted by it."""
         if self.token == "discrete":
-            return F.cross_entropy(self.head(z).float(), target)
-        return self.diffloss(target, z, generator=generator)
+            if weight is None:
+                return F.cross_entropy(self.head(z).float(), target)
+            return weighted_mean(F.cross_entropy(self.head(z).float(), target, reduction="none"), weight)
+        return self.diffloss(target, z, generator=generator, weight=weight)
 
     # ---- validation --------------------------------------------------------------------------
     def validation_masks(self, first: int, batch: int, device: torch.device

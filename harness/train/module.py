@@ -57,6 +57,7 @@ def build_networks(cfg: DictConfig, token_dim: int, codebook_size: int,
         diffusion_batch_mul=m.diffusion_batch_mul, learn_sigma=m.learn_sigma,
         diffusion_prediction=m.diffusion_prediction, mask_ratio_min=m.mask_ratio_min,
         mask_ratio_std=m.mask_ratio_std, mask_ratio_uniform=m.mask_ratio_uniform,
+        mask_ratio_per_sample=m.mask_ratio_per_sample,
         final_norm=m.final_norm, logits_init_std=m.logits_init_std)
     return nets
 

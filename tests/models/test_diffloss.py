@@ -264,3 +264,22 @@ def test_guided_learned_sigma_takes_the_variance_from_the_conditional_half():
     ref = reference_chain(head, lambda x: (0.2 + 3.0 * 0.3) * x, lambda beta, post: beta,
                           n, 10, 1.0, seed=5)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_weighted_loss_weighs_each_tokens_draws(learn_sigma):
+    """``weight`` weighs each token's rows (its ``batch_mul`` draws): the loss is the weighted mean
+    of the tokens' own losses, and equal weights give the plain mean."""
+    torch.manual_seed(0)
+    head = DiffLoss(token_dim=2, cond_dim=4, width=16, depth=2, steps=100, batch_mul=3,
+                    learn_sigma=learn_sigma)
+    x, z = torch.randn(5, 2), torch.randn(5, 4)
+
+    def loss(weight):  # the same (t, noise) draws whatever the weights
+        return head(x, z, generator=torch.Generator().manual_seed(1), weight=weight).item()
+
+    assert loss(torch.full((5,), 0.3)) == pytest.approx(loss(None), rel=1e-6)
+    own = torch.tensor([loss(torch.eye(5)[i]) for i in range(5)])
+    assert len(set(own.tolist())) == 5
+    w = torch.tensor([1.0, 0.5, 0.25, 2.0, 0.0])
+    assert loss(w) == pytest.approx(((w * own).sum() / w.sum()).item(), rel=1e-5)

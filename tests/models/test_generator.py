@@ -118,6 +118,55 @@ def test_random_mask_masks_ceil_ratio_of_tokens_with_a_fresh_order_per_sample():
     assert len({tuple(row.tolist()) for row in masked}) > 1 or masked.all()
 
 
+def test_one_ratio_per_batch_masks_as_mar_scatters_it():
+    """The per-batch mask is the one the reference runs trained with (MAR's scatter of the first
+    ``ceil(ratio L)`` tokens of each sample's order), drawn from the same random numbers."""
+    g = make("discrete", "random", mask_ratio_uniform=0.5)
+    for seed in range(20):
+        masked = g.random_mask(8, torch.Generator().manual_seed(seed), torch.device("cpu"))
+        gen = torch.Generator().manual_seed(seed)
+        ratio = mask_ratio(1, 0.7, 0.25, 0.5, gen, torch.device("cpu"))
+        order = torch.rand(8, L, generator=gen).argsort(dim=1)
+        n = max(1, int(torch.ceil(ratio * L).item()))
+        assert torch.equal(masked, torch.zeros(8, L, dtype=torch.bool).scatter(1, order[:, :n], True))
+
+
+def test_one_ratio_per_sample_draws_each_samples_count_from_the_training_distribution():
+    g = make("discrete", "random", mask_ratio_uniform=1.0, mask_ratio_per_sample=True)
+    masked = g.random_mask(4096, torch.Generator().manual_seed(0), torch.device("cpu"))
+    counts = masked.sum(1).float()
+    # uniform ratios on (0, 1]: every count 1..L, each about equally often, mean (L + 1) / 2
+    assert set(counts.long().tolist()) == set(range(1, L + 1))
+    assert abs(counts.mean().item() - (L + 1) / 2) < 0.3
+    assert counts.long().bincount().max() < 1.3 * 4096 / L
+
+
+@pytest.mark.parametrize("token", ["discrete", "continuous"])
+def test_per_sample_loss_is_the_mean_of_each_samples_own_mean(token):
+    """With a ratio per sample, the loss weighs samples equally, as validation does, not tokens."""
+    g = make(token, "random", mask_ratio_uniform=1.0, mask_ratio_per_sample=True)
+    b = 6
+    x, (ctx, m) = tokens(token, b=b), context(b)
+    loss = g.loss(x, ctx, m, generator=torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    masked = g.random_mask(b, gen, torch.device("cpu"))
+    assert len(set(masked.sum(1).tolist())) > 1
+    z = g.backbone(g.inputs(x, masked), ctx, m)
+    if token == "discrete":
+        per_sample = [g.head(z[i][masked[i]]).log_softmax(-1).gather(1, x[i][masked[i]][:, None]).neg().mean()
+                      for i in range(b)]
+        assert loss.item() == pytest.approx(torch.stack(per_sample).mean().item(), rel=1e-5)
+    else:  # the diffusion head draws (t, noise) after the mask: the same draws, token by token
+        counts = masked.sum(1)
+        weight = (1.0 / counts.float()).repeat_interleave(counts)
+        expected = g.diffloss(x[masked], z[masked], generator=gen, weight=weight)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        # a token-level mean of the same draws differs: samples with few masked tokens count more
+        gen = torch.Generator().manual_seed(2)
+        g.random_mask(b, gen, torch.device("cpu"))
+        assert g.diffloss(x[masked], z[masked], generator=gen).item() != pytest.approx(loss.item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("token", ["discrete", "continuous"])
 def test_kv_cache_sampling_equals_uncached(token):
     g = make(token, "raster")
