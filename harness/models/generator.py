@@ -146,8 +146,8 @@ class Generator(nn.Module):
                            self.mask_ratio_std, self.mask_ratio_uniform, generator, device)
         n_masked = (ratio * self.num_tokens).ceil().clamp(min=1).long().expand(batch)
         order = torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(dim=1)
-        rank = order.argsort(dim=1)  # each token's place in its sample's order
-        return rank < n_masked[:, None]
+        first = torch.arange(self.num_tokens, device=device) < n_masked[:, None]  # in order's places
+        return torch.zeros_like(first).scatter(1, order, first)  # the first n of each order, masked
 
     # ---- training ----------------------------------------------------------------------------
     def loss(self, tokens: Tensor, context: Tensor, context_mask: Tensor,
