@@ -14,7 +14,9 @@ loss-vs-FLOPs figure ``train_flops``.
 Writes into --out (default: the folder ``analysis/`` beside runs.csv): fits.csv,
 extrapolation.csv, correlations.csv, winners.csv, hypotheses.csv, quantization.csv (the long
 tail's measured vs predicted exponent), guidance.csv (FID vs size at the guidance scales
-``python -m harness.evaluate.guidance`` measured), report.md and the figures (PNG + PDF), then
+``python -m harness.evaluate.guidance`` measured), loss_floor.csv (the reducible loss against the
+world's floor, where ``python -m harness.evaluate.loss_floor`` computed it), report.md and the
+figures (PNG + PDF), then
 logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits beside runs.csv.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import figures, guidance, hypotheses, quantization
+from analysis import figures, guidance, hypotheses, loss_floor, quantization
 from analysis.fitting import (
     FIT_COLUMNS, X_AXES, correlations, extrapolate, fit_table, observations, split_by_status,
     winners)
@@ -265,9 +267,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     dirs = run_dirs(completed, bases)
     scales, notes = guidance.scan(completed, dirs, args.n_boot, args.seed, args.ci_method)
     note(notes)
+    floor, notes = loss_floor.check(completed, dirs, fits, args.n_boot, args.seed, args.ci_method)
+    note(notes)
     for name, frame in (("fits", fits), ("extrapolation", extrap), ("correlations", corr),
                         ("winners", win), ("hypotheses", claims), ("quantization", tail),
-                        ("guidance", scales)):
+                        ("guidance", scales), ("loss_floor", floor)):
         write_text(out / f"{name}.csv", frame.to_csv(index=False))
 
     figures.scaling_figure(obs, records, args.x, out)
@@ -283,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
         figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
         method=args.ci_method, hypotheses=claims, text_use=text_use(completed),
-        quantization=tail, guidance=scales))
+        quantization=tail, guidance=scales, loss_floor=floor))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))
     print(f"wrote {out} in {time.time() - t0:.1f}s")

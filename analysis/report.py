@@ -64,6 +64,8 @@ class ReportInputs:
     """analysis.quantization.check's table: measured vs predicted loss exponent of the long tail."""
     guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
     """analysis.guidance.scan's table: FID vs size at each guidance scale measured."""
+    loss_floor: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """analysis.loss_floor.check's table: the reducible loss against the world's floor."""
 
 
 TEXT_USE_COLUMNS = ("token", "order", "size", "train_seed", "caption_gain", "context_spread",
@@ -258,6 +260,24 @@ def _guidance(table: pd.DataFrame) -> str:
             + _table(["variant", "guidance", "FID by size", "α [95% CI]", "R²", "falls"], rows) + "\n")
 
 
+def _loss_floor(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ("None computed (`python -m harness.evaluate.loss_floor RUN ...` computes the validation "
+                "loss of a generator that knows the shapes world exactly).\n")
+    rows = [(f"{r.token}/{r.order}", fmt(r.loss_floor, 4), r.reducible_by_size,
+             _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high), fmt(r.r2, 3),
+             _ci(r.fitted_E, r.fitted_E_ci_low, r.fitted_E_ci_high),
+             "–" if r.E_holds_floor is None or pd.isna(r.E_holds_floor) else ("yes" if r.E_holds_floor else "no"))
+            for r in table.itertuples()]
+    return ("The validation loss of a generator that knows the world exactly, computed by "
+            "`python -m harness.evaluate.loss_floor` (`analysis/loss_floor.py`): per variant, the reducible "
+            "fraction (val loss − floor) / val loss by size (smallest first, seeds averaged), a pure power "
+            "law of the reducible loss against params with its 95% bootstrap interval, and the offset E "
+            "that H1's fit found without knowing the floor; `E holds the floor` when E's interval does.\n\n"
+            + _table(["variant", "floor", "reducible by size", "α [95% CI]", "R²", "fitted E [95% CI]",
+                      "E holds the floor"], rows) + "\n")
+
+
 def render(inp: ReportInputs) -> str:
     """The report's Markdown text."""
     parts = [f"# Scaling analysis: {inp.sweep}\n",
@@ -269,6 +289,7 @@ def render(inp: ReportInputs) -> str:
               "## Does each model read its caption?\n", _text_use(inp.text_use),
               "## Scaling exponents\n", _exponents(inp.fits),
               "## The long tail: measured vs predicted exponent\n", _quantization(inp.quantization),
+              "## Reducible loss: the world's floor\n", _loss_floor(inp.loss_floor),
               "## FID at other guidance scales\n", _guidance(inp.guidance),
               "## Which variant wins at the largest size\n", _winners(inp.winners),
               "## Correlation with validation loss\n", _correlations(inp.correlations),

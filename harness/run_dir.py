@@ -17,6 +17,8 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
                              (``python -m harness.evaluate.occupancy``)
     binding.json             colour binding at the object's cell on colour captions, when asked
                              for (``python -m harness.evaluate.binding``)
+    loss_floor.json          the validation loss of a generator that knows the world, when asked
+                             for (``python -m harness.evaluate.loss_floor``)
     jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
 
 Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
@@ -159,6 +161,7 @@ class RunDir:
 
     occupancy = property(lambda self: self.path / "occupancy.json")  # harness.evaluate.occupancy
     binding = property(lambda self: self.path / "binding.json")  # harness.evaluate.binding
+    loss_floor = property(lambda self: self.path / "loss_floor.json")  # harness.evaluate.loss_floor
 
     # ---- sweep jobs (harness.sweep.records) -------------------------------------------------
     jobs = property(lambda self: self.path / "jobs")

@@ -458,32 +458,49 @@ def _place(
     (subject index, relation, reference index). None if no layout was found in ``tries``.
     ``layout="grid"``: one object per cell of a ``cells`` x ``cells`` grid (see ``LAYOUTS``)."""
     max_size = _MAX_SIZE if len(specs) <= 2 else _MAX_SIZE_CROWDED
-    half = 0.5 / cells
-    gap = _GRID_GAP if layout == "grid" else _GAP
     for _ in range(tries):
-        objs = []
         if layout == "grid":
-            chosen = rng.choice(cells * cells, size=len(specs), replace=False)
-            for (shape, color), cell in zip(specs, chosen):
-                size = half * rng.uniform(*_GRID_SIZE)
-                jitter = max(0.0, half - size - _GRID_GAP / 2)
-                cx = (2 * (cell % cells) + 1) * half + rng.uniform(-jitter, jitter)
-                cy = (2 * (cell // cells) + 1) * half + rng.uniform(-jitter, jitter)
-                objs.append(ShapeObject(shape, color, float(cx), float(cy), float(size)))
+            objs = grid_objects(specs, rng.choice(cells * cells, size=len(specs), replace=False), rng, cells)
         else:
+            objs = []
             for shape, color in specs:
                 size = rng.uniform(_MIN_SIZE, max_size)
                 lo, hi = size + _EDGE, 1 - size - _EDGE
                 objs.append(ShapeObject(shape, color, float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), float(size)))
-        # without nuisance the drawn layout must hold too, so both worlds make the same draws
-        for layout_ in ([objs, _without_nuisance(objs, layout, cells, max_size)]
-                        if nuisance == "none" else [objs]):
-            if not (all(_separated(a, b, gap) for a, b in itertools.combinations(layout_, 2))
-                    and all(_clear_relation(layout_[s], layout_[r], rel, gap) for s, rel, r in constraints)):
-                break
-        else:
-            return layout_
+        placed = layout_holds(objs, constraints, layout, cells, nuisance)
+        if placed is not None:
+            return placed
     return None
+
+
+def grid_objects(specs: list[tuple[str, str]], chosen, rng: np.random.Generator, cells: int = 4
+                 ) -> list[ShapeObject]:
+    """The grid layout's objects for (shape, colour) specs in the ``chosen`` cells (row-major
+    indices), each drawn at a random size and jittered within its cell."""
+    half = 0.5 / cells
+    objs = []
+    for (shape, color), cell in zip(specs, chosen):
+        size = half * rng.uniform(*_GRID_SIZE)
+        jitter = max(0.0, half - size - _GRID_GAP / 2)
+        cx = (2 * (cell % cells) + 1) * half + rng.uniform(-jitter, jitter)
+        cy = (2 * (cell // cells) + 1) * half + rng.uniform(-jitter, jitter)
+        objs.append(ShapeObject(shape, color, float(cx), float(cy), float(size)))
+    return objs
+
+
+def layout_holds(objs: list[ShapeObject], constraints: list[tuple[int, str, int]] = (),
+                 layout: str = "free", cells: int = 4, nuisance: str = "full") -> list[ShapeObject] | None:
+    """The layout a scene keeps if ``objs`` are apart and satisfy ``constraints``, else None:
+    without nuisance the objects at one size (``_without_nuisance``) must hold too, and are kept,
+    so both worlds make the same draws."""
+    max_size = _MAX_SIZE if len(objs) <= 2 else _MAX_SIZE_CROWDED
+    gap = _GRID_GAP if layout == "grid" else _GAP
+    for layout_ in ([objs, _without_nuisance(objs, layout, cells, max_size)]
+                    if nuisance == "none" else [objs]):
+        if not (all(_separated(a, b, gap) for a, b in itertools.combinations(layout_, 2))
+                and all(_clear_relation(layout_[s], layout_[r], rel, gap) for s, rel, r in constraints)):
+            return None
+    return layout_
 
 
 def _without_nuisance(objs: list[ShapeObject], layout: str, cells: int, max_size: float
@@ -574,13 +591,18 @@ def sample_scene(rng: np.random.Generator, split: str = "train", tag: str | None
             continue
         background, gradient = _background(rng, nuisance)
         scene = Scene(objs, background, tag, "", gradient)
-        if split == "compositional" or held_out == "picture":
-            keep = is_held_out(scene) == want_held_out
-        else:  # the caption must not name a held-out combination; the picture may show one
-            keep = not names_held_out(tag, include_groups(scene))
-        if keep:
+        if split_keeps(scene, split, held_out):
             scene.caption = caption_of(tag, include_groups(scene), rng)
             return scene
+
+
+def split_keeps(scene: Scene, split: str, held_out: str = "picture") -> bool:
+    """Whether ``split`` keeps a drawn scene (its objects placed, its caption not yet written): the
+    "compositional" split only scenes that show a held-out combination, the others none (with
+    ``held_out="caption"``: none whose caption would name one)."""
+    if split == "compositional" or held_out == "picture":
+        return is_held_out(scene) == (split == "compositional" and scene.tag in HELD_OUT_TAGS)
+    return not names_held_out(scene.tag, include_groups(scene))
 
 
 def scene_from_metadata(meta: dict, rng: np.random.Generator, layout: str = "free",

@@ -1,0 +1,316 @@
+"""The loss floor: the validation loss of a generator that knows the shapes world exactly.
+
+    python -m harness.evaluate.loss_floor RUN [RUN ...] [--jitters 64]
+
+In a grid world without nuisance whose every object's colour is fixed by its caption
+(``data.unnamed_color`` ``by_shape`` or one palette colour), read through a tokenizer that codes each
+patch alone (``tokenizer.context=patch``), a token is a function of what its cell holds: nothing, or
+one (shape, colour). A caption then fixes everything in its scene but which cells the objects take
+(and a named scene's caption fixes that too). So the best any generator can do is known: given the
+caption and the tokens it sees, each content of a predicted cell has the chance that the world's law
+over layouts gives it. This module computes that law for every validation caption and then the
+validation loss of the Bayes-optimal predictor on validation's own quadrature (the same samples, and
+in random order the same masks and diffusion draws; in raster order each sample's own draws,
+``Generator.sample_losses``): the cross-entropy of the exact conditional distribution (discrete
+tokens), or the noise / velocity MSE of the exact denoiser of the mixture of token latents
+(continuous tokens, ``PosteriorMean``). A run's validation loss minus the floor is its reducible
+loss; the offset E of H1's power-law fit estimates the same floor from the models alone.
+
+The layout law. The world draws a caption's cells uniformly, jitters its objects, and keeps the draw
+if they satisfy the caption (``shapes.layout_holds``) and the split keeps the scene
+(``shapes.split_keeps``: no held-out combination shown); a layout's chance is its share of kept
+draws, estimated for every layout of the caption's objects over ``jitters`` draws of sizes and
+offsets. A layout that a validation scene of the caption shows never gets chance 0: if none of its
+draws was kept, it is drawn 16 times as often, and at worst given one kept draw in all of them.
+
+Writes ``<run>/loss_floor.json``: the floor, the run's validation loss and the reducible fraction
+(val loss − floor) / val loss when the run has been evaluated, and the settings.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from harness import config as C
+from harness.data.datasets import build_dataset
+from harness.data.shapes import (NAMED_TAG, SHAPES, Scene, grid_objects, include_groups, layout_holds,
+                                 split_keeps)
+from harness.errors import UserError, cli_main
+from harness.io import read_json, write_json
+from harness.models.diffloss import DiffLoss
+from harness.models.generator import Generator, val_generator
+from harness.run_dir import RunDir
+from harness.tokenizers.stage0 import load_tokens, tokenizer_dir
+
+EMPTY = 0  # a cell's content: 0 = nothing, 1 + i = SHAPES[i] (its colour is the caption's)
+
+
+def check_world(cfg: DictConfig) -> None:
+    """The floor is exact only where tokens are a function of the cell contents a caption fixes."""
+    d = cfg.data
+    for field, value, ok, need in (
+            ("data.name", d.name, d.name == "shapes", "shapes"),
+            ("data.layout", d.layout, d.layout == "grid", "grid"),
+            ("data.nuisance", d.nuisance, d.nuisance == "none", "none"),
+            ("data.unnamed_color", d.unnamed_color, d.unnamed_color != "random", "by_shape or a palette colour"),
+            ("tokenizer.context", cfg.tokenizer.context, cfg.tokenizer.context == "patch", "patch"),
+            ("model.learn_sigma", cfg.model.learn_sigma, not cfg.model.learn_sigma, "false")):
+        if not ok:
+            raise UserError(field, f"the loss floor needs {field}={need}, got {value}")
+
+
+def cell_of(obj, cells: int) -> int:
+    return min(int(obj.cy * cells), cells - 1) * cells + min(int(obj.cx * cells), cells - 1)
+
+
+def layout_of(objects, cells: int) -> tuple[int, ...]:
+    """Each cell's content in raster order (``EMPTY`` or 1 + shape index)."""
+    out = [EMPTY] * (cells * cells)
+    for o in objects:
+        out[cell_of(o, cells)] = 1 + SHAPES.index(o.shape)
+    return tuple(out)
+
+
+def caption_key(scene: Scene) -> str:
+    """What fixes a scene's layout law: its tag, its include groups and its objects' colours."""
+    return repr((scene.tag, include_groups(scene), [o.color for o in scene.objects]))
+
+
+def layout_law(scene: Scene, split: str, held_out: str, cells: int, jitters: int, seed: int = 0,
+               seen: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """The world's law over the layouts of ``scene``'s caption: (layouts (M, L), chances (M,)),
+    estimated with draws seeded by ``seed`` and the caption alone; the layouts in ``seen`` (which
+    scenes of this caption showed) never get chance 0."""
+    if scene.tag == NAMED_TAG:  # one fixed picture
+        return np.array([layout_of(scene.objects, cells)], dtype=np.int8), np.ones(1)
+    rng = np.random.default_rng([seed, int(hashlib.sha256(caption_key(scene).encode()).hexdigest()[:15], 16)])
+    specs = [(o.shape, o.color) for o in scene.objects]
+    groups = include_groups(scene)
+    constraints = [(1, groups[1]["position"][0], 0)] if scene.tag == "position" else []
+    n = len(specs)
+    # objects alike are interchangeable: each set of cells is one layout
+    assignments = (itertools.combinations(range(cells * cells), n) if len(set(specs)) == 1
+                   else itertools.permutations(range(cells * cells), n))
+
+    def kept(chosen, draws: int) -> int:
+        count = 0
+        for _ in range(draws):
+            objs = layout_holds(grid_objects(specs, chosen, rng, cells), constraints, "grid", cells, "none")
+            if objs is not None and split_keeps(Scene(objs, (0, 0, 0), scene.tag, ""), split, held_out) \
+                    and include_groups(Scene(objs, (0, 0, 0), scene.tag, "")) == groups:
+                count += 1
+        return count
+
+    layouts, weights = [], []
+    for chosen in assignments:
+        layout = layout_at(specs, chosen, cells)
+        w = kept(chosen, jitters) / jitters
+        if w == 0 and layout in seen:  # a layout the world drew is possible: look harder
+            w = max(kept(chosen, 16 * jitters), 1) / (16 * jitters)
+        if w > 0:
+            layouts.append(layout)
+            weights.append(w)
+    p = np.asarray(weights)
+    return np.asarray(layouts, dtype=np.int8), p / p.sum()
+
+
+def layout_at(specs, chosen, cells: int) -> tuple[int, ...]:
+    """The layout of (shape, colour) ``specs`` placed in the ``chosen`` cells."""
+    out = [EMPTY] * (cells * cells)
+    for (shape, _), cell in zip(specs, chosen):
+        out[cell] = 1 + SHAPES.index(shape)
+    return tuple(out)
+
+
+def content_marginal(layouts: np.ndarray, p: np.ndarray, own: np.ndarray, known: np.ndarray,
+                     cell: int) -> np.ndarray:
+    """P(content of ``cell``) (``EMPTY``, 1 + shape index) given the caption's layout law and the
+    contents of the ``known`` cells (bool (L,)), which are those of the layout ``own``."""
+    q = p * (layouts[:, known] == own[known]).all(axis=1)
+    return np.bincount(layouts[:, cell], weights=q, minlength=1 + len(SHAPES)) / q.sum()
+
+
+class ContentTokens:
+    """Each cell content's token, read off the validation tokens: a code (discrete) or a latent
+    (continuous), one per content (None: an empty cell; else (shape, colour)). Refuses a tokenizer
+    whose tokens are not a function of the cell's content."""
+
+    def __init__(self, scenes: list[Scene], tokens: Tensor, cells: int):
+        seen: dict = {}
+        for scene, toks in zip(scenes, tokens):
+            contents = [None] * (cells * cells)
+            for o in scene.objects:
+                contents[cell_of(o, cells)] = (o.shape, o.color)
+            for content, tok in zip(contents, toks):
+                seen.setdefault(content, []).append(tok)
+        self.contents = sorted(seen, key=lambda c: (c is not None, c or ()))
+        self.index = {c: k for k, c in enumerate(self.contents)}
+        stacked = [torch.stack(seen[c]) for c in self.contents]
+        if tokens.dtype in (torch.int32, torch.int64):
+            codes = [t.unique() for t in stacked]
+            if any(len(c) > 1 for c in codes):
+                raise UserError("tokenizer.context", "the loss floor needs one token per cell content; "
+                                "the validation tokens give one content several codes")
+            self.tokens = torch.stack([c[0] for c in codes]).long()
+        else:
+            self.tokens = torch.stack([t.float().mean(0) for t in stacked])
+            spread = max((t.float() - m).norm(dim=-1).max().item() for t, m in zip(stacked, self.tokens))
+            apart = torch.cdist(self.tokens, self.tokens).masked_fill(torch.eye(len(stacked), dtype=torch.bool),
+                                                                      math.inf).min().item()
+            if spread > 0.01 * apart:
+                raise UserError("tokenizer.context", f"the loss floor needs one token per cell content; a "
+                                f"content's latents spread {spread:.3g}, contents lie {apart:.3g} apart")
+
+    def weights(self, marginal: np.ndarray, scene: Scene, cell: int, cells: int) -> Tensor:
+        """(K,) the chance of each content at ``cell`` of ``scene`` given P(``EMPTY``, 1 + shape
+        index) there: a shape takes the colour the caption gives it (in a named scene, whose caption
+        fixes every cell, the colour of the scene's own object there)."""
+        colour = {o.shape: o.color for o in scene.objects}
+        colour.update({o.shape: o.color for o in scene.objects if cell_of(o, cells) == cell})
+        w = torch.zeros(len(self.contents), dtype=torch.float64)
+        for v, pv in enumerate(marginal):
+            if pv > 0:
+                w[self.index[None if v == EMPTY else (SHAPES[v - 1], colour[SHAPES[v - 1]])]] += pv
+        return w
+
+
+class PosteriorMean(nn.Module):
+    """The exact denoiser of a token drawn from a finite mixture of points: given x_t and each
+    point's prior chance (the condition ``z``, (N, K)), the posterior over points is a softmax of
+    log chance - ||x_t - sqrt(a) point||^2 / (2 (1 - a)); it returns the noise (``prediction="eps"``)
+    or velocity (``"v"``) that the posterior-mean clean token implies, which minimise the MSE."""
+
+    def __init__(self, points: Tensor, alphas_cumprod: Tensor, prediction: str):
+        super().__init__()
+        self.points, self.alphas_cumprod, self.prediction = points.double(), alphas_cumprod.double(), prediction
+
+    def forward(self, x_t: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        x_t, a = x_t.double(), self.alphas_cumprod[t][:, None]
+        d2 = (x_t[:, None, :] - a.sqrt()[:, :, None] * self.points[None]).pow(2).sum(-1)
+        log_post = z.double().clamp_min(1e-300).log() - d2 / (2 * (1 - a))
+        log_post = log_post.masked_fill(z <= 0, -math.inf)
+        x0 = log_post.softmax(-1) @ self.points
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps if self.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
+def caption_laws(scenes: list[Scene], split: str, held_out: str, cells: int, jitters: int,
+                 seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``layout_law`` of every caption among ``scenes``, by ``caption_key``."""
+    seen: dict[str, set] = {}
+    for scene in scenes:
+        seen.setdefault(caption_key(scene), set()).add(layout_of(scene.objects, cells))
+    first = {caption_key(scene): scene for scene in reversed(scenes)}
+    return {key: layout_law(first[key], split, held_out, cells, jitters, seed, frozenset(seen[key]))
+            for key in seen}
+
+
+def validation_masks(cfg: DictConfig, n: int, token_dim: int) -> tuple[Tensor, list[torch.Generator]]:
+    """Validation's masked cells and per-sample generators for ``n`` samples: random order's own
+    (``Generator.validation_masks``), raster order every cell with each sample's own draws."""
+    m, L = cfg.model, cfg.data.cells ** 2
+    if m.order == "raster":
+        return torch.ones(n, L, dtype=torch.bool), [val_generator(j) for j in range(n)]
+    masker = Generator(m.token, "random", L, depth=1, width=8, heads=1, token_dim=token_dim,
+                       mask_ratio_min=m.mask_ratio_min, mask_ratio_std=m.mask_ratio_std,
+                       mask_ratio_uniform=m.mask_ratio_uniform)
+    return masker.validation_masks(0, n, torch.device("cpu"))
+
+
+def floor(cfg: DictConfig, jitters: int = 64, seed: int = 0, laws: dict | None = None) -> dict:
+    """The validation loss of the Bayes-optimal generator for ``cfg``'s world, token type and order
+    (the module docstring), and each validation sample's. ``laws``, when given, caches the caption
+    laws by world across calls (they depend on the world alone)."""
+    check_world(cfg)
+    m, cells = cfg.model, cfg.data.cells
+    world = build_dataset(cfg.data, "val")
+    tokens, _ = load_tokens(tokenizer_dir(cfg, m.token), "val")
+    if tokens.shape[1] != cells * cells:
+        raise UserError("tokenizer.downsample", f"the loss floor needs one token per grid cell: "
+                        f"{tokens.shape[1]} tokens for {cells}x{cells} cells")
+    scenes = [world.scene(i) for i in range(len(tokens))]
+    table = ContentTokens(scenes, tokens, cells)
+    masks, generators = validation_masks(cfg, len(tokens), tokens.shape[-1] if tokens.dim() == 3 else 1)
+    head = None
+    if m.token == "continuous":
+        head = DiffLoss(tokens.shape[-1], 1, 8, 1, m.diffusion_steps, m.diffusion_batch_mul,
+                        prediction=m.diffusion_prediction)
+        head.net = PosteriorMean(table.tokens, head.alphas_cumprod, m.diffusion_prediction)
+    laws = {} if laws is None else laws
+    world_key = repr((OmegaConf.to_container(cfg.data), jitters, seed))
+    if world_key not in laws:
+        laws[world_key] = caption_laws(scenes, world.split, world.held_out, cells, jitters, seed)
+    by_caption, losses = laws[world_key], []
+    for scene, toks, masked, g in zip(scenes, tokens, masks, generators):
+        layouts, p = by_caption[caption_key(scene)]
+        own = np.asarray(layout_of(scene.objects, cells), dtype=np.int8)
+        targets = masked.nonzero().flatten()
+        visible = ~masked.numpy()
+        w = torch.stack([table.weights(content_marginal(
+            layouts, p, own, visible if m.order == "random" else np.arange(cells * cells) < cell, cell),
+            scene, cell, cells)
+            for cell in targets.tolist()])
+        if head is None:  # the chance of the true token, summed over the contents that give it
+            chance = (w * (table.tokens[None] == toks[targets].long()[:, None])).sum(1)
+            losses.append(-chance.log().mean().item())
+        else:
+            with torch.no_grad():
+                losses.append(head(toks[targets].float(), w, generator=g).item())
+    return {"loss_floor": float(np.mean(losses)), "token": m.token, "order": m.order,
+            "samples": len(losses), "caption_laws": len(laws), "jitters": jitters, "seed": seed,
+            "sample_losses": losses}
+
+
+def floor_key(cfg: DictConfig) -> str:
+    """What the floor depends on: the world, the tokens and the objective, not the model's size."""
+    m = cfg.model
+    return repr((str(tokenizer_dir(cfg, m.token)), m.order, m.mask_ratio_min, m.mask_ratio_std,
+                 m.mask_ratio_uniform, m.diffusion_steps, m.diffusion_batch_mul, m.diffusion_prediction))
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.evaluate.loss_floor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", help="run directories (their config and stage 0)")
+    parser.add_argument("--jitters", type=int, default=64, help="draws of sizes and offsets per layout")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of those draws")
+    args = parser.parse_args(argv)
+    if args.jitters < 1:
+        raise UserError("--jitters", f"must be >= 1, got {args.jitters}")
+    runs = []
+    for run_dir in args.run_dirs:  # every argument checked before any work
+        run = RunDir(run_dir)
+        if not run.config.is_file():
+            raise UserError("run_dir", f"{run_dir} is not a run directory (no config.yaml)")
+        cfg = C.load_saved(run.config)
+        check_world(cfg)
+        runs.append((run, cfg))
+    floors: dict[str, dict] = {}
+    laws: dict = {}  # the four variants of one world share its caption laws
+    print(f"{'run':<40} {'val_loss':>9} {'floor':>9} {'reducible':>9}")
+    for run, cfg in runs:
+        key = floor_key(cfg)
+        if key not in floors:
+            floors[key] = floor(cfg, args.jitters, args.seed, laws)
+        result = dict(floors[key])
+        metrics = run.eval_metrics(cfg.eval.seed, cfg.eval.seed)
+        val_loss = read_json(metrics).get("val_loss") if metrics.is_file() else None
+        result["val_loss"] = val_loss
+        result["reducible_fraction"] = None if val_loss is None else (val_loss - result["loss_floor"]) / val_loss
+        write_json(run.loss_floor, result)
+        shown = "-" if val_loss is None else f"{val_loss:.4f}"
+        frac = "-" if val_loss is None else f"{result['reducible_fraction']:.1%}"
+        print(f"{run.name:<40} {shown:>9} {result['loss_floor']:>9.4f} {frac:>9}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
