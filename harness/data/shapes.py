@@ -488,6 +488,11 @@ def grid_objects(specs: list[tuple[str, str]], chosen, rng: np.random.Generator,
     return objs
 
 
+def grid_cell(obj: ShapeObject, cells: int = 4) -> int:
+    """The grid cell (row-major index) that holds ``obj``'s centre."""
+    return min(int(obj.cy * cells), cells - 1) * cells + min(int(obj.cx * cells), cells - 1)
+
+
 def layout_holds(objs: list[ShapeObject], constraints: list[tuple[int, str, int]] = (),
                  layout: str = "free", cells: int = 4, nuisance: str = "full") -> list[ShapeObject] | None:
     """The layout a scene keeps if ``objs`` are apart and satisfy ``constraints``, else None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from harness import config as C
 from harness.data.datasets import to_float
-from harness.data.shapes import Scene, render, sample_scene
+from harness.data.shapes import Scene, grid_cell, render, sample_scene
 from harness.errors import UserError
 from harness.evaluate.guidance import check_scales
 from harness.evaluate.run import check_run
@@ -46,7 +46,7 @@ def occupied_cells(scene: Scene, cells: int) -> torch.Tensor:
     """(cells * cells,) bool: which grid cells hold an object, in the token grid's raster order."""
     occ = torch.zeros(cells * cells, dtype=torch.bool)
     for o in scene.objects:
-        occ[min(int(o.cy * cells), cells - 1) * cells + min(int(o.cx * cells), cells - 1)] = True
+        occ[grid_cell(o, cells)] = True
     return occ
 
 

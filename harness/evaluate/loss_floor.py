@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from harness import config as C
 from harness.data.datasets import build_dataset
-from harness.data.shapes import (NAMED_TAG, SHAPES, Scene, grid_objects, include_groups, layout_holds,
-                                 split_keeps)
+from harness.data.shapes import (NAMED_TAG, SHAPES, Scene, grid_cell, grid_objects, include_groups,
+                                 layout_holds, split_keeps)
 from harness.errors import UserError, cli_main
 from harness.io import read_json, write_json
 from harness.models.diffloss import DiffLoss
@@ -67,16 +67,9 @@ def check_world(cfg: DictConfig) -> None:
             raise UserError(field, f"the loss floor needs {field}={need}, got {value}")
 
 
-def cell_of(obj, cells: int) -> int:
-    return min(int(obj.cy * cells), cells - 1) * cells + min(int(obj.cx * cells), cells - 1)
-
-
 def layout_of(objects, cells: int) -> tuple[int, ...]:
     """Each cell's content in raster order (``EMPTY`` or 1 + shape index)."""
-    out = [EMPTY] * (cells * cells)
-    for o in objects:
-        out[cell_of(o, cells)] = 1 + SHAPES.index(o.shape)
-    return tuple(out)
+    return layout_at([(o.shape, o.color) for o in objects], [grid_cell(o, cells) for o in objects], cells)
 
 
 def caption_key(scene: Scene) -> str:
@@ -104,9 +97,8 @@ def layout_law(scene: Scene, split: str, held_out: str, cells: int, jitters: int
         count = 0
         for _ in range(draws):
             objs = layout_holds(grid_objects(specs, chosen, rng, cells), constraints, "grid", cells, "none")
-            if objs is not None and split_keeps(Scene(objs, (0, 0, 0), scene.tag, ""), split, held_out) \
-                    and include_groups(Scene(objs, (0, 0, 0), scene.tag, "")) == groups:
-                count += 1
+            drawn = None if objs is None else Scene(objs, (0, 0, 0), scene.tag, "")
+            count += drawn is not None and split_keeps(drawn, split, held_out) and include_groups(drawn) == groups
         return count
 
     layouts, weights = [], []
@@ -148,7 +140,7 @@ class ContentTokens:
         for scene, toks in zip(scenes, tokens):
             contents = [None] * (cells * cells)
             for o in scene.objects:
-                contents[cell_of(o, cells)] = (o.shape, o.color)
+                contents[grid_cell(o, cells)] = (o.shape, o.color)
             for content, tok in zip(contents, toks):
                 seen.setdefault(content, []).append(tok)
         self.contents = sorted(seen, key=lambda c: (c is not None, c or ()))
@@ -174,7 +166,7 @@ class ContentTokens:
         index) there: a shape takes the colour the caption gives it (in a named scene, whose caption
         fixes every cell, the colour of the scene's own object there)."""
         colour = {o.shape: o.color for o in scene.objects}
-        colour.update({o.shape: o.color for o in scene.objects if cell_of(o, cells) == cell})
+        colour.update({o.shape: o.color for o in scene.objects if grid_cell(o, cells) == cell})
         w = torch.zeros(len(self.contents), dtype=torch.float64)
         for v, pv in enumerate(marginal):
             if pv > 0:

@@ -11,7 +11,7 @@ import torch
 
 from harness import config as C
 from harness.data.datasets import build_dataset
-from harness.data.shapes import SHAPES, include_groups, sample_scene
+from harness.data.shapes import SHAPES, grid_cell, include_groups, sample_scene
 from harness.errors import UserError
 from harness.evaluate import loss_floor as F
 from harness.io import read_json, write_json
@@ -96,7 +96,7 @@ def fake_stage0(tmp_path, token: str, order: str, n: int = 24) -> C.DictConfig:
     for i in range(n):
         cell = [None] * 16
         for o in world.scene(i).objects:
-            cell[F.cell_of(o, 4)] = (o.shape, o.color)
+            cell[grid_cell(o, 4)] = (o.shape, o.color)
         k = torch.tensor([contents.index(c) for c in cell])
         tokens.append(k.to(torch.int32) if token == "discrete" else latents[k])
     out = tokenizer_dir(cfg, token)
