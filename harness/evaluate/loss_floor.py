@@ -257,7 +257,7 @@ def floor(cfg: DictConfig, jitters: int = 64, seed: int = 0, laws: dict | None =
             with torch.no_grad():
                 losses.append(head(toks[targets].float(), w, generator=g).item())
     return {"loss_floor": float(np.mean(losses)), "token": m.token, "order": m.order,
-            "samples": len(losses), "caption_laws": len(laws), "jitters": jitters, "seed": seed,
+            "samples": len(losses), "caption_laws": len(by_caption), "jitters": jitters, "seed": seed,
             "sample_losses": losses}
 
 
