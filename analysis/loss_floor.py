@@ -1,8 +1,9 @@
 """Validation loss against the world's own floor: how much of it is reducible, and how that scales.
 
-``python -m harness.evaluate.loss_floor RUN ...`` computes a run's loss floor, the validation loss of
-a generator that knows the shapes world exactly (``loss_floor.json`` in the run directory; the same
-for every size of a variant). Per variant whose runs carry it, this reports the floor, the
+Evaluation writes a run's loss floor, the validation loss of a generator that knows the shapes world
+exactly, into the results table (``loss_floor``; the same for every size of a variant;
+``python -m harness.evaluate.loss_floor RUN ...`` computes it for runs evaluated before, into
+``loss_floor.json`` in the run directory). Per variant whose runs carry it, this reports the floor, the
 reducible fraction (val loss − floor) / val loss at each size (seed means), and a pure power law of
 the reducible loss against ``params``, L − floor = A·N^−α, with its 95% bootstrap interval: H1's
 offset power law with its offset known rather than fitted. Beside it, the offset E that H1's fit
@@ -27,14 +28,17 @@ MIN_SIZES = 3  # a pure power law has two parameters
 
 
 def floors(runs: pd.DataFrame, run_dirs: dict[str, Path]) -> dict[tuple[str, str], float]:
-    """Each variant's loss floor, from the first of its runs that carries ``loss_floor.json``."""
+    """Each variant's loss floor: the table's ``loss_floor`` (evaluation writes it), else the
+    ``loss_floor.json`` of the first of its runs that carries one (runs evaluated before)."""
     found: dict[tuple[str, str], float] = {}
+    column = runs["loss_floor"] if "loss_floor" in runs.columns else pd.Series(np.nan, index=runs.index)
+    for r, value in zip(runs.itertuples(), pd.to_numeric(column, errors="coerce")):
+        if np.isfinite(value):
+            found.setdefault((r.token, r.order), float(value))
     for r in runs.itertuples():
-        if (r.token, r.order) in found or r.run_key not in run_dirs:
-            continue
-        path = RunDir(run_dirs[r.run_key]).loss_floor
-        if path.is_file():
-            found[r.token, r.order] = float(read_json(path)["loss_floor"])
+        if (r.token, r.order) not in found and r.run_key in run_dirs:
+            if (path := RunDir(run_dirs[r.run_key]).loss_floor).is_file():
+                found[r.token, r.order] = float(read_json(path)["loss_floor"])
     return found
 
 

@@ -262,15 +262,16 @@ def _guidance(table: pd.DataFrame) -> str:
 
 def _loss_floor(table: pd.DataFrame) -> str:
     if table.empty:
-        return ("None computed (`python -m harness.evaluate.loss_floor RUN ...` computes the validation "
-                "loss of a generator that knows the shapes world exactly).\n")
+        return ("None: no run carries a floor (evaluation computes it where the world fixes every token but "
+                "the layout: a shapes grid world without nuisance, read through patch tokens; "
+                "`python -m harness.evaluate.loss_floor RUN ...` computes it for runs evaluated before).\n")
     rows = [(f"{r.token}/{r.order}", fmt(r.loss_floor, 4), r.reducible_by_size,
              _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high), fmt(r.r2, 3),
              _ci(r.fitted_E, r.fitted_E_ci_low, r.fitted_E_ci_high),
              "–" if r.E_holds_floor is None or pd.isna(r.E_holds_floor) else ("yes" if r.E_holds_floor else "no"))
             for r in table.itertuples()]
-    return ("The validation loss of a generator that knows the world exactly, computed by "
-            "`python -m harness.evaluate.loss_floor` (`analysis/loss_floor.py`): per variant, the reducible "
+    return ("The validation loss of a generator that knows the world exactly (`loss_floor`, computed at "
+            "evaluation by `harness/evaluate/loss_floor.py`; `analysis/loss_floor.py`): per variant, the reducible "
             "fraction (val loss − floor) / val loss by size (smallest first, seeds averaged), a pure power "
             "law of the reducible loss against params with its 95% bootstrap interval, and the offset E "
             "that H1's fit found without knowing the floor; `E holds the floor` when E's interval does.\n\n"

@@ -23,8 +23,12 @@ draws, estimated for every layout of the caption's objects over ``jitters`` draw
 offsets. A layout that a validation scene of the caption shows never gets chance 0: if none of its
 draws was kept, it is drawn 16 times as often, and at worst given one kept draw in all of them.
 
-Writes ``<run>/loss_floor.json``: the floor, the run's validation loss and the reducible fraction
-(val loss − floor) / val loss when the run has been evaluated, and the settings.
+Evaluation (``harness.evaluate.run``) writes every such run's floor into its metrics
+(``loss_floor``: the results table's column, which the analysis reads); the floor is computed once
+per variant and cached at stage 0 (``ensure_loss_floor``; the caption laws, about a minute and a half
+for the study's 512 validation scenes, once per world). The command does the same for runs evaluated
+before that and writes ``<run>/loss_floor.json``: the floor, the run's validation loss and the
+reducible fraction (val loss − floor) / val loss when the run has been evaluated, and the settings.
 """
 from __future__ import annotations
 
@@ -40,31 +44,50 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from harness import config as C
-from harness.data.datasets import build_dataset
+from harness.config import config_hash, pretrained_source
+from harness.data.datasets import build_dataset, data_key
 from harness.data.shapes import (NAMED_TAG, SHAPES, Scene, grid_cell, grid_objects, include_groups,
                                  layout_holds, split_keeps)
 from harness.errors import UserError, cli_main
-from harness.io import read_json, write_json
+from harness.io import build_once, read_json, write_json
 from harness.models.diffloss import DiffLoss
 from harness.models.generator import Generator, val_generator
 from harness.run_dir import RunDir
 from harness.tokenizers.stage0 import load_tokens, tokenizer_dir
 
+JITTERS = 64  # draws of sizes and offsets per layout when estimating a caption's layout law
 EMPTY = 0  # a cell's content: 0 = nothing, 1 + i = SHAPES[i] (its colour is the caption's)
 
 
-def check_world(cfg: DictConfig) -> None:
-    """The floor is exact only where tokens are a function of the cell contents a caption fixes."""
-    d = cfg.data
+def problem(cfg: DictConfig) -> tuple[str, str] | None:
+    """Why the floor of ``cfg``'s world is not exact, as (field, message); None where it is: tokens
+    must be a function of the cell contents a caption fixes, and the validation loss must be over
+    the world's own validation scenes."""
+    d, tok = cfg.data, cfg.tokenizer
+    cells = d.cells if d.name == "shapes" else None
     for field, value, ok, need in (
             ("data.name", d.name, d.name == "shapes", "shapes"),
             ("data.layout", d.layout, d.layout == "grid", "grid"),
             ("data.nuisance", d.nuisance, d.nuisance == "none", "none"),
             ("data.unnamed_color", d.unnamed_color, d.unnamed_color != "random", "by_shape or a palette colour"),
-            ("tokenizer.context", cfg.tokenizer.context, cfg.tokenizer.context == "patch", "patch"),
+            ("tokenizer.context", tok.context, tok.context == "patch", "patch"),
+            ("tokenizer.downsample", tok.downsample, d.resolution == tok.downsample * (cells or 0),
+             f"data.resolution / data.cells (one token per grid cell)"),
+            ("tokenizer.posterior_sample", tok.posterior_sample,
+             not (tok.posterior_sample and cfg.model.token == "continuous"), "false"),
+            (f"tokenizer.pretrained_{cfg.model.token}", pretrained_source(cfg, cfg.model.token),
+             pretrained_source(cfg, cfg.model.token) is None, "none (a tokenizer trained at stage 0)"),
+            ("eval.reference.source", cfg.eval.reference.source, cfg.eval.reference.source == "data", "data"),
             ("model.learn_sigma", cfg.model.learn_sigma, not cfg.model.learn_sigma, "false")):
         if not ok:
-            raise UserError(field, f"the loss floor needs {field}={need}, got {value}")
+            return field, f"the loss floor needs {field}={need}, got {value}"
+    return None
+
+
+def check_world(cfg: DictConfig) -> None:
+    """Raise ``problem(cfg)`` as a one-line user error, if there is one."""
+    if (found := problem(cfg)) is not None:
+        raise UserError(*found)
 
 
 def layout_of(objects, cells: int) -> tuple[int, ...]:
@@ -217,17 +240,13 @@ def validation_masks(cfg: DictConfig, n: int, token_dim: int) -> tuple[Tensor, l
     return masker.validation_masks(0, n, torch.device("cpu"))
 
 
-def floor(cfg: DictConfig, jitters: int = 64, seed: int = 0, laws: dict | None = None) -> dict:
+def floor(cfg: DictConfig, jitters: int = JITTERS, seed: int = 0) -> dict:
     """The validation loss of the Bayes-optimal generator for ``cfg``'s world, token type and order
-    (the module docstring), and each validation sample's. ``laws``, when given, caches the caption
-    laws by world across calls (they depend on the world alone)."""
+    (the module docstring), and each validation sample's."""
     check_world(cfg)
     m, cells = cfg.model, cfg.data.cells
     world = build_dataset(cfg.data, "val")
     tokens, _ = load_tokens(tokenizer_dir(cfg, m.token), "val")
-    if tokens.shape[1] != cells * cells:
-        raise UserError("tokenizer.downsample", f"the loss floor needs one token per grid cell: "
-                        f"{tokens.shape[1]} tokens for {cells}x{cells} cells")
     scenes = [world.scene(i) for i in range(len(tokens))]
     table = ContentTokens(scenes, tokens, cells)
     masks, generators = validation_masks(cfg, len(tokens), tokens.shape[-1] if tokens.dim() == 3 else 1)
@@ -236,11 +255,7 @@ def floor(cfg: DictConfig, jitters: int = 64, seed: int = 0, laws: dict | None =
         head = DiffLoss(tokens.shape[-1], 1, 8, 1, m.diffusion_steps, m.diffusion_batch_mul,
                         prediction=m.diffusion_prediction)
         head.net = PosteriorMean(table.tokens, head.alphas_cumprod, m.diffusion_prediction)
-    laws = {} if laws is None else laws
-    world_key = repr((OmegaConf.to_container(cfg.data), jitters, seed))
-    if world_key not in laws:
-        laws[world_key] = caption_laws(scenes, world.split, world.held_out, cells, jitters, seed)
-    by_caption, losses = laws[world_key], []
+    by_caption, losses = ensure_caption_laws(cfg, world, scenes, jitters, seed), []
     for scene, toks, masked, g in zip(scenes, tokens, masks, generators):
         layouts, p = by_caption[caption_key(scene)]
         own = np.asarray(layout_of(scene.objects, cells), dtype=np.int8)
@@ -261,11 +276,42 @@ def floor(cfg: DictConfig, jitters: int = 64, seed: int = 0, laws: dict | None =
             "sample_losses": losses}
 
 
-def floor_key(cfg: DictConfig) -> str:
-    """What the floor depends on: the world, the tokens and the objective, not the model's size."""
+def ensure_caption_laws(cfg: DictConfig, world, scenes: list[Scene], jitters: int, seed: int) -> dict:
+    """``caption_laws`` of the validation ``scenes`` of ``world`` (``cfg``'s), computed once (about
+    a minute and a half for the study's 512) and cached beside the world's rendered data
+    (``stage0/data-<key>-caption-laws-<jitters>x<seed>/``): they depend on the world alone, so the
+    four variants of a study share them."""
+    final = Path(cfg.results_dir) / "stage0" / f"data-{data_key(cfg.data)}-caption-laws-{jitters}x{seed}"
+
+    def build(tmp: Path) -> None:
+        laws = caption_laws(scenes, world.split, world.held_out, cfg.data.cells, jitters, seed)
+        torch.save({k: (torch.from_numpy(lay), torch.from_numpy(p)) for k, (lay, p) in laws.items()},
+                   tmp / "laws.pt")
+        write_json(tmp / "meta.json", {"caption_laws": len(laws), "scenes": len(scenes), "jitters": jitters,
+                                       "seed": seed})
+
+    blob = torch.load(build_once(final, build) / "laws.pt", weights_only=True)
+    return {k: (lay.numpy(), p.numpy()) for k, (lay, p) in blob.items()}
+
+
+def objective_key(cfg: DictConfig) -> dict:
+    """What the floor depends on besides the world and its tokens: the order and the objective's
+    quadrature, not the model's size."""
     m = cfg.model
-    return repr((str(tokenizer_dir(cfg, m.token)), m.order, m.mask_ratio_min, m.mask_ratio_std,
-                 m.mask_ratio_uniform, m.diffusion_steps, m.diffusion_batch_mul, m.diffusion_prediction))
+    return {k: m[k] for k in ("token", "order", "mask_ratio_min", "mask_ratio_std", "mask_ratio_uniform",
+                              "diffusion_steps", "diffusion_batch_mul", "diffusion_prediction")}
+
+
+def ensure_loss_floor(cfg: DictConfig, jitters: int = JITTERS, seed: int = 0) -> dict:
+    """``floor(cfg)``, computed once per world, tokenizer and objective (so once per variant of a
+    study) and cached beside the stage-0 tokenizer
+    (``<tokenizer dir>-loss-floor-<objective hash>-<jitters>x<seed>/meta.json``). Evaluation calls
+    it for every run whose world ``problem`` accepts (``loss_floor`` in metrics.json)."""
+    check_world(cfg)
+    tokens = tokenizer_dir(cfg, cfg.model.token)
+    final = tokens.with_name(f"{tokens.name}-loss-floor-{config_hash(objective_key(cfg))}-{jitters}x{seed}")
+    return read_json(build_once(final, lambda tmp: write_json(tmp / "meta.json", floor(cfg, jitters, seed)))
+                     / "meta.json")
 
 
 @cli_main
@@ -273,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.evaluate.loss_floor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", help="run directories (their config and stage 0)")
-    parser.add_argument("--jitters", type=int, default=64, help="draws of sizes and offsets per layout")
+    parser.add_argument("--jitters", type=int, default=JITTERS, help="draws of sizes and offsets per layout")
     parser.add_argument("--seed", type=int, default=0, help="the seed of those draws")
     args = parser.parse_args(argv)
     if args.jitters < 1:
@@ -286,14 +332,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = C.load_saved(run.config)
         check_world(cfg)
         runs.append((run, cfg))
-    floors: dict[str, dict] = {}
-    laws: dict = {}  # the four variants of one world share its caption laws
     print(f"{'run':<40} {'val_loss':>9} {'floor':>9} {'reducible':>9}")
     for run, cfg in runs:
-        key = floor_key(cfg)
-        if key not in floors:
-            floors[key] = floor(cfg, args.jitters, args.seed, laws)
-        result = dict(floors[key])
+        result = ensure_loss_floor(cfg, args.jitters, args.seed)
         metrics = run.eval_metrics(cfg.eval.seed, cfg.eval.seed)
         val_loss = read_json(metrics).get("val_loss") if metrics.is_file() else None
         result["val_loss"] = val_loss

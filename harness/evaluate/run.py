@@ -19,6 +19,9 @@ For a run whose status is "trained" or "completed", computes
                       the FID of the fresh scenes themselves: what a perfect generator would score (an
                       unconditional one where captions fix pictures: named scenes)
                       (``floor.py``, cached)
+  loss_floor          (shapes world whose tokens a caption fixes up to the layout: grid, no nuisance,
+                      patch tokens) the validation loss of a generator that knows the world exactly
+                      (``loss_floor.py``, cached once per variant)
   tail_kinds_learned tail_loss tail_gain_<a>_<b>   (shapes world with ``data.named_scenes``) how
                       many named kinds the run has learned, the loss over named scenes and the
                       caption gain by frequency rank (``tail.py``)
@@ -52,7 +55,7 @@ from harness import config as C, progress
 from harness.data.datasets import caption_vocabulary
 from harness.data.tokens import TokenDataset
 from harness.errors import UserError
-from harness.evaluate import fid
+from harness.evaluate import fid, loss_floor
 from harness.evaluate.floor import ensure_fid_floor
 from harness.evaluate.tail import run_tail_metrics
 from harness.faults import fault
@@ -314,6 +317,8 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
         if cfg.eval.reference.source == "data":
             floor = ensure_fid_floor(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg, reference, space)
             metrics.update({k: floor[k] for k in FID_FLOOR})
+        if loss_floor.problem(cfg) is None:
+            metrics["loss_floor"] = loss_floor.ensure_loss_floor(cfg)["loss_floor"]
     images = write_samples(sampler, run_dir, generated) if default else []
     metrics.update(eval_seconds=time.time() - start, fid_samples=len(captions), fid_features=space.name,
                    geneval_images=cfg.eval.geneval_prompts_per_tag * cfg.eval.images_per_prompt

@@ -31,7 +31,7 @@ TAIL = ("tail_kinds_learned", "tail_loss", "named_scenes", "named_scene_zipf")
 SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
 COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps", "train_seed",
            *METRICS, *TEXT_PROBES, "geneval_ceiling", "geneval_in_dist", "fid_floor",
-           "fid_floor_matched", *TAIL, "status", "run_dir", "seed")
+           "fid_floor_matched", "loss_floor", *TAIL, "status", "run_dir", "seed")
 TABLE = "runs.csv"
 
 
@@ -122,6 +122,7 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row["geneval_in_dist"] = (metrics or {}).get("geneval_in_dist_overall")
         row["fid_floor"] = (metrics or {}).get("fid_floor")
         row["fid_floor_matched"] = (metrics or {}).get("fid_floor_matched")
+        row["loss_floor"] = (metrics or {}).get("loss_floor")
         row["tail_kinds_learned"] = (metrics or {}).get("tail_kinds_learned")
         row["tail_loss"] = (metrics or {}).get("tail_loss")
         named = cfg.data.name == "shapes" and OmegaConf.select(cfg, "data.named_scenes", default=0)

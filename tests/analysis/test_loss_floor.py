@@ -1,5 +1,6 @@
-"""The analysis reads each variant's loss floor from ``loss_floor.json`` in its run directories
-(``python -m harness.evaluate.loss_floor``) and fits the reducible loss against size."""
+"""The analysis reads each variant's loss floor from the results table (``loss_floor``, written at
+evaluation), else from ``loss_floor.json`` in its run directories (``python -m
+harness.evaluate.loss_floor``), and fits the reducible loss against size."""
 from __future__ import annotations
 
 import numpy as np
@@ -65,3 +66,13 @@ def test_runs_without_a_floor_add_nothing_and_a_loss_below_it_is_not_fitted(tmp_
     table, notes = loss_floor.check(runs, dirs, offset_fit(0.3, 0.25, 0.35), n_boot=200)
     assert table.empty and notes == ["loss floor: discrete/raster has a validation loss at or below the "
                                      "floor; not fitted"]
+
+
+def test_the_tables_floor_comes_first_and_the_run_directory_is_the_fallback(tmp_path):
+    runs, dirs = make_runs(tmp_path)
+    assert loss_floor.floors(runs, dirs) == {("discrete", "raster"): FLOOR}  # no column: the file
+    runs["loss_floor"] = np.nan
+    runs.loc[3, "loss_floor"] = 0.15  # evaluated with the floor: the table says it
+    assert loss_floor.floors(runs, dirs) == {("discrete", "raster"): 0.15}
+    assert loss_floor.floors(runs.assign(loss_floor="0.15"), {}) == {("discrete", "raster"): 0.15}  # as read from csv
+    assert loss_floor.floors(runs.assign(loss_floor=np.nan), {}) == {}

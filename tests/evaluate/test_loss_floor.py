@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from harness import config as C
 from harness.data.datasets import build_dataset
@@ -136,6 +137,23 @@ def test_a_world_the_floor_cannot_know_is_refused():
         F.check_world(C.load([*WORLD[:3], "data.unnamed_color=random", *WORLD[4:]]))
     with pytest.raises(UserError, match="data.nuisance"):
         F.check_world(C.load([*WORLD[:2], "data.nuisance=full", *WORLD[3:]]))
+    assert F.problem(C.load(WORLD)) is None
+    assert F.problem(C.load([*WORLD, "tokenizer.downsample=4"]))[0] == "tokenizer.downsample"  # 8x8 tokens, 4x4 cells
+    assert F.problem(C.load([])) is not None  # the default world: free layout, nuisance
+
+
+def test_the_floor_is_computed_once_per_variant_and_the_caption_laws_once_per_world(tmp_path, monkeypatch):
+    """``ensure_loss_floor`` caches the floor beside the tokenizer and the caption laws beside the
+    world's data: a second call computes nothing, another variant of the world reuses the laws."""
+    cfg = fake_stage0(tmp_path, "discrete", "random")
+    first = F.ensure_loss_floor(cfg, jitters=2)
+    assert first["loss_floor"] == pytest.approx(F.floor(cfg, jitters=2)["loss_floor"])
+    monkeypatch.setattr(F, "floor", lambda *a, **k: pytest.fail("the floor was computed again"))
+    assert F.ensure_loss_floor(cfg, jitters=2) == first
+    monkeypatch.undo()
+    monkeypatch.setattr(F, "caption_laws", lambda *a, **k: pytest.fail("the caption laws were computed again"))
+    raster = OmegaConf.merge(cfg, {"model": {"order": "raster"}})
+    assert F.ensure_loss_floor(raster, jitters=2)["loss_floor"] != first["loss_floor"]
 
 
 def test_the_command_writes_each_runs_floor_and_its_reducible_fraction(tmp_path, capsys):
@@ -152,3 +170,24 @@ def test_the_command_writes_each_runs_floor_and_its_reducible_fraction(tmp_path,
     with pytest.raises(SystemExit) as stop:
         F.main([str(tmp_path / "nothing")])
     assert stop.value.code == 2
+
+
+def test_evaluation_writes_the_floor_into_the_metrics_and_the_results_table(tmp_path, monkeypatch):
+    """A run in a world whose floor is exact carries ``loss_floor`` (the same as ``floor``) in its
+    metrics.json and its results-table row, below its validation loss."""
+    from harness.evaluate import features
+    from harness.evaluate.run import evaluate
+    from harness.sweep.table import run_rows
+    from harness.train.run import train
+    from tests.evaluate.test_evaluate import TINY_FEATURES, TINY_RUN
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setattr(features, "DEFAULT_SPEC", TINY_FEATURES)
+    cfg = C.load([*TINY_RUN, *WORLD, f"results_dir={tmp_path}/results", "model.token=discrete",
+                  "train.steps=4", "data.val_size=16", "eval.fid_samples=16"])
+    run_dir = train(cfg)
+    metrics = evaluate(run_dir)
+    assert metrics["loss_floor"] == pytest.approx(F.floor(C.load_saved(RunDir(run_dir).config))["loss_floor"])
+    assert 0 < metrics["loss_floor"] < metrics["val_loss"]
+    [row] = run_rows(run_dir, "test", [cfg.eval.seed])
+    assert row["loss_floor"] == metrics["loss_floor"]
