@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from harness import config as C
@@ -64,15 +64,14 @@ def problem(cfg: DictConfig) -> tuple[str, str] | None:
     must be a function of the cell contents a caption fixes, and the validation loss must be over
     the world's own validation scenes."""
     d, tok = cfg.data, cfg.tokenizer
-    cells = d.cells if d.name == "shapes" else None
     for field, value, ok, need in (
             ("data.name", d.name, d.name == "shapes", "shapes"),
             ("data.layout", d.layout, d.layout == "grid", "grid"),
             ("data.nuisance", d.nuisance, d.nuisance == "none", "none"),
             ("data.unnamed_color", d.unnamed_color, d.unnamed_color != "random", "by_shape or a palette colour"),
             ("tokenizer.context", tok.context, tok.context == "patch", "patch"),
-            ("tokenizer.downsample", tok.downsample, d.resolution == tok.downsample * (cells or 0),
-             f"data.resolution / data.cells (one token per grid cell)"),
+            ("tokenizer.downsample", tok.downsample, d.resolution == tok.downsample * d.cells,
+             f"{d.resolution // d.cells} (data.resolution / data.cells: one token per grid cell)"),
             ("tokenizer.posterior_sample", tok.posterior_sample,
              not (tok.posterior_sample and cfg.model.token == "continuous"), "false"),
             (f"tokenizer.pretrained_{cfg.model.token}", pretrained_source(cfg, cfg.model.token),
