@@ -19,8 +19,8 @@ loss; the offset E of H1's power-law fit estimates the same floor from the model
 The layout law. The world draws a caption's cells uniformly, jitters its objects, and keeps the draw
 if they satisfy the caption (``shapes.layout_holds``) and the split keeps the scene
 (``shapes.split_keeps``: no held-out combination shown); a layout's chance is its share of kept
-draws, estimated for every layout of the caption's objects over ``jitters`` draws of sizes and
-offsets. A layout that a validation scene of the caption shows never gets chance 0: if none of its
+draws, estimated over ``jitters`` draws of sizes and offsets once for each class of the caption's
+layouts that differ by a translation of the grid (``translation_class``). A layout that a validation scene of the caption shows never gets chance 0: if none of its
 draws was kept, it is drawn 16 times as often, and at worst given one kept draw in all of them.
 
 Evaluation (``harness.evaluate.run``) writes every such run's floor into its metrics
@@ -108,32 +108,46 @@ def layout_law(scene: Scene, split: str, held_out: str, cells: int, jitters: int
         return np.array([layout_of(scene.objects, cells)], dtype=np.int8), np.ones(1)
     rng = np.random.default_rng([seed, int(hashlib.sha256(caption_key(scene).encode()).hexdigest()[:15], 16)])
     specs = [(o.shape, o.color) for o in scene.objects]
-    groups = include_groups(scene)
-    constraints = [(1, groups[1]["position"][0], 0)] if scene.tag == "position" else []
-    n = len(specs)
     # objects alike are interchangeable: each set of cells is one layout
-    assignments = (itertools.combinations(range(cells * cells), n) if len(set(specs)) == 1
-                   else itertools.permutations(range(cells * cells), n))
-
-    def kept(chosen, draws: int) -> int:
-        count = 0
-        for _ in range(draws):
-            objs = layout_holds(grid_objects(specs, chosen, rng, cells), constraints, "grid", cells, "none")
-            drawn = None if objs is None else Scene(objs, (0, 0, 0), scene.tag, "")
-            count += drawn is not None and split_keeps(drawn, split, held_out) and include_groups(drawn) == groups
-        return count
-
-    layouts, weights = [], []
+    assignments = (itertools.combinations(range(cells * cells), len(specs)) if len(set(specs)) == 1
+                   else itertools.permutations(range(cells * cells), len(specs)))
+    classes: dict[tuple, list[tuple[int, ...]]] = {}  # the world keeps all of a class's layouts alike
     for chosen in assignments:
-        layout = layout_at(specs, chosen, cells)
-        w = kept(chosen, jitters) / jitters
-        if w == 0 and layout in seen:  # a layout the world drew is possible: look harder
-            w = max(kept(chosen, 16 * jitters), 1) / (16 * jitters)
+        classes.setdefault(translation_class(chosen, cells), []).append(layout_at(specs, chosen, cells))
+    layouts, weights = [], []
+    for key, members in classes.items():
+        chosen = [r * cells + c for r, c in key]
+        w = kept(scene, chosen, split, held_out, cells, rng, jitters) / jitters
+        if w == 0 and not seen.isdisjoint(members):  # a layout the world drew is possible: look harder
+            w = max(kept(scene, chosen, split, held_out, cells, rng, 16 * jitters), 1) / (16 * jitters)
         if w > 0:
-            layouts.append(layout)
-            weights.append(w)
+            layouts += members
+            weights += [w] * len(members)
     p = np.asarray(weights)
     return np.asarray(layouts, dtype=np.int8), p / p.sum()
+
+
+def kept(scene: Scene, chosen, split: str, held_out: str, cells: int, rng: np.random.Generator,
+         draws: int) -> int:
+    """How many of ``draws`` draws of sizes and offsets of ``scene``'s objects in the ``chosen``
+    cells the world keeps for the scene's caption and ``split``."""
+    specs, groups = [(o.shape, o.color) for o in scene.objects], include_groups(scene)
+    constraints = [(1, groups[1]["position"][0], 0)] if scene.tag == "position" else []
+    count = 0
+    for _ in range(draws):
+        objs = layout_holds(grid_objects(specs, chosen, rng, cells), constraints, "grid", cells, "none")
+        drawn = None if objs is None else Scene(objs, (0, 0, 0), scene.tag, "")
+        count += drawn is not None and split_keeps(drawn, split, held_out) and include_groups(drawn) == groups
+    return count
+
+
+def translation_class(chosen, cells: int) -> tuple[tuple[int, int], ...]:
+    """Each chosen cell's (row, column) after shifting the cells as far up and left as the grid
+    allows. The world's rules read only where the cells lie relative to each other (objects are
+    jittered within their cells; gaps and relations compare objects), so a translation of the chosen
+    cells keeps a draw kept or not alike and one estimate serves the whole class."""
+    rows, cols = [c // cells for c in chosen], [c % cells for c in chosen]
+    return tuple((r - min(rows), c - min(cols)) for r, c in zip(rows, cols))
 
 
 def layout_at(specs, chosen, cells: int) -> tuple[int, ...]:

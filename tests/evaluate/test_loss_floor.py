@@ -3,6 +3,7 @@ exact conditional chances and denoiser built from it, and the floor on a stage 0
 made from the scenes' cell contents, so no tokenizer is trained)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -55,6 +56,22 @@ def test_a_position_caption_allows_only_layouts_that_show_its_relation():
         col = {v: lay.tolist().index(v) % 4 for v in (ref, subj)}
         assert col[subj] < col[ref]  # the subject's cell is left of the reference's
     assert tuple(F.layout_of(s.objects, 4)) in {tuple(lay) for lay in layouts}
+
+
+@pytest.mark.parametrize("tag", ["position", "color_attr", "two_object", "counting"])
+def test_the_world_keeps_translated_cells_alike_draw_by_draw(tag):
+    """One estimate serves a translation class only if the world's rules read the cells' relative
+    places alone: every translation of the chosen cells, drawn with the same seed, is kept or not
+    alike (an absolute rule, say a margin to the picture's edge, would fail here)."""
+    for seed in range(3):
+        s = scene(tag, seed)
+        for chosen in itertools.islice(itertools.permutations(range(16), len(s.objects)), 0, None, 37):
+            key = F.translation_class(chosen, 4)
+            rows, cols = max(r for r, _ in key), max(c for _, c in key)
+            counts = {F.kept(s, [(r + dr) * 4 + c + dc for r, c in key], "val", "picture", 4,
+                             np.random.default_rng(seed), 16)
+                      for dr in range(4 - rows) for dc in range(4 - cols)}
+            assert len(counts) == 1, (s.caption, chosen)
 
 
 def test_the_marginal_follows_the_known_cells():
