@@ -25,10 +25,10 @@ draws was kept, it is drawn 16 times as often, and at worst given one kept draw 
 
 Evaluation (``harness.evaluate.run``) writes every such run's floor into its metrics
 (``loss_floor``: the results table's column, which the analysis reads); the floor is computed once
-per variant and cached at stage 0 (``ensure_loss_floor``; the caption laws, about a minute and a half
-for the study's 512 validation scenes, once per world). The command does the same for runs evaluated
-before that and writes ``<run>/loss_floor.json``: the floor, the run's validation loss and the
-reducible fraction (val loss − floor) / val loss when the run has been evaluated, and the settings.
+per variant and cached at stage 0 (``ensure_loss_floor``; the caption laws, most of its cost, once
+per world). The command does the same for runs evaluated before that and writes
+``<run>/loss_floor.json``: the floor, the run's validation loss and the reducible fraction
+(val loss − floor) / val loss when the run has been evaluated, and the settings.
 """
 from __future__ import annotations
 
@@ -290,8 +290,8 @@ def floor(cfg: DictConfig, jitters: int = JITTERS, seed: int = 0) -> dict:
 
 
 def ensure_caption_laws(cfg: DictConfig, world, scenes: list[Scene], jitters: int, seed: int) -> dict:
-    """``caption_laws`` of the validation ``scenes`` of ``world`` (``cfg``'s), computed once (about
-    a minute and a half for the study's 512) and cached beside the world's rendered data
+    """``caption_laws`` of the validation ``scenes`` of ``world`` (``cfg``'s), computed once and
+    cached beside the world's rendered data
     (``stage0/data-<key>-caption-laws-<jitters>x<seed>/``): they depend on the world alone, so the
     four variants of a study share them."""
     final = Path(cfg.results_dir) / "stage0" / f"data-{data_key(cfg.data)}-caption-laws-{jitters}x{seed}"
