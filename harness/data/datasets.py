@@ -77,11 +77,17 @@ def data_key(data: DictConfig) -> str:
     return config_hash(key)
 
 
+def data_dir(data: DictConfig, root: str | Path) -> Path:
+    """Where stage 0 keeps the world's rendered splits under the results dir ``root``; what is
+    derived from the world alone is cached beside it (``<this>-<what>``)."""
+    return Path(root) / "stage0" / f"data-{data_key(data)}"
+
+
 def rendered(data: DictConfig, split: str, root: str | Path) -> tuple[torch.Tensor, list[str]]:
     """All images (uint8 N,H,W,3) and captions of a split, rendered once and cached on disk."""
     from harness.io import atomic_write
 
-    path = Path(root) / "stage0" / f"data-{data_key(data)}" / f"{split}.pt"
+    path = data_dir(data, root) / f"{split}.pt"
     if path.exists():
         blob = torch.load(path, weights_only=True)
         return blob["images"], blob["captions"]

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from harness import config as C
 from harness.config import config_hash, pretrained_source
-from harness.data.datasets import build_dataset, data_key
+from harness.data.datasets import build_dataset, data_dir
 from harness.data.shapes import (NAMED_TAG, SHAPES, Scene, grid_cell, grid_objects, include_groups,
                                  layout_holds, split_keeps)
 from harness.errors import UserError, cli_main
@@ -294,7 +294,8 @@ def ensure_caption_laws(cfg: DictConfig, world, scenes: list[Scene], jitters: in
     cached beside the world's rendered data
     (``stage0/data-<key>-caption-laws-<jitters>x<seed>/``): they depend on the world alone, so the
     four variants of a study share them."""
-    final = Path(cfg.results_dir) / "stage0" / f"data-{data_key(cfg.data)}-caption-laws-{jitters}x{seed}"
+    data = data_dir(cfg.data, cfg.results_dir)
+    final = data.with_name(f"{data.name}-caption-laws-{jitters}x{seed}")
 
     def build(tmp: Path) -> None:
         laws = caption_laws(scenes, world.split, world.held_out, cfg.data.cells, jitters, seed)
