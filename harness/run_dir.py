@@ -18,7 +18,8 @@ and that folder holds everything needed to resume, evaluate, report or re-mirror
     binding.json             colour binding at the object's cell on colour captions, when asked
                              for (``python -m harness.evaluate.binding``)
     loss_floor.json          the validation loss of a generator that knows the world, when asked
-                             for (``python -m harness.evaluate.loss_floor``)
+                             for (``python -m harness.evaluate.loss_floor``: runs evaluated before
+                             metrics.json carried ``loss_floor``)
     jobs/                    the sweep jobs' records and logs (``harness.sweep.records``)
 
 Modules ask a ``RunDir`` for a path; none joins run paths by hand. Torch-free: the sweep driver
