@@ -104,7 +104,7 @@ class View:
         by_key = {r.key: r for r in self.runs}
         running = {s.key: run_progress(by_key[s.key]) for s in states if s.state == "running"}
         if running and self.tracker.runs_start is None:
-            self.tracker.runs_start = time.time()  # the rate of finished runs counts from here
+            self.tracker.runs_start = self.tracker.clock()  # the rate of finished runs counts from here
         eta = overall_eta(self.tracker, states, running, self.slots)
         summary = self.tracker.line(states, eta)
         if self._live is None:

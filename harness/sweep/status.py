@@ -105,7 +105,8 @@ class Progress:
         self.name, self.total = name, total
         self.costs = costs
         self.done_cost = done_cost if costs else float(done_at_start)
-        self.start = time.time()
+        self.clock = time.time  # replaced by a fixed clock in tests
+        self.start = self.clock()
         self.runs_start: float | None = None  # when the first run was seen running (after stage 0)
 
     def rate_eta(self, states: list[RunState]) -> float | None:
@@ -116,12 +117,12 @@ class Progress:
         finished = cost(("completed", "failed")) - self.done_cost
         if not left:
             return 0.0
-        return (time.time() - (self.runs_start or self.start)) / finished * left if finished > 0 else None
+        return (self.clock() - (self.runs_start or self.start)) / finished * left if finished > 0 else None
 
     def line(self, states: list[RunState], eta_s: float | None = None) -> str:
         """The counts; the ETA is ``eta_s`` when given, else from this session's completion rate."""
         c = counts(states)
-        elapsed = time.time() - self.start
+        elapsed = self.clock() - self.start
         left = c["running"] + c["queued"] + c["pending"]
         eta_s = self.rate_eta(states) if eta_s is None else eta_s
         eta = "0m00s" if not left else duration(eta_s)

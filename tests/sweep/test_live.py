@@ -53,7 +53,7 @@ def test_plain_lines_show_stage0_each_running_run_and_the_sweep(tmp_path, capsys
     tok = Stage0Task("tokenizer", "continuous", tmp_path / "stage0" / "tok-abc", runs[0].cfg)
     feats = Stage0Task("features", "", tmp_path / "stage0" / "features-x", runs[0].cfg)
     report(progress.beside(tok.path), "train", 500, 2000, 50.0, loss=0.0123)
-    view = View("demo", runs, runs, [tok, feats], every_s=30)
+    view = View("demo", runs, runs, [tok, feats], every_s=3600)
     view.refresh(force=True)
     out = capsys.readouterr().out.splitlines()
     assert "[stage 0] tokenizer continuous: train 500/2000, loss 0.0123, ETA 2m30s" in out

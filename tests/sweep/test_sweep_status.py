@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from harness import config as C
 from harness.io import write_json
@@ -77,14 +76,14 @@ def test_progress_line_counts_and_eta():
     states = [status.RunState(str(i), "v", "xs", s) for i, s in
               enumerate(["completed", "completed", "running", "pending", "failed"])]
     p = status.Progress("demo", 5, done_at_start=1)
-    p.start = time.time() - 120
+    p.clock = lambda: p.start + 120  # two minutes in, however long the test itself takes
     line = p.line(states)
     assert line.startswith("[sweep demo] 2/5 done, 1 running, 1 failed, 1 queued; elapsed 2m00s")
     assert line.endswith("ETA 2m00s")   # 2 finished in 2 minutes this session: 2 left, 2 minutes
     # weighted by cost: the large runs went first (done: 1 before, then 4 and 4), 1 + 1 left
     costs = {"0": 1.0, "1": 4.0, "2": 1.0, "3": 1.0, "4": 4.0}
     p = status.Progress("demo", 5, done_at_start=1, costs=costs, done_cost=1.0)
-    p.start = time.time() - 120
+    p.clock = lambda: p.start + 120
     assert p.line(states).endswith("ETA 0m30s")  # 8 cost units in 2 minutes: 2 units left
 
 
