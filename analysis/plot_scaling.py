@@ -15,8 +15,8 @@ Writes into --out (default: the folder ``analysis/`` beside runs.csv): fits.csv,
 extrapolation.csv, correlations.csv, winners.csv, hypotheses.csv, quantization.csv (the long
 tail's measured vs predicted exponent), guidance.csv (FID vs size at the guidance scales
 ``python -m harness.evaluate.guidance`` measured), loss_floor.csv (the reducible loss against the
-world's floor, where ``python -m harness.evaluate.loss_floor`` computed it), report.md and the
-figures (PNG + PDF), then
+world's floor, for the variants whose runs carry one: evaluation writes it where the world allows),
+report.md and the figures (PNG + PDF), then
 logs that folder to the sweep's parent MLflow run when ``parent_run_id`` sits beside runs.csv.
 """
 from __future__ import annotations
