@@ -13,6 +13,11 @@
 Each row of :func:`check` names the hypothesis, the variant(s), the numbers and a verdict
 (``holds`` / ``fails`` / ``untestable`` with the reason), so an honest negative result is reported
 the same way as a positive one.
+
+FID is read in the space of a trained feature net, whose own seed moves FID as much as a model
+does (calibration item 93). Where the runs table carries FID under other nets (``fid_net1``, ...,
+:func:`other_nets`), H2 and H4's FID claim are tested under each net too, and hold only where they
+hold under every one; the evidence quotes each net's numbers.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.fitting import FitRecord, preferred
+from analysis.fitting import FitRecord, fit_table, observations, preferred
+from harness.registry import FID_NETS
 
 GENEVAL_TARGET = 0.6
 R2_TARGET = 0.95
@@ -99,24 +105,61 @@ def _floor_note(floors: dict[str, float], matched: dict[str, float], tokens: Seq
     return note
 
 
-def _fid_gap(obs: pd.DataFrame, floors: dict[str, float], matched: dict[str, float]) -> list[dict]:
+Nets = dict[str, tuple[pd.DataFrame, list[FitRecord]]]
+
+
+def other_nets(runs: pd.DataFrame, n_boot: int, seed: int, method: str) -> tuple[Nets, list[str]]:
+    """For each column of ``FID_NETS`` the runs table fills: the observations with that column as
+    ``fid`` and their FID fits against ``params``, by the column's name."""
+    nets: Nets = {}
+    for column in FID_NETS:
+        if column not in runs.columns or pd.to_numeric(runs[column], errors="coerce").isna().all():
+            continue
+        names = [c for c in ("run_key", "token", "order", "size", "params", "seed") if c in runs.columns]
+        obs, _ = observations(runs[names].assign(fid=runs[column]))
+        records, _ = fit_table(obs, ("params",), n_boot, seed, method)
+        nets[column] = (obs, records)
+    if not nets:
+        return nets, ["FID under one feature net only (no fid_net* values): the FID verdicts do not count "
+                      "the feature net's own seed"]
+    return nets, []
+
+
+def _holds_everywhere(ok: bool | None, others: list[bool | None]) -> bool | None:
+    """A verdict over the default net and the others: untestable if the default's is."""
+    return None if ok is None else ok and all(bool(o) for o in others)
+
+
+def _gap(obs: pd.DataFrame, order: str) -> tuple[pd.DataFrame, tuple, tuple, float, float, bool | None]:
+    at = _largest(obs, "fid", [("continuous", order), ("discrete", order)])
+    if at.empty:
+        return at, (), (), math.nan, math.nan, None
+    c = _stats(at[at["token"] == "continuous"]["value"])
+    d = _stats(at[at["token"] == "discrete"]["value"])
+    spread, gap = max(c[2], d[2]), d[0] - c[0]
+    return at, c, d, gap, spread, (gap > spread if min(c[3], d[3]) > 1 else None)
+
+
+def _fid_gap(obs: pd.DataFrame, floors: dict[str, float], matched: dict[str, float],
+             nets: Nets) -> list[dict]:
     rows = []
     for order in ("random", "raster"):
-        at = _largest(obs, "fid", [("continuous", order), ("discrete", order)])
+        at, c, d, gap, spread, ok = _gap(obs, order)
         claim = "continuous FID < discrete at the largest size by more than the seed spread"
         if at.empty:
             rows.append(_row(2, claim, order, "", None, "no size with both tokens' FID"))
             continue
-        c = _stats(at[at["token"] == "continuous"]["value"])
-        d = _stats(at[at["token"] == "discrete"]["value"])
-        spread = max(c[2], d[2])
-        gap = d[0] - c[0]
-        ok = gap > spread if min(c[3], d[3]) > 1 else None
-        rows.append(_row(2, claim, f"{order} order, size {at['size'].iloc[0]}",
-                         f"FID continuous {c[0]:.2f} (sd {c[1]:.2f}, n={c[3]}) vs discrete "
-                         f"{d[0]:.2f} (sd {d[1]:.2f}, n={d[3]}); gap {gap:.2f}, "
-                         f"seed spread {spread:.2f}" + _floor_note(floors, matched, ("continuous", "discrete")),
-                         ok, "one seed: no spread"))
+        evidence = (f"FID continuous {c[0]:.2f} (sd {c[1]:.2f}, n={c[3]}) vs discrete "
+                    f"{d[0]:.2f} (sd {d[1]:.2f}, n={d[3]}); gap {gap:.2f}, "
+                    f"seed spread {spread:.2f}" + _floor_note(floors, matched, ("continuous", "discrete")))
+        others = []
+        for name, (net_obs, _) in nets.items():
+            _, nc, nd, ngap, nspread, nok = _gap(net_obs, order)
+            others.append(nok)
+            evidence += (f"; {name}: {nc[0]:.2f} vs {nd[0]:.2f}, gap {ngap:.2f}, spread {nspread:.2f}"
+                         if nc else f"; {name}: no values")
+        rows.append(_row(2, claim, f"{order} order, size {at['size'].iloc[0]}", evidence,
+                         _holds_everywhere(ok, others), "one seed: no spread"))
     return rows
 
 
@@ -139,7 +182,7 @@ def _geneval_order(obs: pd.DataFrame) -> dict:
 
 
 def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float],
-                  matched: dict[str, float]) -> list[dict]:
+                  matched: dict[str, float], nets: Nets) -> list[dict]:
     rows = []
     for metric, sign, param, word in (("fid", 1, "alpha", "falls"),
                                       ("geneval_overall", 1, "slope", "rises")):
@@ -159,9 +202,18 @@ def _fluid_trends(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[
         value = rec.fit.params[param]
         lo, hi = rec.boot.interval(param)
         ok = sign * value > 0 and sign * lo > 0
-        rows.append(_row(4, claim, "continuous/random",
-                         f"means by size: {trail}; {rec.form} {param} = {value:.3g} "
-                         f"[{lo:.3g}, {hi:.3g}]", ok))
+        evidence = f"means by size: {trail}; {rec.form} {param} = {value:.3g} [{lo:.3g}, {hi:.3g}]"
+        others = []
+        for name, (_, net_records) in (nets.items() if metric == "fid" else ()):
+            net_rec = preferred(net_records, metric, "continuous", "random", "params")
+            if net_rec is None:
+                others.append(False)
+                evidence += f"; {name}: no fit"
+                continue
+            v, (nlo, nhi) = net_rec.fit.params[param], net_rec.boot.interval(param)
+            others.append(sign * v > 0 and sign * nlo > 0)
+            evidence += f"; {name}: {net_rec.form} {param} = {v:.3g} [{nlo:.3g}, {nhi:.3g}]"
+        rows.append(_row(4, claim, "continuous/random", evidence, _holds_everywhere(ok, others)))
     return rows
 
 
@@ -176,12 +228,13 @@ def _fluid_geneval(obs: pd.DataFrame) -> dict:
 
 
 def check(obs: pd.DataFrame, records: Sequence[FitRecord], floors: dict[str, float] | None = None,
-          matched: dict[str, float] | None = None) -> pd.DataFrame:
+          matched: dict[str, float] | None = None, nets: Nets | None = None) -> pd.DataFrame:
     """One row per tested claim (see the module docstring). ``floors`` and the caption-matched
     ``matched`` (:func:`fid_floors`), when given, are quoted beside the FID evidence: a model's
-    FID reads against them, not 0."""
-    floors, matched = floors or {}, matched or {}
+    FID reads against them, not 0. ``nets`` (:func:`other_nets`): FID under other feature nets,
+    under each of which an FID claim must hold too."""
+    floors, matched, nets = floors or {}, matched or {}, nets or {}
     variants = sorted(set(zip(obs["token"], obs["order"]))) if len(obs) else []
-    rows = _loss_fits(records, variants) + _fid_gap(obs, floors, matched) + [_geneval_order(obs)]
-    rows += _fluid_trends(obs, records, floors, matched) + [_fluid_geneval(obs)]
+    rows = _loss_fits(records, variants) + _fid_gap(obs, floors, matched, nets) + [_geneval_order(obs)]
+    rows += _fluid_trends(obs, records, floors, matched, nets) + [_fluid_geneval(obs)]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -256,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     corr, notes = correlations(obs)
     note(notes)
     win = winners(obs, records)
+    nets, notes = hypotheses.other_nets(completed, args.n_boot, args.seed, args.ci_method)
+    note(notes)
     claims = hypotheses.check(obs, records, hypotheses.fid_floors(completed),
-                              hypotheses.fid_floors(completed, "fid_floor_matched"))
+                              hypotheses.fid_floors(completed, "fid_floor_matched"), nets)
     tail, notes = quantization.check(completed, args.n_boot, args.seed, args.ci_method)
     note(notes)
     bases: list[Path] = []  # where a relative run_dir may live: here, or beside any runs.csv read
@@ -286,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         sweep=sweep, source=source, x=args.x, n_runs=len(runs), n_completed=len(completed),
         fits=fits, extrapolation=extrap, correlations=corr, winners=win, excluded=excluded,
         figures=FIGURES, messages=messages, n_boot=args.n_boot, seed=args.seed,
-        method=args.ci_method, hypotheses=claims, text_use=text_use(completed),
+        method=args.ci_method, hypotheses=claims, fid_nets=list(nets), text_use=text_use(completed),
         quantization=tail, guidance=scales, loss_floor=floor))
     if not args.no_mlflow:
         print(log_to_mlflow(out, parent_id))

@@ -58,6 +58,8 @@ class ReportInputs:
     method: str = "residual"
     hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)
     """analysis.hypotheses.check's table: the paper's findings, each with a verdict."""
+    fid_nets: list[str] = field(default_factory=list)
+    """The other feature nets' FID columns the FID claims were tested under too."""
     text_use: pd.DataFrame = field(default_factory=pd.DataFrame)
     """``text_use``'s table: per trained model, whether it reads its caption."""
     quantization: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -216,13 +218,16 @@ def _extrapolation(extrap: pd.DataFrame) -> str:
                       "extrapolated"], rows) + "\n")
 
 
-def _hypotheses(table: pd.DataFrame) -> str:
+def _hypotheses(table: pd.DataFrame, nets: Sequence[str]) -> str:
     if table.empty:
         return "Not checked (no observations).\n"
     rows = [(r.hypothesis, r.claim, r.variant, r.evidence, f"**{r.verdict}**")
             for r in table.itertuples()]
     return ("The Fluid paper's findings, tested on these runs (definitions in "
-            "`analysis/hypotheses.py`).\n\n"
+            "`analysis/hypotheses.py`)."
+            + (" An FID claim holds only where it holds under the default feature net and under "
+               f"each other one ({', '.join(nets)}: FID in the space of a net trained with that seed)."
+               if nets else "") + "\n\n"
             + _table(["#", "claim", "variant", "evidence", "verdict"], rows) + "\n")
 
 
@@ -286,7 +291,7 @@ def render(inp: ReportInputs) -> str:
              f"{inp.n_completed}, excluded: {len(inp.excluded)}. Main x axis: {inp.x}.\n",
              "## Figures\n"]
     parts += [f"![{title}]({name})\n" for title, name in inp.figures.items()]
-    parts += ["## The paper's findings\n", _hypotheses(inp.hypotheses),
+    parts += ["## The paper's findings\n", _hypotheses(inp.hypotheses, inp.fid_nets),
               "## Does each model read its caption?\n", _text_use(inp.text_use),
               "## Scaling exponents\n", _exponents(inp.fits),
               "## The long tail: measured vs predicted exponent\n", _quantization(inp.quantization),

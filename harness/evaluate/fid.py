@@ -21,10 +21,15 @@ is ``eval.reference`` (:func:`reference_source`):
          what the run trained on; runs that share the draw and the feature space share the set
 The shapes feature space describes only shapes-world images: any other reference needs
 ``eval.inception_path``.
+
+Other feature nets (:func:`other_net_spaces`): a shapes-world FID is also read under nets trained
+with the seeds ``FID_NET_SEEDS`` (``fid_net<seed>``, FID alone, :func:`fid_value`), since the one
+net's own training seed moves FID as much as a model's does (calibration item 93).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import sys
 import warnings
@@ -47,6 +52,7 @@ from harness.data.datasets import build_dataset, data_key, rendered
 from harness.errors import UserError
 from harness.evaluate import features
 from harness.io import build_once, read_json, write_bytes, write_json
+from harness.registry import FID_NET_SEEDS, FID_NETS
 
 SHAPES_EXTRACTOR = "harness-shapes"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -163,6 +169,15 @@ def feature_space(cfg: DictConfig, spec: features.FeatureSpec | None = None) -> 
     directory = features.ensure_feature_net(cfg.data.resolution, cfg.results_dir, spec or features.DEFAULT_SPEC)
     return FeatureSpace(directory.name, directory, SHAPES_EXTRACTOR, ShapesFeatureExtractor.LAYER,
                         directory / "model.pt")
+
+
+def other_net_spaces(cfg: DictConfig) -> dict[str, FeatureSpace]:
+    """The feature spaces of the shapes nets trained with ``FID_NET_SEEDS`` (each trained on first
+    use), by their metric's name (``FID_NETS``); none where FID is Inception's."""
+    if cfg.eval.inception_path:
+        return {}
+    return {name: feature_space(cfg, dataclasses.replace(features.DEFAULT_SPEC, seed=seed))
+            for name, seed in zip(FID_NETS, FID_NET_SEEDS)}
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -326,15 +341,31 @@ def fid_metrics(generated: str | Path, reference: Reference, space: FeatureSpace
                 seed: int = 0) -> dict[str, float]:
     """fid, kid, kid_std, precision, recall, f_score (torch-fidelity) and fid_cleanfid (clean-fid) of
     a folder of generated PNGs against a reference set of the same size (cached statistics)."""
-    n = count_pngs(generated)
-    if n != reference.n:
-        raise ValueError(f"{generated} holds {n} images, the reference set {reference.n}: FID compares equal counts")
+    n = _equal_count(generated, reference)
     metrics = _torch_fidelity_metrics(str(generated), str(reference.images), n, space, batch_size, seed,
                                       input2_cache_name=REFERENCE_CACHE_NAME, cache_root=str(reference.cache_root),
                                       cache=True)
     mu, sigma = reference.cleanfid_stats()
     metrics["fid_cleanfid"] = cleanfid_distance(cleanfid_features(generated, space.module(), batch_size), mu, sigma)
     return metrics
+
+
+def fid_value(generated: str | Path, reference: Reference, space: FeatureSpace, batch_size: int = 128) -> float:
+    """torch-fidelity's FID alone (what ``fid_metrics`` reports as ``fid``), against a reference
+    set of the same size (cached statistics)."""
+    _equal_count(generated, reference)
+    out = torch_fidelity.calculate_metrics(
+        input1=str(generated), input2=str(reference.images), fid=True, batch_size=batch_size,
+        **space.torch_fidelity_kwargs(), input2_cache_name=REFERENCE_CACHE_NAME,
+        cache_root=str(reference.cache_root), cache=True)
+    return out[torch_fidelity.KEY_METRIC_FID]
+
+
+def _equal_count(generated: str | Path, reference: Reference) -> int:
+    n = count_pngs(generated)
+    if n != reference.n:
+        raise ValueError(f"{generated} holds {n} images, the reference set {reference.n}: FID compares equal counts")
+    return n
 
 
 def compare_folders(folder1: str | Path, folder2: str | Path, space: FeatureSpace, batch_size: int = 128,

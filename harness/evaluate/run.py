@@ -6,6 +6,8 @@ For a run whose status is "trained" or "completed", computes
                       ``eval.reference.source=coco``, over the COCO draw (tokenized here)
   fid kid precision recall (torch-fidelity) and fid_cleanfid (clean-fid), on ``eval.fid_samples``
                       images generated for the captions of as many real val images (``fid.py``)
+  fid_net1 fid_net2    (shapes world) the same samples' FID under feature nets trained with other
+                      seeds (``FID_NET_SEEDS``): the feature net's own noise in FID
   geneval_<tag>, geneval_overall   shapes GenEval: ``make_prompts(eval.geneval_prompts_per_tag,
                       seed)`` exported with ``eval.images_per_prompt`` images each, then scored
                       (held-out combinations for counting, position and colour attribution)
@@ -309,6 +311,8 @@ def evaluate(run_dir: str | Path, seed: int | None = None) -> dict:
     captions = reference.captions()
     fault("evaluate.generated", run_dir)
     metrics.update(fid.fid_metrics(generated, reference, space, cfg.eval.batch_size, seed))
+    for name, other in fid.other_net_spaces(cfg).items():
+        metrics[name] = fid.fid_value(generated, fid.ensure_reference(cfg, other), other, cfg.eval.batch_size)
     metrics.update(geneval_metrics(sampler, cfg, run, seed, manifest))
     if cfg.data.name == "shapes":
         ceiling = ensure_geneval_ceiling(read_json(run.stage0)["tokenizer"], sampler.tokenizer, cfg.data,

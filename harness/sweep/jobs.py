@@ -67,7 +67,8 @@ def build_stage0(kind: str, cfg: DictConfig, token: str = "") -> Path:
         from harness.evaluate import fid
 
         space = fid.feature_space(cfg)
-        fid.ensure_reference(cfg, space)
+        for each in (space, *fid.other_net_spaces(cfg).values()):
+            fid.ensure_reference(cfg, each)
         return space.directory
     raise ValueError(f"unknown stage-0 kind {kind!r}")
 

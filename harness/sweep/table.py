@@ -8,7 +8,9 @@ Size and cost come from the run's ``info.json`` in two conventions (``harness.mo
 paper's ``params`` (generator + aligner) and ``train_flops`` (3 x forward x images), and what runs:
 ``trainable_params`` (what the optimizer updates) and ``executed_flops`` (the diffusion batch
 multiplier counted, a frozen text path forward only). Runs written before the latter two existed
-leave them empty.
+leave them empty. ``cpu`` is the CPU the run trained on, with the instruction set torch's kernels
+used (``environment.json``): runs on different CPUs agree only within training noise (calibration
+item 92), so a comparison across tables should know it.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from omegaconf import OmegaConf
 
 from harness.faults import fault
 from harness.io import atomic_write, file_lock, read_json
-from harness.registry import METRICS, TEXT_PROBES
+from harness.registry import FID_NETS, METRICS, TEXT_PROBES
 from harness.run_dir import RunDir
 from harness.sweep import records
 
@@ -31,7 +33,7 @@ TAIL = ("tail_kinds_learned", "tail_loss", "named_scenes", "named_scene_zipf")
 SIZE_AND_COST = ("params", "trainable_params", "train_flops", "executed_flops")
 COLUMNS = ("run_key", "sweep", "token", "order", "size", *SIZE_AND_COST, "steps", "train_seed",
            *METRICS, *TEXT_PROBES, "geneval_ceiling", "geneval_in_dist", "fid_floor",
-           "fid_floor_matched", "loss_floor", *TAIL, "status", "run_dir", "seed")
+           "fid_floor_matched", *FID_NETS, "loss_floor", *TAIL, "cpu", "status", "run_dir", "seed")
 TABLE = "runs.csv"
 
 
@@ -90,6 +92,19 @@ def _last_logged(run_dir: Path) -> dict[str, float]:
     return {column: r["value"] for column, r in last.items()}
 
 
+def trained_on(run: RunDir) -> str | None:
+    """The CPU (and torch's instruction set) each install the run trained in, in order, ``" + "``
+    joined; None for a run without ``environment.json``."""
+    if not run.environment.exists():
+        return None
+    seen = []
+    for env in read_json(run.environment):
+        cpu = f"{env.get('cpu', '?')} ({env.get('cpu_capability', '?')})"
+        if cpu not in seen:
+            seen.append(cpu)
+    return " + ".join(seen)
+
+
 def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> list[dict]:
     """The rows of one run, from its directory (``cfg`` stands in for a run not started yet).
     A seed's row is ``completed`` once that seed is evaluated; before, it shows the run's status
@@ -123,6 +138,8 @@ def run_rows(run_dir: str | Path, sweep: str, seeds: list[int], cfg=None) -> lis
         row["fid_floor"] = (metrics or {}).get("fid_floor")
         row["fid_floor_matched"] = (metrics or {}).get("fid_floor_matched")
         row["loss_floor"] = (metrics or {}).get("loss_floor")
+        row.update({k: (metrics or {}).get(k) for k in FID_NETS})
+        row["cpu"] = trained_on(run)
         row["tail_kinds_learned"] = (metrics or {}).get("tail_kinds_learned")
         row["tail_loss"] = (metrics or {}).get("tail_loss")
         named = cfg.data.name == "shapes" and OmegaConf.select(cfg, "data.named_scenes", default=0)

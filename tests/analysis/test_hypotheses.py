@@ -136,3 +136,38 @@ def test_h1_holds_through_either_power_law_and_quotes_both():
     row = h1(only_power)
     assert row["verdict"] == "holds" and row["evidence"].startswith("power: α")
     assert h1([worse(r, "power") for r in only_power])["verdict"] == "fails"
+
+
+def runs_table(obs: pd.DataFrame) -> pd.DataFrame:
+    """``study()``'s observations as a runs table: one row per run and seed, a column per metric."""
+    return (obs.pivot_table(index=["run_key", "token", "order", "size", "params", "seed"], columns="metric",
+                            values="value").reset_index().rename_axis(columns=None))
+
+
+def test_fid_claims_hold_only_where_they_hold_under_every_feature_net():
+    """FID is read in a trained net's space, whose own seed moves it (calibration item 93): under
+    another net that agrees the FID claims hold; under one where discrete tokens score lower and
+    Fluid's FID rises with size, H2 and H4's FID claim fail, and nothing else moves."""
+    obs = study()
+    records, _ = fit_table(obs, ("params",), n_boot=100)
+    runs = runs_table(obs)
+    nets, notes = hypotheses.other_nets(runs, 100, 0, "residual")
+    assert nets == {} and "one feature net only" in notes[0]
+    alone = hypotheses.check(obs, records)
+
+    nets, notes = hypotheses.other_nets(runs.assign(fid_net1=runs["fid"] * 1.5), 100, 0, "residual")
+    assert list(nets) == ["fid_net1"] and notes == []
+    agreeing = hypotheses.check(obs, records, nets=nets)
+    assert (agreeing["verdict"] == "holds").all(), agreeing.to_string()
+    assert all("; fid_net1: " in e for e in agreeing[agreeing["hypothesis"] == 2]["evidence"])
+
+    rng = np.random.default_rng(1)
+    rising = 10 * (runs["params"] / 1e5) ** 0.3 * (1 + 0.01 * rng.normal(size=len(runs)))
+    net2 = np.where(runs["token"] == "continuous", rising, 5.0 + 0.01 * rng.normal(size=len(runs)))
+    nets, _ = hypotheses.other_nets(runs.assign(fid_net1=runs["fid"] * 1.5, fid_net2=net2), 100, 0, "residual")
+    table = hypotheses.check(obs, records, nets=nets)
+    failed = table[table["verdict"] == "fails"]
+    assert sorted(failed["claim"].str[:12].tolist()) == ["Fluid: fid f", *["continuous F"] * 2], table.to_string()
+    assert "fid_net2: power alpha = -" in failed[failed["hypothesis"] == 4]["evidence"].iloc[0]
+    same = table["verdict"] == "holds"
+    assert table[same].drop(columns="evidence").equals(alone[same].drop(columns="evidence"))

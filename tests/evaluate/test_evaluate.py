@@ -18,7 +18,7 @@ from harness.errors import UserError
 from harness.evaluate import features
 from harness.evaluate.run import FIXED_PROMPTS, evaluate, metrics_path
 from harness.geneval.prompts import is_held_out_prompt, read_jsonl
-from harness.registry import EVAL_METRICS, FID_FLOOR, GENEVAL_IN_DIST, GENEVAL_TAGS, HELD_OUT_TAGS
+from harness.registry import EVAL_METRICS, FID_FLOOR, FID_NETS, GENEVAL_IN_DIST, GENEVAL_TAGS, HELD_OUT_TAGS
 from harness.evaluate.__main__ import main
 from harness.tracking import store
 from harness.run_dir import RunDir
@@ -100,6 +100,28 @@ def test_val_loss_is_trainings_own_final_validation_loss(evaluated):
 def test_fid_libraries_agree(evaluated):
     _, metrics, _ = evaluated
     assert metrics["fid_cleanfid"] == pytest.approx(metrics["fid"], rel=1e-6)
+
+
+def test_fid_under_other_feature_nets_reads_the_same_samples_in_other_spaces(evaluated):
+    """FID_NETS: the run's FID samples scored in the spaces of nets trained with other seeds (the
+    feature net's own noise). Each is the FID ``fid_metrics`` would report under that net, and the
+    default net's FID through the same function is the run's ``fid``."""
+    from harness import config as C
+    from harness.evaluate import fid
+
+    run_dir, metrics, _ = evaluated
+    cfg = C.load_saved(RunDir(run_dir).config)
+    generated = RunDir(run_dir).fid_generated(0, 0)
+    space = fid.feature_space(cfg)
+    assert fid.fid_value(generated, fid.ensure_reference(cfg, space), space, 64) == pytest.approx(metrics["fid"], rel=1e-9)
+    spaces = fid.other_net_spaces(cfg)
+    assert list(spaces) == list(FID_NETS) and len({s.directory for s in (space, *spaces.values())}) == 1 + len(FID_NETS)
+    for name, other in spaces.items():
+        reference = fid.ensure_reference(cfg, other)
+        assert metrics[name] == fid.fid_metrics(generated, reference, other, 64)["fid"]
+        assert metrics[name] > 0 and metrics[name] != metrics["fid"]
+    cfg.eval.inception_path = "/x.pth"  # Inception's FID: one net, no others
+    assert fid.other_net_spaces(cfg) == {}
 
 
 def test_samples_and_geneval_outputs(evaluated):

@@ -111,3 +111,26 @@ def test_tail_columns_are_filled_for_a_world_with_named_scenes_and_blank_without
         write_json(run_dir / "metrics.json", tail if named else {"val_loss": 0.5})
         row = table.run_rows(run_dir, "t", [0])[0]
         assert tuple(row[c] for c in table.TAIL) == expected
+
+
+def test_fid_under_other_feature_nets_and_the_cpu_each_install_trained_on(tmp_path):
+    """FID under the other feature nets comes from metrics.json (blank for runs evaluated before
+    evaluation wrote it); ``cpu`` lists the CPU and torch's instruction set of each install the run
+    trained in, once each, in order (blank without environment.json)."""
+    from harness.registry import FID_NETS
+
+    cfg = C.load(["model.size=xs", f"results_dir={tmp_path}", "train.steps=20"])
+    run_dir = tmp_path / "runs" / C.run_key(cfg)
+    run_dir.mkdir(parents=True)
+    C.save(cfg, run_dir / "config.yaml")
+    write_status(run_dir, "completed", step=20)
+    write_json(run_dir / "metrics.json", {"val_loss": 0.5, "fid": 3.0})
+    row = table.run_rows(run_dir, "t", [0])[0]
+    assert [row[k] for k in FID_NETS] == [None] * len(FID_NETS) and row["cpu"] is None
+    write_json(run_dir / "metrics.json", {"val_loss": 0.5, "fid": 3.0, **{k: 4.0 + i for i, k in enumerate(FID_NETS)}})
+    intel = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_capability": "AVX512", "torch": "2.14.1"}
+    amd = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch": "2.14.1"}
+    write_json(run_dir / "environment.json", [intel, {**intel, "numpy": "2.4.6"}, amd])
+    row = table.run_rows(run_dir, "t", [0])[0]
+    assert [row[k] for k in FID_NETS] == [4.0 + i for i in range(len(FID_NETS))]
+    assert row["cpu"] == "Intel(R) Xeon(R) Processor (AVX512) + AMD EPYC (AVX2)"
