@@ -36,12 +36,35 @@ def session_dir(tmp_path_factory, name: str) -> Path:
     return root
 
 
+# Feature nets that train in seconds; they stand in for the default ones (a minute of CPU each),
+# whose stage-0 paths they are linked to, so that jobs in other processes find them there.
+TINY_FEATURES = dict(channels=(16, 32, 64), dim=32, train_images=1024, test_images=256, steps=60, batch_size=64)
+RESOLUTION = 32
+
+
+def link_tiny_feature_nets(root: Path) -> None:
+    """Under ``root/stage0``: a tiny net for the default FID feature net and each of the other nets
+    (``FID_NET_SEEDS``), each at the path of the net it stands in for."""
+    from harness.evaluate import features
+    from harness.io import file_lock
+    from harness.registry import FID_NET_SEEDS
+
+    with file_lock(root / "features.lock"):
+        for seed in (features.DEFAULT_SPEC.seed, *FID_NET_SEEDS):
+            tiny = features.ensure_feature_net(RESOLUTION, root, features.FeatureSpec(**TINY_FEATURES, seed=seed))
+            default = features.feature_dir(RESOLUTION, root, features.seeded(seed))
+            if not default.is_symlink():
+                default.symlink_to(tiny, target_is_directory=True)
+
+
 @pytest.fixture(scope="session")
 def stage0_root(tmp_path_factory) -> Path:
-    """A results dir whose stage0/ (tokenizers, rendered data) is shared by the session: by every
-    xdist worker, too (stage 0's file locks let one worker build what the others wait for)."""
+    """A results dir whose stage0/ (tokenizers, rendered data, tiny FID feature nets) is shared by
+    the session: by every xdist worker, too (stage 0's file locks let one worker build what the
+    others wait for)."""
     root = session_dir(tmp_path_factory, "results")
     (root / "stage0").mkdir(exist_ok=True)
+    link_tiny_feature_nets(root)
     return root
 
 

@@ -61,6 +61,11 @@ class FeatureSpec:
 DEFAULT_SPEC = FeatureSpec()
 
 
+def seeded(seed: int) -> FeatureSpec:
+    """The default net's spec trained with another seed (FID's other nets: ``FID_NET_SEEDS``)."""
+    return dataclasses.replace(DEFAULT_SPEC, seed=seed)
+
+
 def scene_targets(scene: Scene) -> dict[str, np.ndarray]:
     """The attribute targets of one scene (int64 class indices, or 0/1 for binary heads)."""
     out = {name: np.zeros(n, np.int64) for name, (n, _) in HEADS.items()}

@@ -29,7 +29,6 @@ net's own training seed moves FID as much as a model's does (calibration item 93
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import sys
 import warnings
@@ -176,8 +175,7 @@ def other_net_spaces(cfg: DictConfig) -> dict[str, FeatureSpace]:
     use), by their metric's name (``FID_NETS``); none where FID is Inception's."""
     if cfg.eval.inception_path:
         return {}
-    return {name: feature_space(cfg, dataclasses.replace(features.DEFAULT_SPEC, seed=seed))
-            for name, seed in zip(FID_NETS, FID_NET_SEEDS)}
+    return {name: feature_space(cfg, features.seeded(seed)) for name, seed in zip(FID_NETS, FID_NET_SEEDS)}
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -33,7 +33,7 @@ def plan(name: str, launcher: str, runs: list[Run], states: list[RunState],
          stage0: list[Stage0Task], gpu: bool) -> dict:
     rows = plan_rows(runs, states, gpu)
     out = {"sweep": name, "launcher": launcher, "runs": rows, "counts": counts(states),
-           "stage0": [{"kind": t.kind, "token": t.token, "path": str(t.path), "done": t.done}
+           "stage0": [{"kind": t.kind, "part": t.part, "path": str(t.path), "done": t.done}
                       for t in stage0],
            "total_train_flops": sum(r["train_flops"] or 0 for r in rows)}
     if gpu:
@@ -68,7 +68,7 @@ def render(p: dict) -> str:
         lines.append(f"{line}  {r['state']}{' (' + r['detail'] + ')' if r['detail'] else ''}")
     todo = [t for t in p["stage0"] if not t["done"]]
     lines.append(f"stage 0: {len(p['stage0']) - len(todo)} ready, {len(todo)} to build"
-                 + "".join(f"\n  {t['kind']} {t['token']}: {t['path']}" for t in todo))
+                 + "".join(f"\n  {t['kind']} {t['part']}: {t['path']}" for t in todo))
     lines.append(", ".join(f"{n} {k}" for k, n in p["counts"].items())
                  + f"; total train FLOPs {_num(p['total_train_flops'])}")
     if gpu:

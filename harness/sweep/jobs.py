@@ -43,32 +43,33 @@ def _set_threads(threads: int) -> None:
 class Stage0Job:
     """Build one stage-0 artefact (tokenizer, text features, FID feature net)."""
 
-    def __init__(self, kind: str, cfg: DictConfig, token: str = ""):
-        self.kind, self.token = kind, token
+    def __init__(self, kind: str, cfg: DictConfig, part: str = ""):
+        self.kind, self.part = kind, part
         self.cfg = OmegaConf.to_container(cfg)
 
     def __call__(self) -> str:
         cfg = C.load(base=self.cfg)
         _set_threads(cfg.train.threads)
-        return str(build_stage0(self.kind, cfg, self.token))
+        return str(build_stage0(self.kind, cfg, self.part))
 
 
-def build_stage0(kind: str, cfg: DictConfig, token: str = "") -> Path:
+def build_stage0(kind: str, cfg: DictConfig, part: str = "") -> Path:
+    """The artefact of a ``plan.Stage0Task``: ``part`` is the tokenizer's token type, or a
+    feature net's ``"seed <s>"`` ("": the default net)."""
     if kind == "tokenizer":
         from harness.tokenizers.stage0 import ensure_tokenizer
 
-        return ensure_tokenizer(cfg, token)
+        return ensure_tokenizer(cfg, part)
     if kind == "text":
         from harness.text.cache import ensure_text_features, text_cache_dir
 
         ensure_text_features(cfg)
         return text_cache_dir(cfg)
     if kind == "features":
-        from harness.evaluate import fid
+        from harness.evaluate import features, fid
 
-        space = fid.feature_space(cfg)
-        for each in (space, *fid.other_net_spaces(cfg).values()):
-            fid.ensure_reference(cfg, each)
+        space = fid.feature_space(cfg, features.seeded(int(part.removeprefix("seed "))) if part else None)
+        fid.ensure_reference(cfg, space)
         return space.directory
     raise ValueError(f"unknown stage-0 kind {kind!r}")
 

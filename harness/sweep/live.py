@@ -24,7 +24,7 @@ from harness.sweep.plan import Run, Stage0Task
 
 
 def stage0_line(task: Stage0Task) -> str:
-    name = f"{task.kind} {task.token}".strip()
+    name = f"{task.kind} {task.part}".strip()
     if task.done:
         return f"[stage 0] {name}: done"
     p = progress.read(progress.beside(task.path))

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import config as C
 from harness.errors import UserError
 from harness.models.flops import train_flops
+from harness.registry import FID_NET_SEEDS
 from harness.run_dir import RunDir
 from harness.sweep import grid
 from harness.tracking import tracking_uri
@@ -66,10 +67,10 @@ class Run:
 @dataclass(frozen=True)
 class Stage0Task:
     """A shared artefact that runs need before they train: a tokenizer (per token type and
-    tokenizer config) or the evaluation feature extractor."""
+    tokenizer config), the text features, or an FID feature net (per seed)."""
 
     kind: str
-    token: str
+    part: str  # which one of its kind: the tokenizer's token type, the feature net's seed ("" alone)
     path: Path
     cfg: DictConfig = field(compare=False, hash=False)
 
@@ -129,8 +130,10 @@ def sweep_dir(runs: list[Run], name: str) -> Path:
 def stage0_needs(run: Run) -> list[Stage0Task]:
     """The stage-0 artefacts one run needs before it trains: its token type's tokenizer (for its
     tokenizer config), the features of a frozen text encoder, and for the shapes world the FID
-    feature net; none for token shards (``data.name=tokens``: encoded beforehand)."""
-    from harness.evaluate.features import feature_dir
+    feature nets (the default one and those of ``FID_NET_SEEDS``, each its own task, so they train
+    side by side and each shows its progress); none for token shards (``data.name=tokens``:
+    encoded beforehand)."""
+    from harness.evaluate.features import feature_dir, seeded
     from harness.text.cache import text_cache_dir
     from harness.tokenizers.stage0 import tokenizer_dir
 
@@ -142,6 +145,9 @@ def stage0_needs(run: Run) -> list[Stage0Task]:
         needs.append(Stage0Task("text", "", text_cache_dir(cfg), cfg))
     if cfg.data.name == "shapes" and not cfg.eval.inception_path:
         needs.append(Stage0Task("features", "", feature_dir(cfg.data.resolution, cfg.results_dir), cfg))
+        needs += [Stage0Task("features", f"seed {seed}",
+                             feature_dir(cfg.data.resolution, cfg.results_dir, seeded(seed)), cfg)
+                  for seed in FID_NET_SEEDS]
     return needs
 
 

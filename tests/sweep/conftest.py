@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.evaluate import features
-from harness.io import file_lock
-from tests.conftest import session_dir
+from tests.conftest import link_tiny_feature_nets, session_dir
 
 REPO = Path(__file__).resolve().parents[2]
-# A feature net that trains in seconds; it stands in for the default one (minutes of CPU), whose
-# stage-0 path it is linked to, so that sweep jobs in other processes find it there.
-TINY_FEATURES = features.FeatureSpec(channels=(16, 32, 64), dim=32, train_images=1024,
-                                     test_images=256, steps=60, batch_size=64)
-RESOLUTION = 32
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +22,7 @@ def sweep_stage0(tmp_path_factory) -> Path:
     the first sweep that needs them (stage 0's file locks make the others wait); the FID feature
     net is the tiny one, at the default spec's path."""
     root = session_dir(tmp_path_factory, "sweep-stage0")
-    with file_lock(root / "features.lock"):
-        tiny = features.ensure_feature_net(RESOLUTION, root, TINY_FEATURES)
-        default = features.feature_dir(RESOLUTION, root, features.DEFAULT_SPEC)
-        if not default.is_symlink():
-            default.symlink_to(tiny, target_is_directory=True)
+    link_tiny_feature_nets(root)
     return root / "stage0"
 
 

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from harness import config as C
 from harness.data.datasets import caption_vocabulary
 from harness.models.flops import train_flops
+from harness.registry import FID_NET_SEEDS
 from harness.sweep import estimate, grid, plan
 from harness.sweep.__main__ import main
 from harness.train.module import build_networks, counted_parameters
@@ -45,12 +46,17 @@ def test_override_priority_and_stable_keys(tmp_path):
     assert plan.build_runs(spec, ["xs"], ["continuous-random"], ["train.threads=1"], threads=3)[0].cfg.train.threads == 1
 
 
-def test_stage0_needs_one_tokenizer_per_token_type_and_the_feature_net(tmp_path):
+def test_stage0_needs_one_tokenizer_per_token_type_and_each_feature_net(tmp_path):
     runs = plan.build_runs(smoke_spec(), ["xs", "s"], grid.VARIANTS, [f"results_dir={tmp_path}"])
     tasks = plan.stage0_tasks(runs)
-    assert sorted((t.kind, t.token) for t in tasks) == [("features", ""), ("tokenizer", "continuous"),
-                                                        ("tokenizer", "discrete")]
-    assert not any(t.done for t in tasks)
+    assert sorted((t.kind, t.part) for t in tasks) == [
+        ("features", ""), *(("features", f"seed {s}") for s in FID_NET_SEEDS), ("tokenizer", "continuous"),
+        ("tokenizer", "discrete")]
+    assert not any(t.done for t in tasks) and len({t.path for t in tasks}) == len(tasks)
+    # Inception's FID needs no shapes net at all
+    inception = plan.build_runs(smoke_spec(), ["xs"], grid.VARIANTS, [f"results_dir={tmp_path}",
+                                                                      "eval.inception_path=/x.pth"])
+    assert {t.kind for t in plan.stage0_tasks(inception)} == {"tokenizer"}
 
 
 def test_dry_run_counts_what_training_would_build_and_writes_nothing(tmp_path, capsys):
