@@ -236,7 +236,7 @@ def smoke_overhead(threads: int) -> dict:
         runs = plan.build_runs(grid.load_sweep(spec_file), list(spec["grid"]["size"]),
                                VARIANTS, overrides)
         for task in plan.stage0_tasks(runs):
-            jobs.build_stage0(task.kind, task.cfg, task.token)
+            jobs.build_stage0(task.kind, task.cfg, task.part)
         launch = time.time()
         subprocess.run([sys.executable, "-m", "harness.sweep", "--file", str(spec_file),
                         "--size", "all", *overrides], check=True, capture_output=True)

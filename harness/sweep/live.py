@@ -120,7 +120,7 @@ class View:
         rows: dict[str, tuple[str, int, int, str]] = {}
         for t in self.stage0:
             p = None if t.done else progress.read(progress.beside(t.path))
-            name = f"stage 0 {t.kind} {t.token}".strip()
+            name = f"stage 0 {t.kind} {t.part}".strip()
             rows[name] = (name, p["done"] if p else 0, p["total"] if p else 1,
                           "done" if t.done else (_info(p) if p else "starting"))
         for key, p in running.items():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from harness.registry import FID_NET_SEEDS
 from harness.sweep import grid, plan
 from harness.sweep.launch import Stage0Builds, Stage0Failed, run_capped
 
@@ -34,10 +35,10 @@ def sweep(tmp_path):
     runs = plan.build_runs(grid.load_sweep(grid.preset_path("smoke")), ["xs"], grid.VARIANTS,
                            [f"results_dir={tmp_path}"])
     tasks = plan.stage0_tasks(runs)
-    jobs = {(t.kind, t.token): FakeJob(f"{t.kind} {t.token}".strip()) for t in tasks}
+    jobs = {(t.kind, t.part): FakeJob(f"{t.kind} {t.part}".strip()) for t in tasks}
     builds = Stage0Builds(tasks)
     for t in tasks:
-        builds.add(t, jobs[t.kind, t.token])
+        builds.add(t, jobs[t.kind, t.part])
     return SimpleNamespace(runs={r.variant: r for r in runs}, tasks=tasks, jobs=jobs, builds=builds)
 
 
@@ -47,6 +48,9 @@ def test_a_run_waits_for_its_own_stage0_artefacts_only(sweep):
     sweep.jobs["tokenizer", "continuous"].finished = True
     assert not any(sweep.builds.ready(r) for r in sweep.runs.values())  # the FID features too
     sweep.jobs["features", ""].finished = True
+    assert not any(sweep.builds.ready(r) for r in sweep.runs.values())  # the other nets too
+    for seed in FID_NET_SEEDS:
+        sweep.jobs["features", f"seed {seed}"].finished = True
     ready = {v for v, r in sweep.runs.items() if sweep.builds.ready(r)}
     assert ready == {"continuous-random", "continuous-raster"}  # the VQ is still being built
     sweep.jobs["tokenizer", "discrete"].finished = True
@@ -56,13 +60,13 @@ def test_a_run_waits_for_its_own_stage0_artefacts_only(sweep):
 def test_artefacts_built_before_the_sweep_do_not_hold_a_run(sweep):
     builds = Stage0Builds([t for t in sweep.tasks if t.kind != "features"])  # features exist
     for t in builds.tasks.values():
-        builds.add(t, sweep.jobs[t.kind, t.token])
+        builds.add(t, sweep.jobs[t.kind, t.part])
     sweep.jobs["tokenizer", "discrete"].finished = True
     assert builds.ready(sweep.runs["discrete-raster"]) and not builds.ready(sweep.runs["continuous-raster"])
 
 
 def test_a_failed_build_stops_the_runs_that_need_it(sweep):
-    for key in (("features", ""), ("tokenizer", "continuous")):
+    for key in (("features", ""), *(("features", f"seed {s}") for s in FID_NET_SEEDS), ("tokenizer", "continuous")):
         sweep.jobs[key].finished = True
     vq = sweep.jobs["tokenizer", "discrete"]
     vq.finished, vq.error = True, "ValueError: codebook_size must be > 0"

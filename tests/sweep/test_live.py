@@ -101,12 +101,16 @@ def test_a_terminal_gets_a_rich_live_display(tmp_path):
     runs = two_runs(tmp_path)
     write_status(runs[0].dir, "running")
     report(RunDir(runs[0].dir).progress, "FID samples", 64, 256, 8.0)
+    net = Stage0Task("features", "seed 1", tmp_path / "stage0" / "features-y", runs[0].cfg)
+    net.path.parent.mkdir()
+    report(progress.beside(net.path), "train", 40, 800, 2.0)
     screen = io.StringIO()
-    view = View("demo", runs, runs, [], every_s=30,
+    view = View("demo", runs, runs, [net], every_s=30,
                 console=Console(file=screen, force_terminal=True, width=160))
     with records.run_lock(runs[0].dir):
         view.refresh(force=True)
         view.close()
     text = screen.getvalue()
     assert f"{runs[0].key} FID samples" in text and "64/256" in text and "ETA 0m24s" in text
+    assert "stage 0 features seed 1" in text and "40/800" in text
     assert "sweep demo" in text and "1 running" in text
