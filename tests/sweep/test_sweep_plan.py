@@ -59,6 +59,23 @@ def test_stage0_needs_one_tokenizer_per_token_type_and_each_feature_net(tmp_path
     assert {t.kind for t in plan.stage0_tasks(inception)} == {"tokenizer"}
 
 
+def test_each_feature_net_task_builds_its_own_net_and_reference(tmp_path, monkeypatch):
+    """A "features" task's part names the net's seed: its job trains that net (at the path the
+    planned task points to) and the FID reference set in its space, and nothing for another seed."""
+    from harness.evaluate import features
+    from harness.sweep.jobs import build_stage0
+    from tests.conftest import TINY_FEATURES
+
+    monkeypatch.setattr(features, "DEFAULT_SPEC", features.FeatureSpec(**TINY_FEATURES))
+    runs = plan.build_runs(smoke_spec(), ["xs"], ["continuous-random"],
+                           [f"results_dir={tmp_path}", "eval.fid_samples=8", "data.val_size=16"])
+    net2 = next(t for t in plan.stage0_tasks(runs) if (t.kind, t.part) == ("features", f"seed {FID_NET_SEEDS[-1]}"))
+    assert build_stage0(net2.kind, net2.cfg, net2.part) == net2.path and net2.done
+    assert json.loads((net2.path / "meta.json").read_text())["spec"]["seed"] == FID_NET_SEEDS[-1]
+    assert len(list(net2.path.glob("reference-*/cleanfid_stats.npz"))) == 1
+    assert sorted(p.name for p in (tmp_path / "stage0").glob("features-*") if p.is_dir()) == [net2.path.name]
+
+
 def test_dry_run_counts_what_training_would_build_and_writes_nothing(tmp_path, capsys):
     results = tmp_path / "results"
     assert main(["--preset", "smoke", "--dry-run", "--json", "--size", "xs",
