@@ -110,14 +110,15 @@ Nets = dict[str, tuple[pd.DataFrame, list[FitRecord]]]
 
 def other_nets(runs: pd.DataFrame, n_boot: int, seed: int, method: str) -> tuple[Nets, list[str]]:
     """For each column of ``FID_NETS`` the runs table fills: the observations with that column as
-    ``fid`` and their FID fits against ``params``, by the column's name."""
+    ``fid`` (H2's) and Fluid's FID fits against ``params`` (H4's), by the column's name."""
     nets: Nets = {}
     for column in FID_NETS:
         if column not in runs.columns or pd.to_numeric(runs[column], errors="coerce").isna().all():
             continue
         names = [c for c in ("run_key", "token", "order", "size", "params", "seed") if c in runs.columns]
         obs, _ = observations(runs[names].assign(fid=runs[column]))
-        records, _ = fit_table(obs, ("params",), n_boot, seed, method)
+        fluid = obs[(obs["token"] == "continuous") & (obs["order"] == "random")]
+        records, _ = fit_table(fluid, ("params",), n_boot, seed, method)
         nets[column] = (obs, records)
     if not nets:
         return nets, ["FID under one feature net only (no fid_net* values): the FID verdicts do not count "
