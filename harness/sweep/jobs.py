@@ -23,6 +23,7 @@ from harness.errors import one_line
 from harness.faults import fault
 from harness.run_dir import RunDir
 from harness.sweep import records, table
+from harness.sweep.plan import net_seed
 
 
 def _job_env() -> submitit.JobEnvironment | None:
@@ -55,7 +56,7 @@ class Stage0Job:
 
 def build_stage0(kind: str, cfg: DictConfig, part: str = "") -> Path:
     """The artefact of a ``plan.Stage0Task``: ``part`` is the tokenizer's token type, or a
-    feature net's ``"seed <s>"`` ("": the default net)."""
+    feature net's ``plan.net_part`` (its seed)."""
     if kind == "tokenizer":
         from harness.tokenizers.stage0 import ensure_tokenizer
 
@@ -68,7 +69,8 @@ def build_stage0(kind: str, cfg: DictConfig, part: str = "") -> Path:
     if kind == "features":
         from harness.evaluate import features, fid
 
-        space = fid.feature_space(cfg, features.seeded(int(part.removeprefix("seed "))) if part else None)
+        seed = net_seed(part)
+        space = fid.feature_space(cfg, None if seed is None else features.seeded(seed))
         fid.ensure_reference(cfg, space)
         return space.directory
     raise ValueError(f"unknown stage-0 kind {kind!r}")

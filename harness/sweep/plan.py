@@ -79,6 +79,17 @@ class Stage0Task:
         return (self.path / "meta.json").exists()
 
 
+def net_part(seed: int | None) -> str:
+    """The ``Stage0Task.part`` of the FID feature net trained with ``seed`` (None: the default
+    net); the live view prints it after the kind ("features seed 1")."""
+    return "" if seed is None else f"seed {seed}"
+
+
+def net_seed(part: str) -> int | None:
+    """The feature net's seed that ``net_part`` wrote into ``part`` (None: the default net)."""
+    return int(part.removeprefix("seed ")) if part else None
+
+
 def absolute_uri(uri: str) -> str:
     """A sqlite URI with a relative path made absolute, so jobs in any directory share the store."""
     prefix = "sqlite:///"
@@ -144,8 +155,8 @@ def stage0_needs(run: Run) -> list[Stage0Task]:
     if cfg.text.encoder != "learned":
         needs.append(Stage0Task("text", "", text_cache_dir(cfg), cfg))
     if cfg.data.name == "shapes" and not cfg.eval.inception_path:
-        needs.append(Stage0Task("features", "", feature_dir(cfg.data.resolution, cfg.results_dir), cfg))
-        needs += [Stage0Task("features", f"seed {seed}",
+        needs.append(Stage0Task("features", net_part(None), feature_dir(cfg.data.resolution, cfg.results_dir), cfg))
+        needs += [Stage0Task("features", net_part(seed),
                              feature_dir(cfg.data.resolution, cfg.results_dir, seeded(seed)), cfg)
                   for seed in FID_NET_SEEDS]
     return needs

@@ -50,7 +50,7 @@ def test_a_run_waits_for_its_own_stage0_artefacts_only(sweep):
     sweep.jobs["features", ""].finished = True
     assert not any(sweep.builds.ready(r) for r in sweep.runs.values())  # the other nets too
     for seed in FID_NET_SEEDS:
-        sweep.jobs["features", f"seed {seed}"].finished = True
+        sweep.jobs["features", plan.net_part(seed)].finished = True
     ready = {v for v, r in sweep.runs.items() if sweep.builds.ready(r)}
     assert ready == {"continuous-random", "continuous-raster"}  # the VQ is still being built
     sweep.jobs["tokenizer", "discrete"].finished = True
@@ -66,7 +66,7 @@ def test_artefacts_built_before_the_sweep_do_not_hold_a_run(sweep):
 
 
 def test_a_failed_build_stops_the_runs_that_need_it(sweep):
-    for key in (("features", ""), *(("features", f"seed {s}") for s in FID_NET_SEEDS), ("tokenizer", "continuous")):
+    for key in (("features", plan.net_part(None)), *(("features", plan.net_part(s)) for s in FID_NET_SEEDS), ("tokenizer", "continuous")):
         sweep.jobs[key].finished = True
     vq = sweep.jobs["tokenizer", "discrete"]
     vq.finished, vq.error = True, "ValueError: codebook_size must be > 0"

@@ -14,7 +14,7 @@ from harness.run_dir import RunDir
 from harness.run_status import write_status
 from harness.sweep import records
 from harness.sweep.live import View, overall_eta
-from harness.sweep.plan import Run, Stage0Task
+from harness.sweep.plan import Run, Stage0Task, net_part
 from harness.sweep.status import Progress, RunState, duration
 
 
@@ -101,7 +101,7 @@ def test_a_terminal_gets_a_rich_live_display(tmp_path):
     runs = two_runs(tmp_path)
     write_status(runs[0].dir, "running")
     report(RunDir(runs[0].dir).progress, "FID samples", 64, 256, 8.0)
-    net = Stage0Task("features", "seed 1", tmp_path / "stage0" / "features-y", runs[0].cfg)
+    net = Stage0Task("features", net_part(1), tmp_path / "stage0" / "features-y", runs[0].cfg)
     net.path.parent.mkdir()
     report(progress.beside(net.path), "train", 40, 800, 2.0)
     screen = io.StringIO()

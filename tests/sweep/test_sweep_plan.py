@@ -50,7 +50,7 @@ def test_stage0_needs_one_tokenizer_per_token_type_and_each_feature_net(tmp_path
     runs = plan.build_runs(smoke_spec(), ["xs", "s"], grid.VARIANTS, [f"results_dir={tmp_path}"])
     tasks = plan.stage0_tasks(runs)
     assert sorted((t.kind, t.part) for t in tasks) == [
-        ("features", ""), *(("features", f"seed {s}") for s in FID_NET_SEEDS), ("tokenizer", "continuous"),
+        ("features", plan.net_part(None)), *(("features", plan.net_part(s)) for s in FID_NET_SEEDS), ("tokenizer", "continuous"),
         ("tokenizer", "discrete")]
     assert not any(t.done for t in tasks) and len({t.path for t in tasks}) == len(tasks)
     # Inception's FID needs no shapes net at all
@@ -69,7 +69,7 @@ def test_each_feature_net_task_builds_its_own_net_and_reference(tmp_path, monkey
     monkeypatch.setattr(features, "DEFAULT_SPEC", features.FeatureSpec(**TINY_FEATURES))
     runs = plan.build_runs(smoke_spec(), ["xs"], ["continuous-random"],
                            [f"results_dir={tmp_path}", "eval.fid_samples=8", "data.val_size=16"])
-    net2 = next(t for t in plan.stage0_tasks(runs) if (t.kind, t.part) == ("features", f"seed {FID_NET_SEEDS[-1]}"))
+    net2 = next(t for t in plan.stage0_tasks(runs) if (t.kind, t.part) == ("features", plan.net_part(FID_NET_SEEDS[-1])))
     assert build_stage0(net2.kind, net2.cfg, net2.part) == net2.path and net2.done
     assert json.loads((net2.path / "meta.json").read_text())["spec"]["seed"] == FID_NET_SEEDS[-1]
     assert len(list(net2.path.glob("reference-*/cleanfid_stats.npz"))) == 1
