@@ -69,7 +69,7 @@ def _check_stage0(jobs: list, tasks: list[Stage0Task],
             lines = str(e).strip().splitlines()  # a remote traceback: its last line is the error
             last = lines[-1] if lines else type(e).__name__
             folder = job.folder if isinstance(job, ForkedJob) else Path(job.paths.folder)
-            raise Stage0Failed(f"stage 0 ({task.kind} {task.part}) failed: {last}; "
+            raise Stage0Failed(f"stage 0 ({task.name}) failed: {last}; "
                                f"logs in {folder}") from None
 
 

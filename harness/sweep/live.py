@@ -24,11 +24,10 @@ from harness.sweep.plan import Run, Stage0Task
 
 
 def stage0_line(task: Stage0Task) -> str:
-    name = f"{task.kind} {task.part}".strip()
     if task.done:
-        return f"[stage 0] {name}: done"
+        return f"[stage 0] {task.name}: done"
     p = progress.read(progress.beside(task.path))
-    return f"[stage 0] {name}: {progress.describe(p) if p else 'starting'}"
+    return f"[stage 0] {task.name}: {progress.describe(p) if p else 'starting'}"
 
 
 def run_progress(run: Run) -> dict | None:
@@ -120,7 +119,7 @@ class View:
         rows: dict[str, tuple[str, int, int, str]] = {}
         for t in self.stage0:
             p = None if t.done else progress.read(progress.beside(t.path))
-            name = f"stage 0 {t.kind} {t.part}".strip()
+            name = f"stage 0 {t.name}"
             rows[name] = (name, p["done"] if p else 0, p["total"] if p else 1,
                           "done" if t.done else (_info(p) if p else "starting"))
         for key, p in running.items():

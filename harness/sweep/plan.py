@@ -78,6 +78,11 @@ class Stage0Task:
     def done(self) -> bool:
         return (self.path / "meta.json").exists()
 
+    @property
+    def name(self) -> str:
+        """What progress lines and errors call it: "tokenizer discrete", "features seed 1", "text"."""
+        return f"{self.kind} {self.part}".strip()
+
 
 def net_part(seed: int | None) -> str:
     """The ``Stage0Task.part`` of the FID feature net trained with ``seed`` (None: the default

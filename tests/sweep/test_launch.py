@@ -47,7 +47,7 @@ def test_a_run_waits_for_its_own_stage0_artefacts_only(sweep):
     assert not any(sweep.builds.ready(r) for r in sweep.runs.values())
     sweep.jobs["tokenizer", "continuous"].finished = True
     assert not any(sweep.builds.ready(r) for r in sweep.runs.values())  # the FID features too
-    sweep.jobs["features", ""].finished = True
+    sweep.jobs["features", plan.net_part(None)].finished = True
     assert not any(sweep.builds.ready(r) for r in sweep.runs.values())  # the other nets too
     for seed in FID_NET_SEEDS:
         sweep.jobs["features", plan.net_part(seed)].finished = True

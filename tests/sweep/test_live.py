@@ -51,7 +51,7 @@ def test_reporter_writes_throttled_and_the_eta_follows_the_rate(tmp_path):
 def test_plain_lines_show_stage0_each_running_run_and_the_sweep(tmp_path, capsys):
     runs = two_runs(tmp_path)
     tok = Stage0Task("tokenizer", "continuous", tmp_path / "stage0" / "tok-abc", runs[0].cfg)
-    feats = Stage0Task("features", "", tmp_path / "stage0" / "features-x", runs[0].cfg)
+    feats = Stage0Task("features", net_part(None), tmp_path / "stage0" / "features-x", runs[0].cfg)
     report(progress.beside(tok.path), "train", 500, 2000, 50.0, loss=0.0123)
     view = View("demo", runs, runs, [tok, feats], every_s=3600)
     view.refresh(force=True)
