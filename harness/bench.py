@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness import config as C
+from harness.environment import environment
 from harness.errors import check_choice, cli_main
 from harness.io import read_json, write_json, write_text
 from harness.registry import LADDERS, VARIANT_PAIRS, VARIANTS
@@ -420,10 +420,11 @@ def peak_rss_mb() -> float:
 
 def run(sizes: list[str], threads: int, out_dir: Path, docs: Path, quick: bool = False) -> dict:
     torch.set_num_threads(threads)
+    env = environment()
     result: dict = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {**{k: env[k] for k in ("platform", "cpu", "cpu_capability", "torch")},
+                    "cpus": os.cpu_count()},
         "threads": threads,
         "matmul_gflops": matmul_ceiling(threads),
         "training": {}, "sampling": {},
@@ -467,12 +468,26 @@ def _notes(docs: Path) -> str:
 NOTES_MARK = "<!-- notes: written by hand, kept by make bench -->"
 
 
+def machine_line(m: dict) -> str:
+    """The machine a benchmark ran on, in words: the same CPU model can round differently with
+    another kernel instruction set (``cpu_capability``), so both are named. Older raw files
+    (before 2026-12-07) recorded only the platform."""
+    cpu = f"{m['cpu']} ({m['cpu_capability']} kernels), " if "cpu" in m else ""
+    return f"{cpu}{m['cpus']} CPUs, {m['platform']}, torch {m['torch']}"
+
+
+def _cell(d: dict, key: str, fmt: str) -> str:
+    """A table cell: the measurement, or "–" where this variant has none (no KV cache for
+    random order, no diffusion head for discrete tokens)."""
+    v = d.get(key)
+    return "–" if v is None or v != v else format(v, fmt)
+
+
 def render_markdown(r: dict, notes: str = "\n") -> str:
     tokens = next(iter(r["training"].values()))["tokens"] if r["training"] else 0
     batch = next(iter(r["training"].values())).get("batch", "") if r["training"] else ""
     lines = ["# Benchmarks", "",
-             f"Measured by `make bench` on {r['date']}: {r['machine']['platform']} "
-             f"({r['machine']['cpus']} CPUs), torch {r['machine']['torch']}, {r['threads']} "
+             f"Measured by `make bench` on {r['date']}: {machine_line(r['machine'])}, {r['threads']} "
              "thread(s) per job as the harness runs them. Raw numbers: "
              "`results/bench/<date>.json`. Models as the default study configures them "
              "(`sweeps/cpu.yaml`).", "",
@@ -488,10 +503,8 @@ def render_markdown(r: dict, notes: str = "\n") -> str:
               "| run | images/s | uncached images/s | KV speed-up | head share |",
               "|---|---|---|---|---|"]
     for k, s in r["sampling"].items():
-        lines.append(f"| {k} | {s['images_per_second']:.2f} | "
-                     f"{s.get('images_per_second_uncached', float('nan')):.2f} | "
-                     f"{s.get('kv_cache_speedup', float('nan')):.1f} | "
-                     f"{s.get('diffusion_head_share', float('nan')):.0%} |")
+        lines.append(f"| {k} | {s['images_per_second']:.2f} | {_cell(s, 'images_per_second_uncached', '.2f')} | "
+                     f"{_cell(s, 'kv_cache_speedup', '.1f')} | {_cell(s, 'diffusion_head_share', '.0%')} |")
     for k, s in r["sampling"].items():
         if "images_per_second_by_steps" in s:
             steps = ", ".join(f"{n} steps: {v:.2f}" for n, v in s["images_per_second_by_steps"].items())

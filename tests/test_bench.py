@@ -59,3 +59,20 @@ def test_the_token_shard_section_is_refreshed_in_place_before_the_notes(tmp_path
     assert text.index(bench.DATA_END) < text.index(bench.NOTES_MARK) and text.endswith("hand-written\n")
     assert "| 166M | 16 | 0.500 | 1600 | 892 | 8 | 800 | 0.5x |" in text
     assert "falls behind at 166M" in text
+
+
+def test_the_doc_names_the_cpu_and_its_kernels_and_marks_what_a_variant_does_not_measure():
+    """Two machines of one platform string can round differently (calibration items 92 and 94 of
+    docs/results/cpu-study), so the header names the CPU and torch's kernel set; a random-order
+    sampler has no KV cache and a discrete one no diffusion head, which reads "–", not "nan"."""
+    r = {"date": "2026-12-07T09:00:00", "threads": 1, "matmul_gflops": 100.0, "matmul_gflops_after": 99.0, "peak_rss_mb": 1000.0,
+         "machine": {"platform": "Linux-x86_64", "cpu": "AMD EPYC", "cpu_capability": "AVX512",
+                     "torch": "2.14.1", "cpus": 2},
+         "training": {},
+         "sampling": {"discrete-random-xl": {"images_per_second": 25.0, "diffusion_head_share": float("nan")},
+                      "continuous-raster-xl": {"images_per_second": 26.0, "images_per_second_uncached": 17.0,
+                                               "kv_cache_speedup": 1.53, "diffusion_head_share": 0.75}}}
+    text = bench.render_markdown(r)
+    assert "on 2026-12-07T09:00:00: AMD EPYC (AVX512 kernels), 2 CPUs, Linux-x86_64, torch 2.14.1, 1 thread" in text
+    assert "| discrete-random-xl | 25.00 | – | – | – |" in text
+    assert "| continuous-raster-xl | 26.00 | 17.00 | 1.5 | 75% |" in text and "nan" not in text
