@@ -82,6 +82,10 @@ def time_training(cfg: DictConfig, steps: int = 12, warmup: int = 3) -> dict:
     module.optimizers = lambda: opt_cfg
     times = []
     for i in range(steps + warmup):
+        # each step its own draw (random order's mask ratio, the diffusion noise), as training's
+        # steps have: without a trainer global_step stays 0, and every step drew step 0's ratio,
+        # which timed Fluid's step 23-31% under what the study's runs took (calibration item 97)
+        module.step_generator = lambda seed, i=i: torch.Generator().manual_seed(seed + i)
         t = time.perf_counter()
         loss = module.training_step(batch, i)
         opt_cfg.zero_grad(set_to_none=True)

@@ -76,3 +76,19 @@ def test_the_doc_names_the_cpu_and_its_kernels_and_marks_what_a_variant_does_not
     assert "on 2026-12-07T09:00:00: AMD EPYC (AVX512 kernels), 2 CPUs, Linux-x86_64, torch 2.14.1, 1 thread" in text
     assert "| discrete-random-xl | 25.00 | – | – | – |" in text
     assert "| continuous-raster-xl | 26.00 | 17.00 | 1.5 | 75% |" in text and "nan" not in text
+
+
+def test_each_timed_training_step_draws_afresh(monkeypatch):
+    """Without a trainer a module's global_step stays 0, so every timed step drew step 0's
+    randomness: random order was timed at one mask ratio (Fluid's 17% masked, a step 23-31%
+    lighter than the study's runs took; calibration item 97 of docs/results/cpu-study)."""
+    seeds = []
+
+    class Recording(bench.GeneratorModule):
+        def training_step(self, batch, batch_idx):
+            seeds.append(self.step_generator(0).initial_seed())
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(bench, "GeneratorModule", Recording)
+    bench.time_training(bench.study_config("continuous", "random", "xxs"), steps=3, warmup=1)
+    assert len(seeds) == 4 and len(set(seeds)) == 4
