@@ -84,7 +84,7 @@ def time_training(cfg: DictConfig, steps: int = 12, warmup: int = 3) -> dict:
     for i in range(steps + warmup):
         # each step its own draw (random order's mask ratio, the diffusion noise), as training's
         # steps have: without a trainer global_step stays 0, and every step drew step 0's ratio,
-        # which timed Fluid's step 23-31% under what the study's runs took (calibration item 97)
+        # a light one: the study's Fluid runs took 23-31% longer a step (calibration item 97)
         module.step_generator = lambda seed, i=i: torch.Generator().manual_seed(seed + i)
         t = time.perf_counter()
         loss = module.training_step(batch, i)
@@ -473,11 +473,10 @@ NOTES_MARK = "<!-- notes: written by hand, kept by make bench -->"
 
 
 def machine_line(m: dict) -> str:
-    """The machine a benchmark ran on, in words: the same CPU model can round differently with
-    another kernel instruction set (``cpu_capability``), so both are named. Older raw files
-    (before 2026-12-07) recorded only the platform."""
-    cpu = f"{m['cpu']} ({m['cpu_capability']} kernels), " if "cpu" in m else ""
-    return f"{cpu}{m['cpus']} CPUs, {m['platform']}, torch {m['torch']}"
+    """The machine a benchmark ran on, in words: the CPU and the instruction set torch's kernels
+    use (``harness.environment``; one CPU model rounds differently with another set), then the
+    platform."""
+    return f"{m['cpu']} ({m['cpu_capability']} kernels), {m['cpus']} CPUs, {m['platform']}, torch {m['torch']}"
 
 
 def _cell(d: dict, key: str, fmt: str) -> str:

@@ -65,7 +65,8 @@ def test_the_doc_names_the_cpu_and_its_kernels_and_marks_what_a_variant_does_not
     """Two machines of one platform string can round differently (calibration items 92 and 94 of
     docs/results/cpu-study), so the header names the CPU and torch's kernel set; a random-order
     sampler has no KV cache and a discrete one no diffusion head, which reads "–", not "nan"."""
-    r = {"date": "2026-12-07T09:00:00", "threads": 1, "matmul_gflops": 100.0, "matmul_gflops_after": 99.0, "peak_rss_mb": 1000.0,
+    r = {"date": "2026-12-07T09:00:00", "threads": 1, "matmul_gflops": 100.0, "matmul_gflops_after": 99.0,
+         "peak_rss_mb": 1000.0,
          "machine": {"platform": "Linux-x86_64", "cpu": "AMD EPYC", "cpu_capability": "AVX512",
                      "torch": "2.14.1", "cpus": 2},
          "training": {},
@@ -80,8 +81,8 @@ def test_the_doc_names_the_cpu_and_its_kernels_and_marks_what_a_variant_does_not
 
 def test_each_timed_training_step_draws_afresh(monkeypatch):
     """Without a trainer a module's global_step stays 0, so every timed step drew step 0's
-    randomness: random order was timed at one mask ratio (Fluid's 17% masked, a step 23-31%
-    lighter than the study's runs took; calibration item 97 of docs/results/cpu-study)."""
+    randomness: random order was timed at one mask ratio (17% masked for Fluid, whose runs in the
+    study took 23-31% longer a step; calibration item 97 of docs/results/cpu-study)."""
     seeds = []
 
     class Recording(bench.GeneratorModule):
