@@ -51,9 +51,9 @@ class Sampler:
         self.cfg = cfg
         self.hf = None
         if cfg.text.encoder != "learned":
-            from harness.text.encoders import HFTextEncoder
+            from harness.text.encoders import EncodedOnce, frozen_encoder
 
-            self.hf = HFTextEncoder(cfg.text.encoder, cfg.text.max_len).to(self.device)
+            self.hf = EncodedOnce(frozen_encoder(cfg.text.encoder, cfg.text.max_len).to(self.device))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Sampler":

@@ -37,9 +37,9 @@ def caption_features(text: DictConfig, captions: list[str]) -> dict[str, torch.T
     built at evaluation. None for a learned text path, which reads the captions' tokens."""
     if text.encoder == "learned":
         return None
-    from harness.text.encoders import HFTextEncoder
+    from harness.text.encoders import frozen_encoder
 
-    return encode_captions(HFTextEncoder(text.encoder, text.max_len), captions)
+    return encode_captions(frozen_encoder(text.encoder, text.max_len), captions)
 
 
 def ensure_text_features(cfg: DictConfig) -> dict[str, dict[str, torch.Tensor]]:

@@ -6,6 +6,7 @@ packaged MiniLM in tests), frozen, by name or local path; its features are cache
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -132,6 +133,33 @@ class HFTextEncoder(nn.Module):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.last_hidden_state.float(), batch["attention_mask"].bool()
+
+
+class EncodedOnce:
+    """A frozen encoder that encodes each distinct caption once and remembers its features: a
+    sampler is asked for the same prompts again and again (four images per GenEval prompt, val
+    captions that repeat). Captions are padded to ``max_len``, so a caption's features do not
+    depend on the rest of its batch, and ``encode`` returns the rows that encoding the whole
+    batch would (bit for bit on CPU: tests/text/test_text.py)."""
+
+    def __init__(self, encoder: HFTextEncoder):
+        self.encoder = encoder
+        self.features: dict[str, tuple[Tensor, Tensor]] = {}  # caption -> (features, mask)
+
+    def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        new = [c for c in dict.fromkeys(captions) if c not in self.features]
+        if new:
+            feats, mask = self.encoder.encode(new)
+            self.features.update(zip(new, zip(feats, mask)))
+        rows = [self.features[c] for c in captions]
+        return torch.stack([f for f, _ in rows]), torch.stack([m for _, m in rows])
+
+
+@lru_cache(maxsize=2)
+def frozen_encoder(name_or_path: str, max_len: int) -> HFTextEncoder:
+    """The process's one loaded copy of a frozen encoder: evaluation asks for it twice (the
+    sampler and the long-tail probe), and loading MiniLM takes about a second."""
+    return HFTextEncoder(name_or_path, max_len)
 
 
 def hidden_width(config) -> int:

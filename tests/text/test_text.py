@@ -73,3 +73,23 @@ def test_unknown_hf_encoder_is_a_user_error():
 
     with pytest.raises(UserError, match="text.encoder"):
         HFTextEncoder("/nonexistent/encoder", max_len=8)
+
+
+def test_encoded_once_encodes_each_distinct_caption_once_and_returns_the_batchs_rows():
+    """The sampler's memo of frozen features: the rows it returns equal encoding the whole batch
+    bit for bit (padding to max_len makes each caption's features its own), while the encoder
+    sees each distinct caption once."""
+    from harness.text.encoders import EncodedOnce
+
+    enc = HFTextEncoder(str(minilm_path()), max_len=12)
+    seen: list[list[str]] = []
+    encode = enc.encode
+    enc.encode = lambda captions: seen.append(list(captions)) or encode(captions)
+    memo = EncodedOnce(enc)
+    batch = ["a red circle", "two squares", "a red circle", "a blue triangle", "two squares"]
+    feats, mask = memo.encode(batch)
+    whole, whole_mask = encode(batch)
+    assert torch.equal(feats, whole) and torch.equal(mask, whole_mask)
+    again, _ = memo.encode(["a blue triangle", "a green circle", "a red circle"])
+    assert torch.equal(again[[0, 2]], whole[[3, 0]])
+    assert seen == [["a red circle", "two squares", "a blue triangle"], ["a green circle"]]
