@@ -256,8 +256,8 @@ class GeneratorModule(L.LightningModule):
         step = self.global_step
         decay = min(self.cfg.train.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            # every tensor in one call: the per-tensor loop's bits in less time at small sizes
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.nets.parameters()), 1 - decay)
+            for pe, pl in zip(self.ema.parameters(), self.nets.parameters()):
+                pe.lerp_(pl, 1 - decay)
             for be, bl in zip(self.ema.buffers(), self.nets.buffers()):
                 be.copy_(bl)
 
@@ -285,10 +285,8 @@ class GeneratorModule(L.LightningModule):
                   * (self.cfg.text.lr_scale if n.startswith(("text.", "aligner.")) else 1.0))
             by_setting.setdefault((lr, t.weight_decay if n in self._decayed else 0.0), []).append(p)
         groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in by_setting.items()]
-        # off CUDA, foreach: the per-tensor loop's bits with less Python per step, which the
-        # small models' steps notice (tests/train/test_optimizer.py)
         opt = torch.optim.AdamW(groups, lr=peak_lr(self.cfg), betas=(t.beta1, t.beta2),
-                                fused=self.device.type == "cuda", foreach=self.device.type != "cuda")
+                                fused=self.device.type == "cuda")
 
         def schedule(step: int) -> float:
             """Linear warm-up, then constant (MAR) or cosine decay to 0.1x at ``train.steps``."""

@@ -149,39 +149,3 @@ def test_lr_schedule_after_warmup(schedule):
         assert factors[5:] == [1.0] * 15
     else:
         assert factors[5] == 1.0 and factors[5:] == sorted(factors[5:], reverse=True) and factors[-1] < 0.2
-
-
-
-def test_on_cpu_adamw_and_the_ema_update_every_tensor_at_once_with_the_per_tensor_loops_bits():
-    """On CPU, AdamW and the EMA update run as foreach (multi-tensor) ops, which cut the study's
-    small models' step time; they give the per-tensor loops' results bit for bit, so a run trains
-    to the same weights as before the change."""
-    import copy
-
-    import torch
-
-    cfg = config.load(SMOKE + ["train.weight_decay=0.02"])
-    torch.manual_seed(0)
-    fast = GeneratorModule(cfg, token_dim=cfg.tokenizer.channels, codebook_size=16,
-                           vocabulary=vocabulary())
-    slow = copy.deepcopy(fast)
-    [fast_opt], _ = fast.configure_optimizers()
-    [slow_opt], _ = slow.configure_optimizers()
-    assert all(g["foreach"] for g in fast_opt.param_groups)
-    for g in slow_opt.param_groups:
-        g["foreach"] = False
-    decay = min(cfg.train.ema_decay, 1 / 10)  # update_ema's decay at step 0
-    for step in range(3):
-        for module, opt in ((fast, fast_opt), (slow, slow_opt)):
-            torch.manual_seed(step)
-            for p in module.nets.parameters():
-                p.grad = torch.randn_like(p) if p.requires_grad else None
-            opt.step()
-        fast.update_ema()
-        with torch.no_grad():
-            for pe, pl in zip(slow.ema.parameters(), slow.nets.parameters()):
-                pe.lerp_(pl, 1 - decay)
-    for a, b in zip([*fast.nets.parameters(), *fast.ema.parameters()],
-                    [*slow.nets.parameters(), *slow.ema.parameters()]):
-        assert torch.equal(a, b)
-    assert not torch.equal(next(fast.nets.parameters()), next(fast.ema.parameters()))
