@@ -11,6 +11,10 @@ seed spread says nothing. Per metric, ``wins`` counts the models where the base 
 one (higher caption gain, GenEval and kinds learned; lower losses and FID). Writes ``ablation.csv``
 (one row per variant, size and metric) and ``ablation.md`` (one table per metric, and the counts);
 a model that only one sweep trained is listed in the notes and not compared.
+
+``--caption-use BASE ABLATED`` adds each side's ``analysis/caption_use.py`` table: its
+``gain_within`` (the caption gain with captions swapped within their kind, named scene or
+described scene) joins the runs by run key as ``caption_gain_within``.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from harness.errors import UserError, cli_main
 from harness.io import write_text
 
 # metric -> +1 where higher is better, -1 where lower is
-METRICS = {"caption_gain": +1, "caption_null_gain": +1, "val_loss": -1, "tail_loss": -1, "tail_kinds_learned": +1,
+METRICS = {"caption_gain": +1, "caption_gain_within": +1, "caption_null_gain": +1, "val_loss": -1, "tail_loss": -1, "tail_kinds_learned": +1,
            "geneval_overall": +1, "fid": -1}
 KEY = ["token", "order", "size"]
 COLUMNS = [*KEY, "params", "metric", "base", "ablated", "diff", "seeds_base", "seeds_ablated",
@@ -118,14 +122,29 @@ def parser() -> argparse.ArgumentParser:
                    help="the ablated sweep's runs.csv (several: read as one table)")
     p.add_argument("--name", default="ablated", help="what the ablated sweep changed, for the report")
     p.add_argument("--out", type=Path, required=True, help="folder for ablation.csv and ablation.md")
+    p.add_argument("--caption-use", type=Path, nargs=2, metavar=("BASE", "ABLATED"),
+                   help="each sweep's caption_use.csv (analysis/caption_use.py): adds caption_gain_within")
     return p
+
+
+def with_caption_use(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``runs`` with the ``gain_within`` of ``path`` (a caption_use.csv) as ``caption_gain_within``."""
+    if not path.is_file():
+        raise UserError("--caption-use", f"{path} does not exist")
+    table = pd.read_csv(path)
+    if not {"run_key", "gain_within"} <= set(table.columns):
+        raise UserError("--caption-use", f"{path} lacks run_key or gain_within; write it with analysis/caption_use.py")
+    table = table[["run_key", "gain_within"]].rename(columns={"gain_within": "caption_gain_within"})
+    return runs.drop(columns="caption_gain_within", errors="ignore").merge(table, on="run_key", how="left")
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parser().parse_args(argv)
-    table, notes = compare(read_runs_tables(args.runs, "--runs"),
-                           read_runs_tables(args.ablated, "--ablated"))
+    base, ablated = read_runs_tables(args.runs, "--runs"), read_runs_tables(args.ablated, "--ablated")
+    if args.caption_use:
+        base, ablated = (with_caption_use(runs, path) for runs, path in zip((base, ablated), args.caption_use))
+    table, notes = compare(base, ablated)
     write_text(args.out / "ablation.csv", table.to_csv(index=False))
     out = args.out / "ablation.md"
     write_text(out, render(table, notes, args.name))

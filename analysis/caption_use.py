@@ -7,8 +7,15 @@ A model that reads its caption has loss(true) < loss(shuffled) and loss(null); e
 the image prior is all it learned, and GenEval stays at chance whatever FID says. The same
 validation batch and the same randomness (masks, diffusion noise) serve all three captions.
 Writes ``caption_use.csv`` (run_key, token, order, size, loss_true, loss_shuffled, loss_null,
-context_spread, gain = loss_shuffled - loss_true); ``context_spread`` near 0 means the text path
+context_spread, gain = loss_shuffled - loss_true, and loss_shuffled_within, gain_within: the same
+with each caption swapped for one of its own kind); ``context_spread`` near 0 means the text path
 collapsed to one context for every caption.
+
+In a world with named scenes (``data.named_scenes``) a shuffle mostly gives a named scene's
+picture a described scene's caption ("a photo of two circles" on a picture of seven squares), a
+pairing training never shows; what that costs dominates ``gain``. ``gain_within`` swaps a named
+scene's caption for another name and a described scene's for another description, so it asks
+only whether the model reads which scene of a kind its caption names (the cpu study's item 99).
 """
 from __future__ import annotations
 
@@ -35,9 +42,26 @@ from harness.run_dir import RunDir
 from harness.text.aligner import context_spread
 
 
+def shuffled_order(captions: list[str], seed: int = 0, kinds: set[str] = frozenset()) -> list[int]:
+    """A seeded permutation of ``captions``; with ``kinds`` (the named scenes' names), within each
+    kind: a caption that holds a name ("an image of a loreli") goes to a named scene, a description
+    to a described scene. Each kind is permuted with the same seed, so with one kind present this
+    is the plain shuffle."""
+    named = [not kinds.isdisjoint(c.split()) for c in captions]
+    groups = [[i for i in range(len(captions)) if named[i] == kind] for kind in (True, False)]
+    order = list(range(len(captions)))
+    for group in (g for g in groups if g):
+        perm = torch.randperm(len(group), generator=torch.Generator().manual_seed(seed)).tolist()
+        for i, j in zip(group, perm):
+            order[i] = group[j]
+    return order
+
+
 @torch.no_grad()
 def caption_losses(run_dir: Path, n: int = 256, seed: int = 0) -> dict[str, float]:
-    """EMA validation loss on the first ``n`` val examples with true, shuffled and null captions."""
+    """EMA validation loss on the first ``n`` val examples with true, shuffled (across kinds and
+    within them, ``shuffled_order``) and null captions."""
+    from harness.data.shapes import named_scene_names
     from harness.sampling import Sampler
     from harness.tokenizers.stage0 import load_tokens
 
@@ -47,9 +71,12 @@ def caption_losses(run_dir: Path, n: int = 256, seed: int = 0) -> dict[str, floa
     tokens, captions = tokens[:n], captions[:n]
     if not tokens.is_floating_point():
         tokens = tokens.long()
-    order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(seed)).tolist()
+    data = sampler.cfg.data
+    names = set(named_scene_names(data.named_scenes)) if data.name == "shapes" and data.named_scenes else set()
+    order, within = shuffled_order(captions, seed), shuffled_order(captions, seed, names)
     contexts = {"true": sampler.context(captions),
                 "shuffled": sampler.context([captions[i] for i in order]),
+                "shuffled_within": sampler.context([captions[i] for i in within]),
                 "null": sampler.nets["aligner"](*sampler.nets["aligner"].null_features(len(captions)))}
     generator = sampler.nets["generator"]
     losses = {name: generator.loss(tokens, ctx, mask, generator=torch.Generator().manual_seed(seed)).item()
@@ -80,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                      "params": r.params,
                      **{f"loss_{k}": losses[k] for k in ("true", "shuffled", "null")},
                      "context_spread": losses["context_spread"],
-                     "gain": losses["shuffled"] - losses["true"]})
+                     "gain": losses["shuffled"] - losses["true"],
+                     "loss_shuffled_within": losses["shuffled_within"],
+                     "gain_within": losses["shuffled_within"] - losses["true"]})
         print(rows[-1], flush=True)
     out = args.out / "caption_use.csv"
     write_text(out, pd.DataFrame(rows).sort_values(["token", "order", "params"]).to_csv(index=False))

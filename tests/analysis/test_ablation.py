@@ -51,13 +51,32 @@ def test_runs_not_completed_or_in_one_sweep_only_are_not_compared(tmp_path):
     assert len(pd.read_csv(tmp_path / "out" / "ablation.csv")) == 2  # caption gain and val loss at s
 
 
+def test_caption_use_tables_add_the_within_kind_caption_gain(tmp_path):
+    base, frozen = sweep({"s": [0.5], "xl": [0.4]}), sweep({"s": [0.3], "xl": [0.6]})
+    base.to_csv(tmp_path / "a.csv", index=False)
+    frozen.to_csv(tmp_path / "b.csv", index=False)
+    # caption_use.csv rows, by run key: the base sweep reads more within kinds at both sizes
+    pd.DataFrame({"run_key": ["s-0", "xl-0"], "gain": [9, 9], "gain_within": [0.2, 0.3]}).to_csv(tmp_path / "ca.csv")
+    pd.DataFrame({"run_key": ["s-0", "xl-0"], "gain": [9, 9], "gain_within": [0.1, 0.25]}).to_csv(tmp_path / "cb.csv")
+    ablation.main(["--runs", str(tmp_path / "a.csv"), "--ablated", str(tmp_path / "b.csv"), "--out", str(tmp_path / "out"),
+                   "--caption-use", str(tmp_path / "ca.csv"), str(tmp_path / "cb.csv")])
+    table = pd.read_csv(tmp_path / "out" / "ablation.csv")
+    within = table[table["metric"] == "caption_gain_within"].set_index("size")
+    assert within["base_better"].all() and within.loc["xl", "diff"] == pytest.approx(0.05)
+    assert list(table[table["metric"] == "caption_gain"]["base_better"]) == [True, False]  # the runs' own
+    assert "caption_gain_within (higher is better): base better in 2 of 2 models" in (tmp_path / "out" / "ablation.md").read_text()
+
+
 def test_bad_input_is_one_line_naming_the_flag(tmp_path, capsys):
     sweep({"s": [0.5]}).drop(columns="order").to_csv(tmp_path / "a.csv", index=False)
     sweep({"s": [0.5]}).to_csv(tmp_path / "b.csv", index=False)
+    sweep({"s": [0.5]}).to_csv(tmp_path / "c.csv", index=False)  # a runs.csv, not a caption_use.csv
+    use = ["--caption-use", str(tmp_path / "c.csv"), str(tmp_path / "c.csv")]
     for argv, flag in (([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], "--runs: missing columns order"),
-                       ([str(tmp_path / "b.csv"), str(tmp_path / "none.csv")], "--ablated: ")):
+                       ([str(tmp_path / "b.csv"), str(tmp_path / "none.csv")], "--ablated: "),
+                       ([str(tmp_path / "b.csv"), str(tmp_path / "b.csv"), *use], "--caption-use: ")):
         with pytest.raises(SystemExit) as exit_:
-            ablation.main(["--runs", argv[0], "--ablated", argv[1], "--out", str(tmp_path)])
+            ablation.main(["--runs", argv[0], "--ablated", argv[1], "--out", str(tmp_path), *argv[2:]])
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert flag in err and len(err.splitlines()) == 1

@@ -18,7 +18,8 @@ def test_a_model_that_reads_captions_loses_more_without_them(smoke, tmp_path):
     run = train(config.load(smoke("model.token=discrete", "model.order=raster", "train.steps=60",
                                   "train.lr=3e-3", "text.dropout_prob=0.3")))
     losses = caption_use.caption_losses(run, n=32)
-    assert set(losses) == {"true", "shuffled", "null", "context_spread"}
+    assert set(losses) == {"true", "shuffled", "shuffled_within", "null", "context_spread"}
+    assert losses["shuffled_within"] == losses["shuffled"]  # no named scenes: one kind, one shuffle
     assert 0 < losses["context_spread"] < 2
     assert losses["true"] < losses["shuffled"] and losses["true"] < losses["null"], losses
     table = tmp_path / "runs.csv"
@@ -30,6 +31,21 @@ def test_a_model_that_reads_captions_loses_more_without_them(smoke, tmp_path):
     out = caption_use.main(["--runs", str(table), "--out", str(tmp_path / "out"), "--n", "32"])
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 1 and float(rows[0]["gain"]) == pytest.approx(losses["shuffled"] - losses["true"])
+    assert float(rows[0]["gain_within"]) == pytest.approx(float(rows[0]["gain"]))
+
+
+def test_the_within_kind_shuffle_gives_names_to_named_scenes_and_descriptions_to_the_rest():
+    captions = [f"a photo of {i} circles" for i in range(40)]
+    names = {"bakotu", "dilepa", "rosivu"}
+    for i, name in zip((3, 17, 18, 30), ("a bakotu", "an image of a dilepa", "a rosivu", "a photo of a bakotu")):
+        captions[i] = name
+    plain, within = caption_use.shuffled_order(captions, 5), caption_use.shuffled_order(captions, 5, names)
+    assert sorted(plain) == sorted(within) == list(range(40))
+    named = [i in (3, 17, 18, 30) for i in range(40)]
+    assert any(named[i] != named[j] for i, j in enumerate(plain))
+    assert all(named[i] == named[j] for i, j in enumerate(within))
+    assert sum(i != j for i, j in enumerate(within)) > 30  # a shuffle, not the identity
+    assert caption_use.shuffled_order(captions, 5, {"nowhere"}) == plain  # one kind: the plain shuffle
 
 
 def test_context_spread_is_zero_for_a_collapsed_text_path_and_ignores_padding():
