@@ -72,7 +72,7 @@ def caption_losses(run_dir: Path, n: int = 256, seed: int = 0) -> dict[str, floa
     if not tokens.is_floating_point():
         tokens = tokens.long()
     data = sampler.cfg.data
-    names = set(named_scene_names(data.named_scenes)) if data.name == "shapes" and data.named_scenes else set()
+    names = set(named_scene_names(data.named_scenes)) if data.name == "shapes" else set()
     order, within = shuffled_order(captions, seed), shuffled_order(captions, seed, names)
     contexts = {"true": sampler.context(captions),
                 "shuffled": sampler.context([captions[i] for i in order]),
